@@ -1,0 +1,179 @@
+"""The ``edge`` command line. Library code raises; only this module prints and exits."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import __version__
+from .errors import EdgeError
+
+app = typer.Typer(
+    name="edge",
+    help="Convert, run and profile models for phones, single-board computers and Jetson.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Tables are wide; when output is piped (CI logs, files) don't squeeze them into 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+
+
+def _fail(e: EdgeError) -> None:
+    err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=e.exit_code)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"edge-sdk {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """edge-sdk command line."""
+
+
+@app.command()
+def convert(
+    source: str = typer.Argument(..., help="model.pt2, model.onnx, or module.path:factory (with --weights)."),
+    to: list[str] = typer.Option(["onnx"], "--to", help="Target format (repeatable): onnx."),
+    quantize: list[str] = typer.Option(
+        ["none"], "--quantize", "-q",
+        help="Mode (repeatable): none|fp32, fp16, int8, int8-dynamic, int4.",
+    ),
+    out: Path = typer.Option(Path("edge-out"), "--out", "-o", help="Output directory."),
+    calibration: Optional[str] = typer.Option(
+        None, "--calibration", help="FILE.npz (arrays keyed by input name, axis 0 = samples) or 'random'."),
+    validation: Optional[str] = typer.Option(
+        None, "--validation", help="FILE.npz for parity (optional 'labels' key for accuracy)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="FILE.safetensors for a factory source."),
+    input_shape: list[str] = typer.Option([], "--input-shape", help="NAME=1x3x224x224 for a factory source."),
+    name: Optional[str] = typer.Option(None, "--name", help="Artifact base name (default: from the source)."),
+    block_size: int = typer.Option(32, "--block-size", help="int4 block size: 32, 64 or 128."),
+    asymmetric: bool = typer.Option(False, "--asymmetric", help="int4 with zero points (default symmetric)."),
+    activation_type: str = typer.Option("uint8", "--activation-type", help="int8 activations: uint8 or int8."),
+    calibration_method: str = typer.Option("minmax", "--calibration-method", help="minmax, entropy, percentile."),
+    static_batch: bool = typer.Option(False, "--static-batch", help="Keep the example's batch size fixed."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)."),
+) -> None:
+    """Convert a model to deployable artifacts, with a parity report for each."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from .converters.api import convert as do_convert
+    from .converters.sources import parse_input_shape
+
+    try:
+        shapes = dict(parse_input_shape(s) for s in input_shape) or None
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                      console=err_console, transient=True) as bar:
+            task = bar.add_task("starting", total=None)
+
+            def on_progress(ev) -> None:
+                bar.update(task, total=ev.total, completed=ev.step - 1, description=ev.description)
+
+            result = do_convert(
+                source, to=to, quantize=quantize, out=out, calibration=calibration,
+                validation=validation, weights=weights, input_shapes=shapes, name=name,
+                block_size=block_size, symmetric=not asymmetric, activation_type=activation_type,
+                calibration_method=calibration_method, dynamic_batch=not static_batch, opset=opset,
+                progress=on_progress,
+            )
+    except EdgeError as e:
+        _fail(e)
+    print_conversion(result)
+
+
+def print_conversion(result) -> None:
+    src = result.source
+    first = result.artifacts[0].parity
+    table = Table(box=box.SIMPLE_HEAD, title=f"{src.name}: parity vs {first.reference} on {first.samples} samples "
+                        f"({'random' if first.synthetic_inputs else first.inputs})")
+    for col in ("artifact", "size", "params", "max abs err", "rel L2", "cosine", "top-1 agree",
+                "accuracy", "time s"):
+        table.add_column(col, justify="left" if col == "artifact" else "right", no_wrap=True)
+    for a in result.artifacts:
+        p = a.parity.primary
+        table.add_row(
+            Path(a.path).name, _human_bytes(a.size_bytes), f"{a.parameters:,}",
+            f"{p.max_abs_error:.2e}", f"{p.rel_l2_error:.2e}", f"{p.cosine_similarity:.6f}",
+            "-" if p.top1_agreement is None else f"{100 * p.top1_agreement:.2f}%",
+            "-" if a.parity.accuracy is None else f"{100 * a.parity.accuracy:.2f}%",
+            f"{a.conversion_time_s:.2f}",
+        )
+    console.print(table)
+    if first.reference_accuracy is not None:
+        console.print(f"reference ({first.reference}) accuracy: {100 * first.reference_accuracy:.2f}%")
+    for a in result.artifacts:
+        for w in a.warnings:
+            console.print(f"[yellow]warning[/] {Path(a.path).name}: {w}", highlight=False)
+    console.print(f"report: {result.report_path}")
+
+
+@app.command()
+def inspect(model: Path = typer.Argument(..., help="An .onnx or .pt2 file.")) -> None:
+    """Show a model's format, signature, op histogram, parameters and weight storage."""
+    from .converters.inspect import inspect as do_inspect
+
+    try:
+        r = do_inspect(model)
+    except EdgeError as e:
+        _fail(e)
+    console.print(f"[bold]{r.path}[/]  format={r.format}  size={_human_bytes(r.size_bytes)} "
+                  f"({r.size_bytes:,} B)  parameters={r.parameters:,}", highlight=False)
+    for k, v in r.metadata.items():
+        console.print(f"  {k}: {v}", highlight=False)
+    sig = Table(title="signature")
+    for col in ("", "name", "shape", "dtype"):
+        sig.add_column(col)
+    for kind, specs in (("input", r.inputs), ("output", r.outputs)):
+        for s in specs:
+            dims = "[" + ", ".join("?" if d is None else str(d) for d in s.shape) + "]"
+            sig.add_row(kind, escape(s.name), escape(dims), s.dtype)
+    console.print(sig)
+    w = Table(title="weights by storage dtype")
+    for col in ("dtype", "tensors", "elements", "bytes"):
+        w.add_column(col, justify="right")
+    for dt, st in r.weight_dtypes.items():
+        w.add_row(dt, str(st.tensors), f"{st.elements:,}", _human_bytes(st.bytes))
+    console.print(w)
+    console.print("quantization: " + ("; ".join(r.quantization) if r.quantization else "none (float weights)"),
+                  highlight=False)
+    ops = Table(title="operators")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, n in r.op_histogram.items():
+        ops.add_row(op, str(n))
+    console.print(ops)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

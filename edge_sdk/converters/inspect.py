@@ -1,0 +1,77 @@
+"""``edge inspect``: what a model file holds — signature, ops, parameters, weight storage, size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.formats import ModelFormat, detect_format
+from ..core.tensors import TensorSpec
+from ..errors import ModelFormatError
+from . import onnx_graph
+
+
+@dataclass
+class InspectReport:
+    path: str
+    format: str
+    size_bytes: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    op_histogram: dict[str, int]
+    parameters: int
+    weight_dtypes: dict[str, onnx_graph.DtypeStats]
+    quantization: list[str]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def inspect(path: str | Path) -> InspectReport:
+    """Describe the model at ``path`` (ONNX, .pt2); raises ModelFormatError for anything else."""
+    p = Path(path)
+    fmt = detect_format(p)
+    if fmt is ModelFormat.ONNX:
+        return _inspect_onnx(p)
+    if fmt is ModelFormat.PT2:
+        return _inspect_pt2(p)
+    raise ModelFormatError(f"{p}: inspecting {fmt.value} files is not supported yet; pass an .onnx or .pt2")
+
+
+def _inspect_onnx(p: Path) -> InspectReport:
+    model = onnx_graph.load_model(p)
+    w = onnx_graph.describe_weights(model)
+    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
+    meta = {
+        "ir_version": str(model.ir_version),
+        "opsets": opsets,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+    }
+    hist = dict(onnx_graph.op_histogram(model).most_common())
+    return InspectReport(str(p), "onnx", onnx_graph.file_size(p), onnx_graph.input_specs(model),
+                         onnx_graph.output_specs(model), hist, w.parameters, w.by_dtype,
+                         w.quantized, meta)
+
+
+def _inspect_pt2(p: Path) -> InspectReport:
+    from collections import Counter
+
+    from .sources import load_pt2
+
+    src = load_pt2(p)
+    ep = src.exported
+    hist = Counter(str(n.target).split(".")[-2] if "." in str(n.target) else str(n.target)
+                   for n in ep.graph.nodes if n.op == "call_function")
+    user = set(ep.graph_signature.user_inputs)
+    inputs = []
+    for n in ep.graph.nodes:
+        if n.op == "placeholder" and n.name in user:
+            v = n.meta["val"]
+            shape = tuple(int(d) if str(d).isdigit() else str(d) for d in v.shape)
+            inputs.append(TensorSpec(n.name, shape, str(v.dtype).replace("torch.", "")))
+    stats: dict[str, onnx_graph.DtypeStats] = {}
+    for t in ep.state_dict.values():
+        d = stats.setdefault(str(t.dtype).replace("torch.", ""), onnx_graph.DtypeStats())
+        d.tensors += 1
+        d.elements += t.numel()
+        d.bytes += t.numel() * t.element_size()
+    return InspectReport(str(p), "pt2", p.stat().st_size, inputs, [], dict(hist.most_common()),
+                         src.parameter_count(), stats, [], {"program": "torch.export ExportedProgram"})

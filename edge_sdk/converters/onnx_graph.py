@@ -1,0 +1,281 @@
+"""Load, check, clean and describe ONNX graphs (the converter side: needs the ``onnx`` package)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.tensors import TensorSpec
+from ..errors import ModelFormatError, require
+
+# Models whose weights pass this many bytes are saved with external data (protobuf's 2 GB limit).
+EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
+
+
+def _onnx():
+    return require("onnx", "convert", "Reading ONNX graphs")
+
+
+def load_model(path: str | Path, check: bool = True):
+    """Parse and validate an ONNX file; truncated, corrupted or foreign files raise ModelFormatError."""
+    onnx = _onnx()
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFormatError(f"{p} is not a file; pass the path of an .onnx model")
+    try:
+        model = onnx.load(str(p), load_external_data=True)
+    except Exception as e:  # DecodeError, missing external data, ...
+        raise ModelFormatError(
+            f"{p} is not a valid ONNX model ({type(e).__name__}: {str(e)[:120]}); "
+            "it may be truncated or corrupted: export it again"
+        ) from e
+    if check:
+        check_model(model, str(p))
+    return model
+
+
+def check_model(model, where: str) -> None:
+    onnx = _onnx()
+    if not model.graph.node and not model.graph.output:
+        raise ModelFormatError(f"{where} holds no ONNX graph; it may be truncated: export it again")
+    try:
+        if model.ByteSize() < 2_000_000_000:
+            onnx.checker.check_model(model)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ModelFormatError(
+            f"{where} fails the ONNX checker ({first}); it may be truncated or corrupted"
+        ) from e
+
+
+def save_model(model, path: str | Path) -> list[str]:
+    """Save ``model``; external data beside it only when it is too big for one protobuf.
+
+    Returns the file names written (the .onnx last), for the caller to commit.
+    """
+    onnx = _onnx()
+    p = Path(path)
+    big = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD_BYTES
+    if big:
+        data_name = p.name + ".data"
+        onnx.save_model(
+            model, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
+            location=data_name, size_threshold=1024,
+        )
+        return [data_name, p.name]
+    onnx.save_model(model, str(p))
+    return [p.name]
+
+
+def _dim(d) -> int | str | None:
+    if d.HasField("dim_value"):
+        return int(d.dim_value)
+    if d.HasField("dim_param"):
+        return d.dim_param
+    return None
+
+
+def value_specs(values, initializer_names: set[str] | None = None) -> list[TensorSpec]:
+    onnx = _onnx()
+    skip = initializer_names or set()
+    specs = []
+    for v in values:
+        if v.name in skip:
+            continue
+        tt = v.type.tensor_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+        shape = tuple(_dim(d) for d in tt.shape.dim)
+        specs.append(TensorSpec(v.name, shape, dtype))
+    return specs
+
+
+def input_specs(model) -> list[TensorSpec]:
+    return value_specs(model.graph.input, {t.name for t in model.graph.initializer})
+
+
+def output_specs(model) -> list[TensorSpec]:
+    return value_specs(model.graph.output)
+
+
+# --- graph passes -----------------------------------------------------------------------------
+
+
+def gemm_to_matmul(model) -> int:
+    """Rewrite Gemm(A, W, b) with a constant W as MatMul(A, W') + b so weight-only quantizers
+    (MatMulNBits, dynamic MatMul) reach fully-connected layers. Returns the number rewritten."""
+    _onnx()
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    new_nodes, rewritten = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        ok = (
+            node.op_type == "Gemm"
+            and len(node.input) >= 2
+            and node.input[1] in inits
+            and attrs.get("transA", 0) == 0
+            and attrs.get("alpha", 1.0) == 1.0
+            and attrs.get("beta", 1.0) == 1.0
+        )
+        if not ok:
+            new_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            w = w.T
+        w_name = f"{node.input[1]}_kn"
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
+        has_bias = len(node.input) > 2 and node.input[2] != ""
+        mm_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        new_nodes.append(
+            helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=f"{node.name}_matmul")
+        )
+        if has_bias:
+            new_nodes.append(
+                helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}_bias")
+            )
+        rewritten += 1
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(new_nodes)
+        remove_unused_initializers(model)
+    return rewritten
+
+
+def remove_unused_initializers(model) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+
+
+def prune_opset_imports(model) -> None:
+    """Drop opset imports of domains no node uses (ORT's pre-processing adds a dozen)."""
+    used = {n.domain or "" for n in model.graph.node}
+    used |= {f.domain for f in model.functions}
+    keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain in ("", "ai.onnx")]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
+# --- describing weights -----------------------------------------------------------------------
+
+# Inputs that are quantization parameters, not weights: (op_type, input index).
+_QPARAM_INPUTS = {
+    ("DequantizeLinear", 1), ("DequantizeLinear", 2),
+    ("QuantizeLinear", 1), ("QuantizeLinear", 2),
+    ("MatMulNBits", 2), ("MatMulNBits", 3), ("MatMulNBits", 4), ("MatMulNBits", 5),
+    ("DynamicQuantizeLinear", 1),
+    ("MatMulInteger", 2), ("MatMulInteger", 3),
+    ("DynamicQuantizeMatMul", 2), ("DynamicQuantizeMatMul", 3),
+}
+
+
+@dataclass
+class DtypeStats:
+    tensors: int = 0
+    elements: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class WeightSummary:
+    """What a graph's weights are stored as. ``parameters`` counts logical weight elements, so an
+    fp32 model and its int8/int4 artifacts report the same number."""
+
+    parameters: int = 0
+    by_dtype: dict[str, DtypeStats] = field(default_factory=dict)
+    quantized: list[str] = field(default_factory=list)
+
+
+def _tensor_elements(t) -> int:
+    return int(np.prod(t.dims)) if len(t.dims) else 1
+
+
+def describe_weights(model) -> WeightSummary:
+    from onnx import helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    consumers: dict[str, list[tuple[object, int]]] = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in inits:
+                consumers.setdefault(name, []).append((node, i))
+
+    s = WeightSummary()
+    schemes: Counter[str] = Counter()
+    for name, t in inits.items():
+        uses = consumers.get(name, [])
+        if not uses or all((n.op_type, i) in _QPARAM_INPUTS for n, i in uses):
+            continue  # scales, zero points, or dead
+        if len(t.dims) == 0:
+            continue  # scalars: constants of the code (1/sqrt(d), eps) or per-tensor scales
+        dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+        dname = np.dtype(dtype).name if t.data_type not in (22, 21) else {22: "int4", 21: "uint4"}[t.data_type]
+        n_el = _tensor_elements(t)
+        if np.issubdtype(np.dtype(dtype), np.integer) and dname in ("int64", "int32"):
+            # shape/index constants are not parameters unless they are a dequantized bias
+            if not any(n.op_type == "DequantizeLinear" and i == 0 for n, i in uses):
+                continue
+        node, idx = uses[0]
+        if node.op_type == "MatMulNBits" and idx == 1:
+            a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+            n_el = int(a["K"]) * int(a["N"])
+            dname = f"int{a.get('bits', 4)}"
+            sym = "with zero points" if len(node.input) > 3 and node.input[3] else "symmetric"
+            schemes[f"int{a.get('bits', 4)} block-wise {a['block_size']} {sym} (MatMulNBits)"] += 1
+        elif node.op_type == "DequantizeLinear" and idx == 0 and dname in ("int8", "uint8", "int4", "uint4"):
+            a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+            scale = inits.get(node.input[1])
+            per_channel = scale is not None and _tensor_elements(scale) > 1
+            gran = f"per-channel (axis {a.get('axis', 1)})" if per_channel else "per-tensor"
+            zp = inits.get(node.input[2]) if len(node.input) > 2 else None
+            zero = zp is None or not np.any(_to_array(zp))
+            schemes[f"{dname} {gran} {'symmetric' if zero else 'asymmetric'} (QDQ)"] += 1
+        elif node.op_type == "DequantizeLinear" and dname == "int32":
+            schemes["int32 bias (QDQ)"] += 1
+        elif node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger"):
+            schemes[f"{dname} per-tensor (dynamic {node.op_type})"] += 1
+        st = s.by_dtype.setdefault(dname, DtypeStats())
+        st.tensors += 1
+        st.elements += n_el
+        st.bytes += _tensor_bytes(t)
+        s.parameters += n_el
+    s.quantized = [f"{count} × {scheme}" for scheme, count in sorted(schemes.items())]
+    return s
+
+
+def _to_array(t) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(t)
+
+
+def _tensor_bytes(t) -> int:
+    if t.raw_data:
+        return len(t.raw_data)
+    for ext in t.external_data:
+        if ext.key == "length":
+            return int(ext.value)
+    return t.ByteSize()
+
+
+def op_histogram(model) -> Counter[str]:
+    return Counter(
+        (f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in model.graph.node
+    )
+
+
+def file_size(path: str | Path) -> int:
+    """Bytes on disk of an .onnx file and its external-data sidecars."""
+    p = Path(path)
+    total = p.stat().st_size
+    for extra in p.parent.glob(p.name + ".data"):
+        total += os.path.getsize(extra)
+    return total

@@ -1,0 +1,92 @@
+"""How far an artifact's outputs are from the original model's, on the same inputs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class OutputParity:
+    name: str
+    max_abs_error: float
+    rel_l2_error: float
+    cosine_similarity: float  # mean over samples
+    top1_agreement: float | None  # classifier outputs ([N, C], C >= 2) only
+
+
+@dataclass
+class Parity:
+    reference: str  # what produced the expected outputs: "torch" or "onnxruntime (source fp32)"
+    runtime: str  # what ran the artifact, e.g. "onnxruntime 1.32.0"
+    inputs: str  # where the inputs came from: a path or "random"
+    synthetic_inputs: bool
+    samples: int
+    outputs: list[OutputParity] = field(default_factory=list)
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
+
+    @property
+    def primary(self) -> OutputParity:
+        return self.outputs[0]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def is_classifier_output(a: np.ndarray) -> bool:
+    return a.ndim == 2 and a.shape[1] >= 2 and np.issubdtype(a.dtype, np.floating)
+
+
+def compare_output(name: str, got: np.ndarray, ref: np.ndarray) -> OutputParity:
+    if got.shape != ref.shape:
+        raise ValueError(f"output '{name}' has shape {got.shape}, reference {ref.shape}")
+    g = got.astype(np.float64).reshape(got.shape[0] if got.ndim else 1, -1)
+    r = ref.astype(np.float64).reshape(g.shape)
+    diff = g - r
+    ref_norm = float(np.linalg.norm(r))
+    rel = float(np.linalg.norm(diff) / ref_norm) if ref_norm > 0 else float(np.linalg.norm(diff))
+    gn, rn = np.linalg.norm(g, axis=1), np.linalg.norm(r, axis=1)
+    dots = np.sum(g * r, axis=1)
+    both_zero = (gn == 0) & (rn == 0)
+    cos = np.where(both_zero, 1.0, dots / np.maximum(gn * rn, 1e-300))
+    top1 = None
+    if is_classifier_output(ref):
+        top1 = float(np.mean(np.argmax(got, axis=1) == np.argmax(ref, axis=1)))
+    return OutputParity(
+        name,
+        max_abs_error=float(np.max(np.abs(diff))) if diff.size else 0.0,
+        rel_l2_error=rel,
+        cosine_similarity=float(np.mean(cos)),
+        top1_agreement=top1,
+    )
+
+
+def accuracy(outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> float | None:
+    """Top-1 accuracy of the first classifier output against integer labels."""
+    if labels is None:
+        return None
+    for value in outputs.values():
+        if is_classifier_output(value):
+            return float(np.mean(np.argmax(value, axis=1) == labels))
+    return None
+
+
+def compare(
+    got: dict[str, np.ndarray],
+    ref: dict[str, np.ndarray],
+    *,
+    labels: np.ndarray | None,
+    reference: str,
+    runtime: str,
+    inputs: str,
+    synthetic_inputs: bool,
+) -> Parity:
+    """Parity of every output; outputs are matched by position (exporters may rename them)."""
+    outs = [
+        compare_output(name, g, r) for (name, g), r in zip(got.items(), ref.values())
+    ]
+    samples = next(iter(ref.values())).shape[0] if ref else 0
+    return Parity(reference, runtime, inputs, synthetic_inputs, int(samples), outs,
+                  accuracy(got, labels), accuracy(ref, labels))

@@ -1,0 +1,108 @@
+"""Conversion results: dataclasses returned by the API and ``conversion.json`` written beside artifacts.
+
+The JSON schema is ``edge_sdk/schemas/conversion.schema.json`` (documented in docs/conversion-report.md).
+Bump ``SCHEMA_VERSION`` on any incompatible change.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .._version import __version__
+from ..core.atomic import atomic_write_text
+from .parity import Parity
+
+SCHEMA_ID = "edge-sdk/conversion"
+SCHEMA_VERSION = 1
+REPORT_NAME = "conversion.json"
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: list
+    dtype: str
+
+
+@dataclass
+class SourceInfo:
+    kind: str  # module | pt2 | factory | onnx
+    name: str
+    path: str | None
+    parameters: int
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Quantization:
+    mode: str
+    weights: str
+    activations: str
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class Artifact:
+    path: str
+    format: str
+    quantization: Quantization
+    size_bytes: int
+    parameters: int
+    conversion_time_s: float
+    parity: Parity
+    weight_storage: dict[str, int] = field(default_factory=dict)  # dtype -> bytes
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def mode(self) -> str:
+        return self.quantization.mode
+
+
+@dataclass
+class ConversionResult:
+    """What ``edge_sdk.convert`` produced: the source, each artifact with its parity, the report path."""
+
+    source: SourceInfo
+    artifacts: list[Artifact]
+    report_path: str | None = None
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def artifact(self, mode: str, format: str = "onnx") -> Artifact:
+        for a in self.artifacts:
+            if a.mode == mode and a.format == format:
+                return a
+        raise KeyError(f"no {format} artifact for mode '{mode}'; have {[a.mode for a in self.artifacts]}")
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA_ID,
+            "schema_version": SCHEMA_VERSION,
+            "edge_sdk_version": __version__,
+            "created": self.created,
+            "host": {"machine": platform.machine(), "system": platform.system(),
+                     "python": platform.python_version()},
+            "source": asdict(self.source),
+            "artifacts": [_artifact_dict(a) for a in self.artifacts],
+        }
+
+    def write(self, out_dir: str | Path) -> Path:
+        path = Path(out_dir) / REPORT_NAME
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        self.report_path = str(path)
+        return path
+
+
+def _artifact_dict(a: Artifact) -> dict:
+    d = asdict(a)
+    d["parity"] = a.parity.to_dict()
+    return d
+
+
+def schema_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "schemas" / "conversion.schema.json"

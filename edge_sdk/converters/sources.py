@@ -1,0 +1,283 @@
+"""Model sources the converter accepts, detected from the argument.
+
+- a ``torch.nn.Module`` with example inputs (Python API);
+- a ``torch.export`` program saved as ``.pt2`` — checked so that loading it unpickles nothing;
+- ``module.path:factory`` (or ``path/to/file.py:factory``) plus ``.safetensors`` weights;
+- an ``.onnx`` file (re-quantize / re-export).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import json
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.formats import ModelFormat, detect_format
+from ..errors import ModelFormatError, ModelNotFoundError, SourceError, require
+
+
+@dataclass
+class TorchSource:
+    """A PyTorch model to export. ``exported`` is set for .pt2 programs."""
+
+    module: Any
+    example_inputs: tuple
+    kind: str  # "module" | "pt2" | "factory"
+    name: str
+    path: str | None = None
+    exported: Any = None
+    notes: list[str] = field(default_factory=list)
+
+    def parameter_count(self) -> int:
+        if self.exported is not None:
+            return int(sum(v.numel() for v in self.exported.state_dict.values()))
+        return int(sum(p.numel() for p in self.module.parameters()))
+
+
+@dataclass
+class OnnxSource:
+    path: Path
+    model: Any  # onnx.ModelProto
+    name: str
+    kind: str = "onnx"
+
+
+Source = TorchSource | OnnxSource
+
+
+def is_torch_module(obj: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def resolve_source(
+    source: Any,
+    *,
+    example_inputs: tuple | None = None,
+    weights: str | Path | None = None,
+    name: str | None = None,
+) -> Source:
+    """Turn the user's argument into a loaded source, raising typed errors for bad input."""
+    if is_torch_module(source):
+        if example_inputs is None:
+            raise SourceError("a torch.nn.Module source needs example_inputs=(tensor, ...)")
+        return TorchSource(source.eval(), _as_tuple(example_inputs), "module",
+                           name or type(source).__name__.lower())
+    if not isinstance(source, (str, Path)):
+        raise SourceError(
+            f"cannot convert a {type(source).__name__}: pass a torch.nn.Module, a .pt2 or .onnx "
+            "path, or 'module.path:factory'"
+        )
+    text = str(source)
+    p = Path(text)
+    if not p.exists() and _looks_like_factory(text):
+        return load_factory(text, weights, example_inputs, name)
+    fmt = detect_format(p)
+    if weights is not None:
+        raise SourceError("--weights applies only to a 'module.path:factory' source")
+    if fmt is ModelFormat.PT2:
+        return load_pt2(p, name)
+    if fmt is ModelFormat.ONNX:
+        from .onnx_graph import load_model
+
+        return OnnxSource(p, load_model(p), name or _stem(p))
+    raise SourceError(f"{p}: converting from {fmt.value} is not supported yet; pass .onnx or .pt2")
+
+
+def _stem(p: Path) -> str:
+    return p.name.split(".")[0] or "model"
+
+
+def _as_tuple(x: Any) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _looks_like_factory(text: str) -> bool:
+    mod, sep, attr = text.rpartition(":")
+    if not (sep and mod and attr.isidentifier()):
+        return False
+    return mod.endswith(".py") or all(part.isidentifier() for part in mod.split("."))
+
+
+# --- .pt2 --------------------------------------------------------------------------------------
+
+_MAX_EXPANSION = 4  # uncompressed/compressed ratio allowed (torch stores entries uncompressed)
+
+
+def check_pt2_archive(path: Path) -> None:
+    """Refuse .pt2 archives that would unpickle arbitrary objects, are truncated, or zip bombs.
+
+    ``torch.export.load`` falls back to ``torch.load(weights_only=False)`` for tensor subclasses,
+    legacy weight files and custom objects; we check every such entry first, so the later load
+    only ever takes the safe path.
+    """
+    torch = require("torch", "convert", "Loading .pt2 programs")
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            declared = sum(i.file_size for i in infos)
+            if declared > _MAX_EXPANSION * size + (1 << 20):
+                raise ModelFormatError(
+                    f"{path}: archive declares {declared} bytes from a {size}-byte file; refusing it"
+                )
+            bad = z.testzip()
+            if bad is not None:
+                raise ModelFormatError(f"{path}: entry {bad} is corrupted (CRC mismatch); save it again")
+            for info in infos:
+                n = info.filename
+                if "/custom_objects/" in n or n.endswith(".pkl"):
+                    raise ModelFormatError(
+                        f"{path}: holds pickled custom objects ({n}); edge-sdk loads only "
+                        "programs with plain tensors — export without torchbind objects"
+                    )
+                if n.endswith("_config.json"):
+                    cfg = json.loads(z.read(info))
+                    for key, meta in (cfg.get("config") or {}).items():
+                        if isinstance(meta, dict) and meta.get("use_pickle"):
+                            raise ModelFormatError(
+                                f"{path}: weight '{key}' is stored as a pickle (tensor subclass); "
+                                "export with plain tensors"
+                            )
+                if n.endswith(".pt"):
+                    try:
+                        torch.load(io.BytesIO(z.read(info)), weights_only=True)
+                    except Exception as e:
+                        raise ModelFormatError(
+                            f"{path}: {n} needs arbitrary unpickling to load ({type(e).__name__}); refusing it"
+                        ) from e
+    except (zipfile.BadZipFile, EOFError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFormatError(f"{path} is a truncated or corrupted .pt2 archive ({e}); save it again") from e
+
+
+def load_pt2(path: Path, name: str | None = None) -> TorchSource:
+    torch = require("torch", "convert", "Loading .pt2 programs")
+    check_pt2_archive(path)
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as e:
+        raise ModelFormatError(
+            f"{path} is not a loadable torch.export program ({type(e).__name__}: {str(e)[:120]})"
+        ) from e
+    example = _pt2_example_inputs(ep)
+    return TorchSource(ep.module(), example, "pt2", name or _stem(path), str(path), exported=ep)
+
+
+def _pt2_example_inputs(ep) -> tuple:
+    """Example inputs stored in the program, else zeros shaped like its input placeholders."""
+    import torch
+
+    if ep.example_inputs is not None:
+        args, kwargs = ep.example_inputs
+        if not kwargs:
+            return tuple(args)
+    user = set(ep.graph_signature.user_inputs)
+    out = []
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name in user:
+            val = node.meta.get("val")
+            shape = [int(d) if isinstance(d, int) else 2 for d in val.shape]
+            out.append(torch.zeros(shape, dtype=val.dtype))
+    return tuple(out)
+
+
+# --- module.path:factory -----------------------------------------------------------------------
+
+
+def load_factory(
+    spec: str,
+    weights: str | Path | None,
+    example_inputs: tuple | None,
+    name: str | None,
+) -> TorchSource:
+    torch = require("torch", "convert", "Building a model from a factory")
+    mod_name, _, attr = spec.rpartition(":")
+    if mod_name.endswith(".py") and not Path(mod_name).is_file():
+        raise ModelNotFoundError(f"factory file {mod_name} does not exist; check the path")
+    try:
+        if mod_name.endswith(".py"):
+            file = Path(mod_name)
+            mspec = importlib.util.spec_from_file_location(f"_edge_factory_{file.stem}", file)
+            module = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(module)
+        else:
+            if "" not in sys.path and str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(mod_name)
+    except Exception as e:
+        raise SourceError(f"cannot import '{mod_name}' for factory {spec}: {type(e).__name__}: {e}") from e
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise SourceError(f"'{mod_name}' has no callable '{attr}'; check the factory name in {spec}")
+    try:
+        model = factory()
+    except Exception as e:
+        raise SourceError(f"factory {spec} raised {type(e).__name__}: {e}") from e
+    if not isinstance(model, torch.nn.Module):
+        raise SourceError(f"factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    notes = []
+    if weights is not None:
+        load_safetensors_into(model, Path(weights))
+        notes.append(f"weights: {weights}")
+    else:
+        notes.append("no --weights given: the factory's initial weights were converted")
+    if example_inputs is None:
+        raise SourceError(
+            f"factory {spec} needs input shapes: pass --input-shape NAME=1x3x224x224 or --calibration FILE.npz"
+        )
+    return TorchSource(model.eval(), _as_tuple(example_inputs), "factory", name or attr, spec, notes=notes)
+
+
+def load_safetensors_into(model, path: Path) -> None:
+    require("safetensors", "convert", "Loading .safetensors weights")
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelNotFoundError(f"weights file {path} does not exist; check --weights")
+    try:
+        state = load_file(str(path))
+    except Exception as e:
+        raise ModelFormatError(
+            f"{path} is not a valid .safetensors file ({str(e)[:120]}); save it with safetensors.torch.save_file"
+        ) from e
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise SourceError(
+            f"{path} does not fit the factory's model: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+
+
+def example_inputs_from_shapes(shapes: dict[str, tuple[int, ...]]) -> tuple:
+    import torch
+
+    return tuple(torch.zeros(s) for s in shapes.values())
+
+
+def example_inputs_from_arrays(arrays: dict[str, np.ndarray], n: int = 2) -> tuple:
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(a[:n])) for a in arrays.values())
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``NAME=1x3x224x224`` (or comma-separated dims)."""
+    name, sep, dims = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        shape = tuple(int(d) for d in dims.replace(",", "x").split("x"))
+        if any(d <= 0 for d in shape):
+            raise ValueError
+    except ValueError:
+        raise SourceError(f"bad --input-shape '{text}': write NAME=1x3x224x224") from None
+    return name, shape
+

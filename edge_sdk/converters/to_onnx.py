@@ -1,0 +1,30 @@
+"""ONNX target: quantize the fp32 base graph per mode, save it, and load it back in ONNX Runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.atomic import StagingDir
+from ..runtimes.ort import OrtSession
+from . import onnx_graph
+from .quantize import QuantInfo, QuantMode, QuantOptions
+from .targets import register_target
+
+
+@dataclass
+class BuiltArtifact:
+    path: Path  # final path once committed
+    files: list[str]  # staged file names, sidecars first
+    session: OrtSession  # the artifact loaded in the runtime users will run it on
+    info: QuantInfo
+    weights: onnx_graph.WeightSummary
+
+
+@register_target("onnx", suffix=".onnx")
+def build_onnx(base_model, mode: QuantMode, opts: QuantOptions, staging: StagingDir, name: str) -> BuiltArtifact:
+    model, info = mode.apply(base_model, opts)
+    file_name = f"{name}.{mode.tag}.onnx"
+    files = onnx_graph.save_model(model, staging.file(file_name))
+    session = OrtSession(staging.file(file_name))
+    return BuiltArtifact(staging.out_dir / file_name, files, session, info, onnx_graph.describe_weights(model))

@@ -1,0 +1,1 @@
+"""Dependency-free foundations shared by converters, runtimes and profilers (numpy only)."""

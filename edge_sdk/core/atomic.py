@@ -1,0 +1,87 @@
+"""Write artifacts so that a failed run leaves nothing half-written.
+
+Files are produced inside a staging directory next to their destination (same file system,
+so the final ``os.replace`` is atomic) and moved into place only when all of them are complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from ..errors import OutputError
+
+
+def ensure_writable_dir(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` if needed and prove it is writable, before any long work starts."""
+    d = Path(out_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".edge-write-test-", dir=d)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(
+            f"cannot write to output directory {d} ({e.strerror or e}); choose another --out"
+        ) from e
+    return d
+
+
+class StagingDir:
+    """A hidden temp directory in ``out_dir``; ``commit(name)`` moves a finished file into place.
+
+    Leaving the ``with`` block removes whatever was not committed, including on errors and Ctrl-C.
+    """
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = ensure_writable_dir(out_dir)
+        self.path = Path(tempfile.mkdtemp(prefix=".edge-staging-", dir=self.out_dir))
+
+    def __enter__(self) -> "StagingDir":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def commit(self, *names: str) -> list[Path]:
+        """Move staged files to ``out_dir`` (sidecars first, so the main file appears last)."""
+        moved = []
+        for name in names:
+            src = self.path / name
+            if src.exists():
+                dst = self.out_dir / name
+                os.replace(src, dst)
+                moved.append(dst)
+        return moved
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temp file and a rename."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p

@@ -1,0 +1,170 @@
+"""Tensor signatures and sets of input samples (calibration / validation data)."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CalibrationError
+
+Dim = int | str | None  # a fixed size, a symbolic name ("batch"), or unknown
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (with symbolic dims) and numpy dtype of one model input or output."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    def describe(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+    def sample_shape(self) -> tuple[Dim, ...]:
+        """Shape without the leading (sample/batch) axis."""
+        return self.shape[1:]
+
+
+LABELS_KEY = "labels"
+
+
+@dataclass
+class InputSet:
+    """Samples keyed by input name (first axis = samples), optional labels, and where they came from.
+
+    ``synthetic`` is true for random data: quantization ranges and parity figures computed on it
+    say nothing about real inputs, and reports must say so.
+    """
+
+    arrays: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    source: str = "random"
+    synthetic: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_samples(self) -> int:
+        return int(next(iter(self.arrays.values())).shape[0]) if self.arrays else 0
+
+    def batches(self, batch_size: int):
+        """Yield feeds of at most ``batch_size`` samples."""
+        n = self.num_samples
+        for start in range(0, n, batch_size):
+            yield {k: v[start : start + batch_size] for k, v in self.arrays.items()}
+
+    def head(self, n: int) -> "InputSet":
+        return InputSet(
+            {k: v[:n] for k, v in self.arrays.items()},
+            None if self.labels is None else self.labels[:n],
+            self.source,
+            self.synthetic,
+            list(self.notes),
+        )
+
+
+def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Read an .npz of arrays without pickle; return (arrays by name, labels or None)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CalibrationError(f"calibration/validation file {p} does not exist; check the path")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise CalibrationError(
+            f"{p} is not a readable .npz of arrays ({e}); write it with numpy.savez"
+        ) from e
+    labels = arrays.pop(LABELS_KEY, None)
+    if not arrays:
+        raise CalibrationError(f"{p} holds no input arrays; key them by the model's input names")
+    return arrays, labels
+
+
+def _castable(src: np.dtype, dst: np.dtype) -> bool:
+    if np.issubdtype(dst, np.floating):
+        return np.issubdtype(src, np.floating)
+    if np.issubdtype(dst, np.integer):
+        return np.issubdtype(src, np.integer)
+    if dst == np.bool_:
+        return src == np.bool_
+    return src == dst
+
+
+def validate_inputs(
+    arrays: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    specs: list[TensorSpec],
+    origin: str,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Check names, per-sample shapes and dtypes against ``specs``; return arrays cast to them."""
+    want = {s.name for s in specs}
+    have = set(arrays)
+    if want != have:
+        missing, extra = sorted(want - have), sorted(have - want)
+        raise CalibrationError(
+            f"{origin}: input names do not match the model (missing {missing}, unexpected {extra}); "
+            f"key the arrays by {sorted(want)}"
+        )
+    counts = {name: a.shape[0] if a.ndim else 0 for name, a in arrays.items()}
+    if len(set(counts.values())) != 1 or 0 in counts.values():
+        raise CalibrationError(
+            f"{origin}: every array needs the same number (> 0) of samples on axis 0, got {counts}"
+        )
+    out = {}
+    for s in specs:
+        a = arrays[s.name]
+        expected = s.sample_shape()
+        got = a.shape[1:]
+        ok = len(got) == len(expected) and all(
+            not isinstance(e, int) or e == g for e, g in zip(expected, got)
+        )
+        if not ok:
+            raise CalibrationError(
+                f"{origin}: '{s.name}' has samples of shape {tuple(got)} but the model expects "
+                f"{tuple(expected)} (axis 0 of the array is the sample axis)"
+            )
+        dst = np.dtype(s.dtype)
+        if not _castable(a.dtype, dst):
+            raise CalibrationError(
+                f"{origin}: '{s.name}' holds {a.dtype} data but the model input is {dst}; "
+                f"save it as {dst}"
+            )
+        out[s.name] = np.ascontiguousarray(a.astype(dst, copy=False))
+    n = next(iter(counts.values()))
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape[:1] != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise CalibrationError(
+                f"{origin}: 'labels' must be integer class ids, one per sample ({n}), "
+                f"got {labels.dtype}{list(labels.shape)}"
+            )
+    return out, labels
+
+
+def load_input_set(path: str | Path, specs: list[TensorSpec]) -> InputSet:
+    arrays, labels = read_npz(path)
+    arrays, labels = validate_inputs(arrays, labels, specs, str(path))
+    return InputSet(arrays, labels, source=str(path), synthetic=False)
+
+
+def random_input_set(specs: list[TensorSpec], num_samples: int, seed: int = 0) -> InputSet:
+    """Seeded synthetic samples for every input (symbolic dims other than the first become 1)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for s in specs:
+        shape = (num_samples,) + tuple(d if isinstance(d, int) else 1 for d in s.sample_shape())
+        dt = np.dtype(s.dtype)
+        if np.issubdtype(dt, np.floating):
+            arrays[s.name] = rng.standard_normal(shape).astype(dt)
+        elif np.issubdtype(dt, np.integer):
+            arrays[s.name] = rng.integers(0, 100, size=shape).astype(dt)
+        elif dt == np.bool_:
+            arrays[s.name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            raise CalibrationError(f"cannot synthesize random data for '{s.name}' of dtype {dt}")
+    return InputSet(arrays, None, source="random", synthetic=True)

@@ -1,0 +1,69 @@
+"""Typed exceptions of the public API.
+
+Every error edge-sdk raises on bad input derives from :class:`EdgeError`. Its message is one
+line that says what is wrong and what to do; the CLI prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base class: bad input or an unmet requirement, with a one-line, actionable message."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(EdgeError, FileNotFoundError):
+    """The model path does not exist."""
+
+
+class ModelFormatError(EdgeError):
+    """The file is not a model of the expected format, or it is truncated or corrupted."""
+
+
+class SourceError(EdgeError):
+    """A model source could not be built: a factory that fails, weights that do not fit it."""
+
+
+class UnsupportedOperatorError(EdgeError):
+    """The model uses operators the target cannot express. ``nodes`` lists (name, op_type)."""
+
+    def __init__(self, message: str, nodes: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.nodes = list(nodes or [])
+
+
+class CalibrationError(EdgeError):
+    """Calibration/validation data is missing or does not match the model's inputs."""
+
+
+class InvalidOptionError(EdgeError):
+    """An option value that is not one of the valid choices (the message lists them)."""
+
+
+class QuantizationError(InvalidOptionError):
+    """An unknown quantization mode or an option that does not apply to it."""
+
+
+class ConversionError(EdgeError):
+    """The exporter or a graph pass failed on an otherwise valid model."""
+
+
+class OutputError(EdgeError):
+    """The output location cannot be written."""
+
+
+class MissingDependencyError(EdgeError, ImportError):
+    """An optional package is not installed; the message names the extra that provides it."""
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import an optional dependency or raise :class:`MissingDependencyError` naming its extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"{purpose} needs the '{module}' package: pip install 'edge-sdk[{extra}]'"
+        ) from e

@@ -1,0 +1,1 @@
+"""Latency, memory and power profilers (see the profiler issue); reports in JSON/Markdown/HTML."""
