@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,6 +145,32 @@ def gemm_to_matmul(model) -> int:
         model.graph.node.extend(new_nodes)
         remove_unused_initializers(model)
     return rewritten
+
+
+def topological_sort(model) -> None:
+    """Reorder nodes so each comes after its producers (the ONNX checker requires it; ORT's fp16
+    converter appends its input casts at the end of the graph)."""
+    nodes = list(model.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    deps = [{producer[x] for x in n.input if x in producer and producer[x] != i} for i, n in enumerate(nodes)]
+    users: dict[int, list[int]] = {}
+    for i, d in enumerate(deps):
+        for j in d:
+            users.setdefault(j, []).append(i)
+    pending = [len(d) for d in deps]
+    ready = deque(i for i, c in enumerate(pending) if c == 0)
+    order: list[int] = []
+    while ready:
+        i = ready.popleft()
+        order.append(i)
+        for u in users.get(i, []):
+            pending[u] -= 1
+            if pending[u] == 0:
+                ready.append(u)
+    if len(order) != len(nodes):
+        raise ValueError("graph has a cycle")
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[i] for i in order)
 
 
 def remove_unused_initializers(model) -> None:

@@ -118,6 +118,7 @@ def _fp16(model, opts: QuantOptions):
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         out = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True)
+    onnx_graph.topological_sort(out)
     return out, QuantInfo("fp16", "fp16 (fp32 at inputs/outputs)")
 
 

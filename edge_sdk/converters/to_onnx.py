@@ -24,6 +24,7 @@ class BuiltArtifact:
 @register_target("onnx", suffix=".onnx")
 def build_onnx(base_model, mode: QuantMode, opts: QuantOptions, staging: StagingDir, name: str) -> BuiltArtifact:
     model, info = mode.apply(base_model, opts)
+    onnx_graph.check_model(model, f"the {mode.name} artifact")
     file_name = f"{name}.{mode.tag}.onnx"
     files = onnx_graph.save_model(model, staging.file(file_name))
     session = OrtSession(staging.file(file_name))
