@@ -28,7 +28,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(e: EdgeError) -> None:
-    err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=e.exit_code)
 
 
@@ -126,7 +126,7 @@ def print_conversion(result) -> None:
         console.print(f"reference ({first.reference}) accuracy: {100 * first.reference_accuracy:.2f}%")
     for a in result.artifacts:
         for w in a.warnings:
-            console.print(f"[yellow]warning[/] {Path(a.path).name}: {w}", highlight=False)
+            console.print(f"[yellow]warning[/] {Path(a.path).name}: {escape(w)}", highlight=False)
     console.print(f"report: {result.report_path}")
 
 
@@ -157,8 +157,8 @@ def inspect(model: Path = typer.Argument(..., help="An .onnx or .pt2 file.")) ->
     for dt, st in r.weight_dtypes.items():
         w.add_row(dt, str(st.tensors), f"{st.elements:,}", _human_bytes(st.bytes))
     console.print(w)
-    console.print("quantization: " + ("; ".join(r.quantization) if r.quantization else "none (float weights)"),
-                  highlight=False)
+    quant = "; ".join(r.quantization) if r.quantization else "none (float weights)"
+    console.print("quantization: " + escape(quant), highlight=False)
     ops = Table(title="operators")
     ops.add_column("op")
     ops.add_column("count", justify="right")
