@@ -15,55 +15,27 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..training import accuracy, fit_classifier, load_digits_split, save_for_conversion
 from .model import DigitsCNN
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "artifacts"
 FILES = ("digits.pt2", "digits.safetensors", "calib.npz", "val.npz", "train.json")
 
 
-def load_data(seed: int = 0):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
-    y = d.target.astype(np.int64)
-    return train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-
-
 def train(out: Path = DEFAULT_OUT, epochs: int = 30, seed: int = 0, force: bool = False) -> dict:
     out = Path(out)
     if not force and all((out / f).exists() for f in FILES):
         return json.loads((out / "train.json").read_text())
+    x_tr, x_te, y_tr, y_te = load_digits_split(seed)
     torch.manual_seed(seed)
-    x_tr, x_te, y_tr, y_te = load_data(seed)
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(xt), generator=g).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(torch.from_numpy(x_te)).argmax(1).numpy() == y_te).mean())
-
-    out.mkdir(parents=True, exist_ok=True)
+    model = fit_classifier(DigitsCNN(), x_tr, y_tr, epochs=epochs, lr=3e-3, seed=seed)
+    acc = accuracy(model, x_te, y_te)
+    save_for_conversion(model, out, "digits", x_tr[:256], x_te, y_te)
     from safetensors.torch import save_file
 
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    ep = torch.export.export(model, (torch.from_numpy(x_te[:2]),), dynamic_shapes=({0: batch},))
-    torch.export.save(ep, str(out / "digits.pt2"))
     save_file(model.state_dict(), str(out / "digits.safetensors"))
-    np.savez(out / "calib.npz", x=x_tr[:256])
-    np.savez(out / "val.npz", x=x_te, labels=y_te)
     info = {"test_accuracy": acc, "train_samples": len(x_tr), "test_samples": len(x_te), "epochs": epochs}
     (out / "train.json").write_text(json.dumps(info, indent=2))
     return info

@@ -9,11 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..digits.train import load_data
+from ..training import accuracy, fit_classifier, load_digits_split, save_for_conversion
 from .model import TinyTransformer
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "artifacts"
@@ -24,27 +22,11 @@ def train(out: Path = DEFAULT_OUT, epochs: int = 40, seed: int = 0, force: bool 
     out = Path(out)
     if not force and all((out / f).exists() for f in FILES):
         return json.loads((out / "train.json").read_text())
+    x_tr, x_te, y_tr, y_te = load_digits_split(seed)
     torch.manual_seed(seed)
-    x_tr, x_te, y_tr, y_te = load_data(seed)
-    model = TinyTransformer()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(xt), generator=g).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(torch.from_numpy(x_te)).argmax(1).numpy() == y_te).mean())
-    out.mkdir(parents=True, exist_ok=True)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    ep = torch.export.export(model, (torch.from_numpy(x_te[:2]),), dynamic_shapes=({0: batch},))
-    torch.export.save(ep, str(out / "tiny_transformer.pt2"))
-    np.savez(out / "calib.npz", x=x_tr[:256])
-    np.savez(out / "val.npz", x=x_te, labels=y_te)
+    model = fit_classifier(TinyTransformer(), x_tr, y_tr, epochs=epochs, lr=2e-3, seed=seed)
+    acc = accuracy(model, x_te, y_te)
+    save_for_conversion(model, out, "tiny_transformer", x_tr[:256], x_te, y_te)
     info = {"test_accuracy": acc, "epochs": epochs}
     (out / "train.json").write_text(json.dumps(info, indent=2))
     return info
