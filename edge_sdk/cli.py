@@ -28,7 +28,8 @@ err_console = Console(stderr=True)
 
 
 def _fail(e: EdgeError) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    message = " ".join(str(e).split())  # always one line
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=e.exit_code)
 
 
@@ -86,7 +87,7 @@ def convert(
         shapes = dict(parse_input_shape(s) for s in input_shape) or None
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                      console=err_console, transient=True) as bar:
+                      console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
             task = bar.add_task("starting", total=None)
 
             def on_progress(ev) -> None:
@@ -107,15 +108,16 @@ def convert(
 def print_conversion(result) -> None:
     src = result.source
     first = result.artifacts[0].parity
-    table = Table(box=box.SIMPLE_HEAD, title=f"{src.name}: parity vs {first.reference} on {first.samples} samples "
-                        f"({'random' if first.synthetic_inputs else first.inputs})")
+    title = (f"{src.name}: parity vs {first.reference} on {first.samples} samples "
+             f"({'random' if first.synthetic_inputs else first.inputs})")
+    table = Table(box=box.SIMPLE_HEAD, title=escape(title))
     for col in ("artifact", "size", "params", "max abs err", "rel L2", "cosine", "top-1 agree",
                 "accuracy", "time s"):
         table.add_column(col, justify="left" if col == "artifact" else "right", no_wrap=True)
     for a in result.artifacts:
         p = a.parity.primary
         table.add_row(
-            Path(a.path).name, _human_bytes(a.size_bytes), f"{a.parameters:,}",
+            escape(Path(a.path).name), _human_bytes(a.size_bytes), f"{a.parameters:,}",
             f"{p.max_abs_error:.2e}", f"{p.rel_l2_error:.2e}", f"{p.cosine_similarity:.6f}",
             "-" if p.top1_agreement is None else f"{100 * p.top1_agreement:.2f}%",
             "-" if a.parity.accuracy is None else f"{100 * a.parity.accuracy:.2f}%",
@@ -126,8 +128,10 @@ def print_conversion(result) -> None:
         console.print(f"reference ({first.reference}) accuracy: {100 * first.reference_accuracy:.2f}%")
     for a in result.artifacts:
         for w in a.warnings:
-            console.print(f"[yellow]warning[/] {Path(a.path).name}: {escape(w)}", highlight=False)
-    console.print(f"report: {result.report_path}")
+            console.print(f"[yellow]warning[/] {escape(Path(a.path).name)}: {escape(w)}", highlight=False)
+    for note in src.notes:
+        console.print(f"note: {escape(note)}", highlight=False)
+    console.print(f"report: {escape(str(result.report_path))}", highlight=False)
 
 
 @app.command()
@@ -139,10 +143,10 @@ def inspect(model: Path = typer.Argument(..., help="An .onnx or .pt2 file.")) ->
         r = do_inspect(model)
     except EdgeError as e:
         _fail(e)
-    console.print(f"[bold]{r.path}[/]  format={r.format}  size={_human_bytes(r.size_bytes)} "
+    console.print(f"[bold]{escape(r.path)}[/]  format={r.format}  size={_human_bytes(r.size_bytes)} "
                   f"({r.size_bytes:,} B)  parameters={r.parameters:,}", highlight=False)
     for k, v in r.metadata.items():
-        console.print(f"  {k}: {v}", highlight=False)
+        console.print(f"  {k}: {escape(v)}", highlight=False)
     sig = Table(title="signature")
     for col in ("", "name", "shape", "dtype"):
         sig.add_column(col)
@@ -163,7 +167,7 @@ def inspect(model: Path = typer.Argument(..., help="An .onnx or .pt2 file.")) ->
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, n in r.op_histogram.items():
-        ops.add_row(op, str(n))
+        ops.add_row(escape(op), str(n))
     console.print(ops)
 
 

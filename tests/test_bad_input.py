@@ -32,7 +32,7 @@ def assert_clean_failure(args, out: Path, *needles: str):
     joined = " ".join(text.split())
     for n in needles:
         assert n in joined, text
-    assert listing(out) == [], listing(out)  # no partial artifacts, no staging dirs
+    assert not out.exists(), listing(out)  # no partial artifacts, no staging dirs, no empty --out
 
 
 @pytest.fixture
@@ -208,8 +208,8 @@ def test_failure_in_a_later_mode_commits_nothing(digits_dir, tmp_path, monkeypat
                         quantize.QuantMode("int4", "int4", "x", False, boom))
     out = tmp_path / "o"
     with pytest.raises(errors.ConversionError):
-        edge_sdk.convert(digits_dir / "digits.pt2", quantize=["none", "int4"], out=out)
-    assert listing(out) == []
+        edge_sdk.convert(digits_dir / "digits.pt2", quantize=["none", "int4"], out=out / "deeper")
+    assert not out.exists()
 
 
 def test_inspect_bad_files(tmp_path):
@@ -219,3 +219,63 @@ def test_inspect_bad_files(tmp_path):
     assert code == 2 and text.startswith("error:")
     code, text = run_cli("inspect", str(tmp_path / "missing.onnx"))
     assert code == 2 and "no such file" in text
+
+
+def test_factory_weights_of_the_wrong_shape(tmp_path, out):
+    from safetensors.torch import save_file
+
+    from examples.digits.model import DigitsCNN
+
+    state = DigitsCNN().state_dict()
+    state["fc2.weight"] = state["fc2.weight"][:5]
+    w = tmp_path / "w5.safetensors"
+    save_file(state, str(w))
+    assert_clean_failure(["convert", "examples.digits.model:build_model", "--weights", str(w),
+                          "--input-shape", "x=1x1x8x8"], out, "does not fit the factory's model", "size mismatch")
+
+
+@pytest.mark.parametrize("name", ["a/b", "../../escaped", ".hidden", "x y"])
+def test_unsafe_name_refused(digits_dir, tmp_path, out, name):
+    assert_clean_failure(["convert", str(digits_dir / "digits.pt2"), "--name", name], out, "must be a plain file name")
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_labels_must_be_one_per_sample(digits_dir, tmp_path, out):
+    v = np.load(digits_dir / "val.npz")
+    f = tmp_path / "val2d.npz"
+    np.savez(f, x=v["x"], labels=v["labels"][:, None])
+    assert_clean_failure(["convert", str(digits_dir / "digits.pt2"), "--validation", str(f)], out, "'labels' must be")
+
+
+@pytest.mark.parametrize("opset", ["5", "99"])
+def test_opset_out_of_range(digits_dir, out, opset):
+    assert_clean_failure(["convert", str(digits_dir / "digits.pt2"), "--opset", opset], out, f"--opset {opset} unsupported")
+
+
+def test_multiline_factory_error_is_one_line(tmp_path, out, monkeypatch):
+    (tmp_path / "ml.py").write_text("def make():\n    raise ValueError('line one\\nline two')\n")
+    monkeypatch.chdir(tmp_path)
+    code, text = run_cli("convert", "ml.py:make", "--input-shape", "x=1x3", "--out", str(out))
+    assert code == 2 and len(text.strip().splitlines()) == 1 and "line one" in text
+
+
+def test_operator_onnx_does_not_define(tmp_path, out):
+    from onnx import TensorProto, helper, save
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["h"], name="ok"),
+                           helper.make_node("FancyGelu", ["h"], ["y"], name="act1")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    f = tmp_path / "fancy.onnx"
+    save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(f))
+    with pytest.raises(errors.UnsupportedOperatorError) as ei:
+        edge_sdk.convert(f, out=out)
+    assert ei.value.nodes == [("act1", "FancyGelu")]
+    assert_clean_failure(["convert", str(f)], out, "FancyGelu (act1)")
+
+
+def test_markup_characters_in_paths_are_printed_verbatim(digits_dir, tmp_path):
+    out = tmp_path / "o[red]"
+    code, text = run_cli("convert", str(digits_dir / "digits.pt2"), "--out", str(out))
+    assert code == 0, text
+    assert f"report: {out}/conversion.json" in text

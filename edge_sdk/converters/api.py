@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 
 from ..core.atomic import StagingDir, ensure_writable_dir
 from ..core.tensors import InputSet, TensorSpec, load_input_set, random_input_set, read_npz
-from ..errors import CalibrationError, InvalidOptionError
+from ..errors import CalibrationError, ConversionError, InvalidOptionError
 from ..runtimes.ort import OrtSession
 from . import onnx_graph, parity, sources
 from .quantize import QuantOptions, get_mode
@@ -19,6 +20,7 @@ from .report import Artifact, ConversionResult, Quantization, SourceInfo, Tensor
 from .targets import get_target
 
 RANDOM = "random"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 RANDOM_SAMPLES = 32  # synthetic samples for calibration / parity when no data is given
 
 
@@ -63,10 +65,12 @@ def convert(
     ONNX run in fp32) on ``validation`` data, else ``calibration`` data, else seeded random inputs.
     Nothing is written to ``out`` unless every artifact succeeds.
     """
-    targets = [get_target(t) for t in _listify(to)]
-    modes = [get_mode(q) for q in dict.fromkeys(_listify(quantize))]
+    targets = list({t.name: t for t in map(get_target, _listify(to))}.values())
+    modes = list({m.name: m for m in map(get_mode, _listify(quantize))}.values())
     if not modes:
         raise InvalidOptionError("no quantization mode given; use e.g. quantize='none'")
+    if name is not None and not _SAFE_NAME.fullmatch(name):
+        raise InvalidOptionError(f"--name '{name}' must be a plain file name (letters, digits, '.', '_', '-')")
     if isinstance(calibration, str) and calibration != RANDOM and not calibration.endswith(".npz") \
             and not Path(calibration).exists():
         raise CalibrationError(f"calibration file {calibration} does not exist; pass FILE.npz or 'random'")
@@ -104,11 +108,12 @@ def convert(
 
     # 3. data, and the reference outputs on it
     report("running the original model")
-    calib = _input_set(calibration, in_specs, "calibration")
-    valid = _input_set(validation, in_specs, "validation")
+    int_high = onnx_graph.index_input_bounds(base)
+    calib = _input_set(calibration, in_specs, "calibration", int_high)
+    valid = _input_set(validation, in_specs, "validation", int_high)
     parity_inputs = valid or (calib if calib is not None and not calib.synthetic else None)
     if parity_inputs is None:
-        parity_inputs = random_input_set(in_specs, RANDOM_SAMPLES, seed=1)
+        parity_inputs = random_input_set(in_specs, RANDOM_SAMPLES, seed=1, int_high=int_high)
     ref_outputs, ref_name = _reference_outputs(src, base, parity_inputs)
 
     opts = QuantOptions(calib, block_size, symmetric, activation_type, calibration_method)
@@ -148,6 +153,9 @@ def convert(
         for files in staged:  # all or nothing: commit only once every artifact succeeded
             staging.commit(*files)
 
+    if any(a.parameters != parameters for a in artifacts):
+        notes.append("artifact parameter counts differ from the source's where graph optimization "
+                     "folded parameters away (e.g. BatchNorm into the preceding Conv)")
     result = ConversionResult(
         SourceInfo(src.kind, src.name, None if getattr(src, "path", None) is None else str(src.path),
                    parameters, [_tinfo(s) for s in in_specs], [_tinfo(s) for s in out_specs],
@@ -173,7 +181,7 @@ def _factory_example_inputs(input_shapes, calibration) -> tuple | None:
     return None
 
 
-def _input_set(arg, specs: list[TensorSpec], what: str) -> InputSet | None:
+def _input_set(arg, specs: list[TensorSpec], what: str, int_high: dict[str, int]) -> InputSet | None:
     if arg is None:
         return None
     if isinstance(arg, InputSet):
@@ -184,7 +192,7 @@ def _input_set(arg, specs: list[TensorSpec], what: str) -> InputSet | None:
     if str(arg) == RANDOM:
         if what != "calibration":
             raise CalibrationError("'random' is accepted for calibration only; give a validation .npz")
-        return random_input_set(specs, RANDOM_SAMPLES, seed=0)
+        return random_input_set(specs, RANDOM_SAMPLES, seed=0, int_high=int_high)
     return load_input_set(arg, specs)
 
 
@@ -193,18 +201,24 @@ def _reference_outputs(src, base, data: InputSet) -> tuple[dict[str, np.ndarray]
         return OrtSession(base.SerializeToString()).run_all(data), "onnxruntime (source ONNX, fp32)"
     import torch
 
+    from ..runtimes.ort import fixed_batch, iter_batches
+    from .torch_export import one_line
+
     names = [s.name for s in onnx_graph.output_specs(base)]
     chunks: list[list[np.ndarray]] = [[] for _ in names]
     with torch.no_grad():
-        for feeds in data.batches(64):
-            outs = src.module(*(torch.from_numpy(v) for v in feeds.values()))
+        for feeds, valid in iter_batches(data, fixed_batch(onnx_graph.input_specs(base))):
+            try:
+                outs = src.module(*(torch.from_numpy(v) for v in feeds.values()))
+            except Exception as e:
+                raise ConversionError(f"running the original torch model failed: {one_line(e)}") from e
             flat = _flatten(outs)
             if len(flat) != len(names):
-                raise CalibrationError(
+                raise ConversionError(
                     f"the torch model returned {len(flat)} outputs but its ONNX export has {len(names)}"
                 )
             for i, o in enumerate(flat):
-                chunks[i].append(o.detach().cpu().numpy())
+                chunks[i].append(o.detach().cpu().numpy()[:valid])
     return {n: np.concatenate(c, axis=0) for n, c in zip(names, chunks)}, "torch"
 
 

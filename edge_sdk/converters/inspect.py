@@ -67,11 +67,18 @@ def _inspect_pt2(p: Path) -> InspectReport:
             v = n.meta["val"]
             shape = tuple(int(d) if str(d).isdigit() else str(d) for d in v.shape)
             inputs.append(TensorSpec(n.name, shape, str(v.dtype).replace("torch.", "")))
+    outputs = []
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    for i, arg in enumerate(out_node.args[0] if isinstance(out_node.args[0], (list, tuple)) else [out_node.args[0]]):
+        v = getattr(arg, "meta", {}).get("val")
+        if v is not None and hasattr(v, "shape"):
+            shape = tuple(int(d) if str(d).isdigit() else str(d) for d in v.shape)
+            outputs.append(TensorSpec(getattr(arg, "name", f"output_{i}"), shape, str(v.dtype).replace("torch.", "")))
     stats: dict[str, onnx_graph.DtypeStats] = {}
     for t in ep.state_dict.values():
         d = stats.setdefault(str(t.dtype).replace("torch.", ""), onnx_graph.DtypeStats())
         d.tensors += 1
         d.elements += t.numel()
         d.bytes += t.numel() * t.element_size()
-    return InspectReport(str(p), "pt2", p.stat().st_size, inputs, [], dict(hist.most_common()),
+    return InspectReport(str(p), "pt2", p.stat().st_size, inputs, outputs, dict(hist.most_common()),
                          src.parameter_count(), stats, [], {"program": "torch.export ExportedProgram"})

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.tensors import TensorSpec
-from ..errors import ModelFormatError, require
+from ..errors import ModelFormatError, UnsupportedOperatorError, require
 
 # Models whose weights pass this many bytes are saved with external data (protobuf's 2 GB limit).
 EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
@@ -42,6 +42,13 @@ def check_model(model, where: str) -> None:
     onnx = _onnx()
     if not model.graph.node and not model.graph.output:
         raise ModelFormatError(f"{where} holds no ONNX graph; it may be truncated: export it again")
+    unknown = [(n.name, n.op_type) for n in model.graph.node
+               if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
+    if unknown:
+        listed = ", ".join(f"{op} ({name or 'unnamed'})" for name, op in unknown[:20])
+        raise UnsupportedOperatorError(
+            f"{where} uses {len(unknown)} node(s) with operators ONNX does not define: {listed}; "
+            "replace them or register them as a custom domain", nodes=unknown)
     try:
         if model.ByteSize() < 2_000_000_000:
             onnx.checker.check_model(model)
@@ -188,6 +195,23 @@ def prune_opset_imports(model) -> None:
     keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain in ("", "ai.onnx")]
     del model.opset_import[:]
     model.opset_import.extend(keep)
+
+
+def index_input_bounds(model) -> dict[str, int]:
+    """For integer graph inputs used as Gather indices into a constant table (token ids into an
+    embedding), the table's size: random test data must stay below it."""
+    inits = {t.name: t for t in model.graph.initializer}
+    int_inputs = {s.name for s in input_specs(model) if "int" in s.dtype}
+    bounds: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in int_inputs \
+                and node.input[0] in inits:
+            from onnx import helper
+
+            axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+            size = int(inits[node.input[0]].dims[axis])
+            bounds[node.input[1]] = min(bounds.get(node.input[1], size), size)
+    return bounds
 
 
 # --- describing weights -----------------------------------------------------------------------

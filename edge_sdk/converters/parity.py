@@ -12,7 +12,7 @@ class OutputParity:
     name: str
     max_abs_error: float
     rel_l2_error: float
-    cosine_similarity: float  # mean over samples
+    cosine_similarity: float  # mean over samples (over the whole output when samples are scalars)
     top1_agreement: float | None  # classifier outputs ([N, C], C >= 2) only
 
 
@@ -43,6 +43,8 @@ def compare_output(name: str, got: np.ndarray, ref: np.ndarray) -> OutputParity:
     if got.shape != ref.shape:
         raise ValueError(f"output '{name}' has shape {got.shape}, reference {ref.shape}")
     g = got.astype(np.float64).reshape(got.shape[0] if got.ndim else 1, -1)
+    if g.shape[1] == 1:  # one scalar per sample: a per-sample cosine would only compare signs
+        g = g.reshape(1, -1)
     r = ref.astype(np.float64).reshape(g.shape)
     diff = g - r
     ref_norm = float(np.linalg.norm(r))

@@ -75,22 +75,29 @@ def get_mode(name: str) -> QuantMode:
     return QUANT_MODES[key]
 
 
+_ORT_LOGGERS = ("onnxruntime", "onnxruntime.quantization",
+                "onnxruntime.quantization.matmul_nbits_quantizer")
+
+
 @contextlib.contextmanager
 def preserved_logging():
     """ORT's quantization modules set the root logger to INFO/WARNING on import and log advice
     through it; keep them quiet while they run and undo their changes afterwards."""
     root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
+    handlers = list(root.handlers)
+    loggers = [root] + [logging.getLogger(n) for n in _ORT_LOGGERS]
+    levels = [lg.level for lg in loggers]
     root.setLevel(logging.ERROR)
+    for lg in loggers[1:]:
+        lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        root.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
         for h in list(root.handlers):
             if h not in handlers:
                 root.removeHandler(h)
-        for name in ("onnxruntime", "onnxruntime.quantization"):
-            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _ort_quant():
@@ -123,10 +130,12 @@ def _fp16(model, opts: QuantOptions):
 
 
 class _Reader:
-    """Feeds calibration samples to ORT's calibrator in batches."""
+    """Feeds calibration samples to ORT's calibrator, in batches the model accepts."""
 
-    def __init__(self, data: InputSet, batch: int) -> None:
-        self._it = iter(data.batches(batch))
+    def __init__(self, data: InputSet, model) -> None:
+        from ..runtimes.ort import fixed_batch, iter_batches
+
+        self._it = (feeds for feeds, _ in iter_batches(data, fixed_batch(onnx_graph.input_specs(model)), 16))
 
     def get_next(self):
         return next(self._it, None)
@@ -158,9 +167,8 @@ def _int8_static(model, opts: QuantOptions):
         src, pre, dst = (Path(tmp) / n for n in ("src.onnx", "pre.onnx", "int8.onnx"))
         onnx.save_model(model, str(src))
         quant_pre_process(str(src), str(pre))
-        batch = 16 if _dynamic_batch(model) else 1
         q.quantize_static(
-            str(pre), str(dst), _Reader(opts.calibration, batch),
+            str(pre), str(dst), _Reader(opts.calibration, model),
             quant_format=q.QuantFormat.QDQ, per_channel=True,
             activation_type=act, weight_type=q.QuantType.QInt8,
             calibrate_method=methods[opts.calibration_method],
@@ -179,10 +187,6 @@ def _int8_static(model, opts: QuantOptions):
         info.warnings.append("activation ranges were calibrated on random data (synthetic): "
                              "accuracy figures of this artifact are not representative")
     return out, info
-
-
-def _dynamic_batch(model) -> bool:
-    return all(s.shape and not isinstance(s.shape[0], int) for s in onnx_graph.input_specs(model))
 
 
 @register_quant_mode(
@@ -231,7 +235,6 @@ def _int4(model, opts: QuantOptions):
     onnx_graph.gemm_to_matmul(m)
     n_matmul = sum(1 for n in m.graph.node if n.op_type == "MatMul")
     with preserved_logging():
-        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
         quantizer = MatMulNBitsQuantizer(m, bits=4, block_size=opts.block_size, is_symmetric=opts.symmetric)
         quantizer.process()
         out = quantizer.model.model

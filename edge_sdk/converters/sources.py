@@ -13,6 +13,7 @@ import importlib.util
 import io
 import json
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,10 @@ class TorchSource:
     notes: list[str] = field(default_factory=list)
 
     def parameter_count(self) -> int:
+        """Trainable parameters (not buffers such as BatchNorm running statistics)."""
         if self.exported is not None:
-            return int(sum(v.numel() for v in self.exported.state_dict.values()))
+            sd = self.exported.state_dict
+            return int(sum(sd[k].numel() for k in self.exported.graph_signature.parameters))
         return int(sum(p.numel() for p in self.module.parameters()))
 
 
@@ -149,7 +152,9 @@ def check_pt2_archive(path: Path) -> None:
                             )
                 if n.endswith(".pt"):
                     try:
-                        torch.load(io.BytesIO(z.read(info)), weights_only=True)
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            torch.load(io.BytesIO(z.read(info)), weights_only=True)
                     except Exception as e:
                         raise ModelFormatError(
                             f"{path}: {n} needs arbitrary unpickling to load ({type(e).__name__}); refusing it"
@@ -220,7 +225,8 @@ def load_factory(
     try:
         model = factory()
     except Exception as e:
-        raise SourceError(f"factory {spec} raised {type(e).__name__}: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise SourceError(f"factory {spec} raised {type(e).__name__}: {first}") from e
     if not isinstance(model, torch.nn.Module):
         raise SourceError(f"factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
     notes = []
@@ -248,7 +254,11 @@ def load_safetensors_into(model, path: Path) -> None:
         raise ModelFormatError(
             f"{path} is not a valid .safetensors file ({str(e)[:120]}); save it with safetensors.torch.save_file"
         ) from e
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # size mismatches
+        detail = " ".join(str(e).split())[:200]
+        raise SourceError(f"{path} does not fit the factory's model: {detail}") from e
     if result.missing_keys or result.unexpected_keys:
         raise SourceError(
             f"{path} does not fit the factory's model: missing {result.missing_keys[:5]}, "
@@ -265,7 +275,11 @@ def example_inputs_from_shapes(shapes: dict[str, tuple[int, ...]]) -> tuple:
 def example_inputs_from_arrays(arrays: dict[str, np.ndarray], n: int = 2) -> tuple:
     import torch
 
-    return tuple(torch.from_numpy(np.ascontiguousarray(a[:n])) for a in arrays.values())
+    def example(a: np.ndarray):
+        a = np.ascontiguousarray(a[:n])
+        return torch.from_numpy(a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a)
+
+    return tuple(example(a) for a in arrays.values())
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:

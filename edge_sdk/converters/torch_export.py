@@ -5,21 +5,34 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
-from ..errors import ConversionError, require
+from ..errors import ConversionError, InvalidOptionError, require
 from .onnx_graph import check_model
 from .sources import TorchSource
 
 BATCH_DIM = "batch"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, without terminal colour codes."""
+    text = _ANSI.sub("", str(e)).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
 @contextlib.contextmanager
 def quiet_exporter():
-    """Silence the exporter's chatter (``torchvision is not installed`` lines, progress prints)."""
-    names = ["torch.onnx", "torch.export", "torch._export", "onnxscript", "torch._dynamo"]
+    """Silence the exporter's chatter (``torchvision is not installed`` lines, guard errors it
+    recovers from, progress prints): failures reach the user as one ConversionError line."""
+    names = ["torch", "onnxscript"] + [
+        n for n in logging.root.manager.loggerDict if n.startswith(("torch", "onnxscript"))
+    ]
     saved = {n: logging.getLogger(n).level for n in names}
     for n in names:
-        logging.getLogger(n).setLevel(logging.ERROR)
+        logging.getLogger(n).setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -57,22 +70,30 @@ def export_onnx(src: TorchSource, *, dynamic_batch: bool = True, opset: int | No
     """Export ``src`` to an ``onnx.ModelProto``; returns (model, notes)."""
     torch = require("torch", "convert", "Exporting PyTorch models")
     require("onnxscript", "convert", "Exporting PyTorch models to ONNX")
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and not 18 <= opset <= newest:
+        raise InvalidOptionError(f"--opset {opset} unsupported: the exporter writes opsets 18 to {newest}")
     notes: list[str] = []
-    args = _with_batch_of_two(src.example_inputs) if dynamic_batch else src.example_inputs
-    tensor_args = [a for a in args if isinstance(a, torch.Tensor)]
+    args2 = _with_batch_of_two(src.example_inputs)
+    dyn = tuple({0: torch.export.Dim(BATCH_DIM, min=1, max=1 << 16)} if a.dim() else None
+                for a in args2 if isinstance(a, torch.Tensor))
 
-    def dyn_shapes():
-        return tuple({0: torch.export.Dim(BATCH_DIM, min=1, max=1 << 16)} if a.dim() else None for a in tensor_args)
-
+    # (label, model, args, dynamic_shapes), tried in order
     attempts = []
-    if src.exported is not None and (not dynamic_batch or _batch_is_symbolic(src.exported)):
-        attempts.append(("program", src.exported, None))
-    if dynamic_batch:
-        attempts.append(("dynamic", src.module, dyn_shapes()))
-    attempts.append(("static", src.module, None))
+    if dynamic_batch and src.exported is not None and _batch_is_symbolic(src.exported):
+        attempts.append(("program", src.exported, args2, None))
+    elif dynamic_batch and src.exported is None:
+        attempts.append(("dynamic", src.module, args2, dyn))
+    elif dynamic_batch:
+        notes.append("batch axis kept static: the .pt2 program was exported with a fixed batch "
+                     "(export it with a torch.export.Dim on axis 0 for a dynamic one)")
+    attempts.append(("static", src.exported if src.exported is not None else src.module,
+                     src.example_inputs, None))
 
     last_error: Exception | None = None
-    for label, model, shapes in attempts:
+    for label, model, args, shapes in attempts:
         try:
             with quiet_exporter(), torch.no_grad():
                 program = torch.onnx.export(
@@ -84,9 +105,9 @@ def export_onnx(src: TorchSource, *, dynamic_batch: bool = True, opset: int | No
             last_error = e
             continue
     else:
-        msg = str(last_error).strip().splitlines()[0][:200] if last_error else "unknown error"
+        msg = one_line(last_error) if last_error else "unknown error"
         raise ConversionError(f"PyTorch -> ONNX export of '{src.name}' failed: {msg}") from last_error
-    if dynamic_batch and label == "static":
+    if dynamic_batch and label == "static" and src.exported is None:
         notes.append("batch axis kept static: the model does not export with a dynamic batch")
     model_proto = program.model_proto
     # Give symbolic batch dims one readable name.

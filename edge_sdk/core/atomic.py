@@ -16,11 +16,15 @@ from ..errors import OutputError
 
 
 def ensure_writable_dir(out_dir: str | Path) -> Path:
-    """Create ``out_dir`` if needed and prove it is writable, before any long work starts."""
+    """Prove ``out_dir`` can be written (or created) before any long work starts; create nothing."""
     d = Path(out_dir)
+    existing = d
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".edge-write-test-", dir=d)
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "a path component is a file, not a directory")
+        fd, probe = tempfile.mkstemp(prefix=".edge-write-test-", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -38,7 +42,11 @@ class StagingDir:
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out_dir = ensure_writable_dir(out_dir)
+        # directories we create, deepest first, removed again if nothing gets committed
+        self._created = [p for p in [self.out_dir, *self.out_dir.parents] if not p.exists()]
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix=".edge-staging-", dir=self.out_dir))
+        self._committed = False
 
     def __enter__(self) -> "StagingDir":
         return self
@@ -50,6 +58,12 @@ class StagingDir:
         tb: TracebackType | None,
     ) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        if not self._committed:
+            for d in self._created:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -57,6 +71,7 @@ class StagingDir:
     def commit(self, *names: str) -> list[Path]:
         """Move staged files to ``out_dir`` (sidecars first, so the main file appears last)."""
         moved = []
+        self._committed = True
         for name in names:
             src = self.path / name
             if src.exists():

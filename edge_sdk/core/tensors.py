@@ -57,6 +57,21 @@ class InputSet:
         for start in range(0, n, batch_size):
             yield {k: v[start : start + batch_size] for k, v in self.arrays.items()}
 
+    def fixed_batches(self, batch_size: int):
+        """Yield (feeds, valid) with exactly ``batch_size`` samples each, for models whose batch axis
+        is fixed: the last batch is padded by repeating its final sample; ``valid`` says how many
+        leading rows of its outputs are real."""
+        n = self.num_samples
+        for start in range(0, n, batch_size):
+            valid = min(batch_size, n - start)
+            feeds = {}
+            for k, v in self.arrays.items():
+                chunk = v[start : start + valid]
+                if valid < batch_size:
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - valid, axis=0)])
+                feeds[k] = chunk
+            yield feeds, valid
+
     def head(self, n: int) -> "InputSet":
         return InputSet(
             {k: v[:n] for k, v in self.arrays.items()},
@@ -138,7 +153,7 @@ def validate_inputs(
     n = next(iter(counts.values()))
     if labels is not None:
         labels = np.asarray(labels)
-        if labels.shape[:1] != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
             raise CalibrationError(
                 f"{origin}: 'labels' must be integer class ids, one per sample ({n}), "
                 f"got {labels.dtype}{list(labels.shape)}"
@@ -152,8 +167,13 @@ def load_input_set(path: str | Path, specs: list[TensorSpec]) -> InputSet:
     return InputSet(arrays, labels, source=str(path), synthetic=False)
 
 
-def random_input_set(specs: list[TensorSpec], num_samples: int, seed: int = 0) -> InputSet:
-    """Seeded synthetic samples for every input (symbolic dims other than the first become 1)."""
+def random_input_set(specs: list[TensorSpec], num_samples: int, seed: int = 0,
+                     int_high: dict[str, int] | None = None) -> InputSet:
+    """Seeded synthetic samples for every input (symbolic dims other than the first become 1).
+
+    Integer inputs (token ids, masks) are drawn from [0, ``int_high[name]``), default [0, 2), so
+    they stay valid indices into any embedding table.
+    """
     rng = np.random.default_rng(seed)
     arrays = {}
     for s in specs:
@@ -162,7 +182,7 @@ def random_input_set(specs: list[TensorSpec], num_samples: int, seed: int = 0) -
         if np.issubdtype(dt, np.floating):
             arrays[s.name] = rng.standard_normal(shape).astype(dt)
         elif np.issubdtype(dt, np.integer):
-            arrays[s.name] = rng.integers(0, 100, size=shape).astype(dt)
+            arrays[s.name] = rng.integers(0, (int_high or {}).get(s.name, 2), size=shape).astype(dt)
         elif dt == np.bool_:
             arrays[s.name] = rng.integers(0, 2, size=shape).astype(bool)
         else:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.tensors import InputSet, TensorSpec
-from ..errors import ModelFormatError
+from ..errors import ModelFormatError, UnsupportedOperatorError
 
 # ONNX Runtime's type strings -> numpy dtype names.
 _ORT_TYPES = {
@@ -42,25 +42,44 @@ class OrtSession:
             src = model if isinstance(model, bytes) else str(model)
             self.session = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
-            where = "model" if isinstance(model, bytes) else str(model)
+            where = "the model" if isinstance(model, bytes) else str(model)
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "NotImplemented" in type(e).__name__ or "Could not find an implementation" in msg:
+                raise UnsupportedOperatorError(
+                    f"ONNX Runtime has no kernel for an operator in {where}: {msg}"
+                ) from e
             raise ModelFormatError(f"ONNX Runtime cannot load {where}: {msg}") from e
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
 
     @property
-    def batch_is_dynamic(self) -> bool:
-        return all(s.shape and not isinstance(s.shape[0], int) for s in self.inputs)
+    def fixed_batch(self) -> int | None:
+        """The batch size every input is fixed to, or None when the batch axis is dynamic."""
+        return fixed_batch(self.inputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(None, feeds)
         return {s.name: v for s, v in zip(self.outputs, values)}
 
     def run_all(self, data: InputSet, batch_size: int = 64) -> dict[str, np.ndarray]:
-        """Run every sample of ``data`` (in batches when the batch axis is dynamic, else one by one)."""
-        bs = batch_size if self.batch_is_dynamic else 1
+        """Run every sample of ``data``: in batches of ``batch_size`` when the batch axis is dynamic,
+        else in padded batches of the model's fixed size."""
         chunks: dict[str, list[np.ndarray]] = {s.name: [] for s in self.outputs}
-        for feeds in data.batches(bs):
+        for feeds, valid in iter_batches(data, self.fixed_batch, batch_size):
             for name, value in self.run(feeds).items():
-                chunks[name].append(value)
+                chunks[name].append(value[:valid])
         return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
+
+
+def fixed_batch(specs: list[TensorSpec]) -> int | None:
+    dims = [s.shape[0] for s in specs if s.shape]
+    return dims[0] if dims and all(isinstance(d, int) for d in dims) and len(set(dims)) == 1 else None
+
+
+def iter_batches(data: InputSet, fixed: int | None, batch_size: int = 64):
+    """(feeds, valid rows) over ``data``, sized for a model with a fixed or a dynamic batch axis."""
+    if fixed is not None:
+        yield from data.fixed_batches(fixed)
+    else:
+        for feeds in data.batches(batch_size):
+            yield feeds, next(iter(feeds.values())).shape[0]
