@@ -5,26 +5,43 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edge-installed
 DEMO   := examples/digits/artifacts
 PYTEST_ARGS ?=
+# llama.cpp is compiled once per machine into a wheel outside the repo (portable: no -march=native)
+LLAMA_VERSION := 0.3.36
+WHEELS := $(HOME)/.cache/edge-sdk/wheels
+LLAMA_WHEEL = $(firstword $(wildcard $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl))
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean llama-wheel
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(MAKE) --no-print-directory llama-wheel
+	$(BIN)/python -m pip install -q --no-deps $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
+
+llama-wheel:
+	@if [ -z "$(LLAMA_WHEEL)" ]; then \
+		echo "building llama-cpp-python $(LLAMA_VERSION) (portable, ~4 min on 2 cores)"; \
+		mkdir -p $(WHEELS); \
+		CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir \
+			-w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION); \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.digits.train
 	$(BIN)/edge convert $(DEMO)/digits.pt2 --to onnx -q none -q fp16 -q int8 -q int4 \
 		--calibration $(DEMO)/calib.npz --validation $(DEMO)/val.npz --out build/demo
 	$(BIN)/edge inspect build/demo/digits.int8.onnx
+	$(BIN)/edge run build/demo/digits.int8.onnx --input $(DEMO)/val.npz
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/onnx_quant.py
+	$(BIN)/python benchmarks/runtime_overhead.py
+	$(BIN)/python benchmarks/import_time.py
 
 clean:
 	rm -rf build .pytest_cache examples/*/artifacts

@@ -6,6 +6,8 @@ Public API::
     result = edge_sdk.convert("model.pt2", quantize=["none", "int8"], calibration="calib.npz", out="out/")
     print(result.artifact("int8").parity.accuracy)
     report = edge_sdk.inspect("out/model.int8.onnx")
+    with edge_sdk.load("out/model.int8.onnx") as model:      # ONNX, TFLite, Core ML, GGUF
+        outputs = model.run({"x": batch})
 
 ``import edge_sdk`` loads neither torch nor onnx: converters import them when called.
 """
@@ -21,14 +23,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from .converters.api import convert
     from .converters.inspect import InspectReport, inspect
     from .converters.report import ConversionResult
+    from .runtimes.model import Model, load
 
-__all__ = ["__version__", "errors", "convert", "inspect", "ConversionResult", "InspectReport"]
+__all__ = ["__version__", "errors", "convert", "inspect", "load", "Model", "ConversionResult", "InspectReport"]
 
 _LAZY = {
     "convert": ("edge_sdk.converters.api", "convert"),
     "inspect": ("edge_sdk.converters.inspect", "inspect"),
     "InspectReport": ("edge_sdk.converters.inspect", "InspectReport"),
     "ConversionResult": ("edge_sdk.converters.report", "ConversionResult"),
+    "load": ("edge_sdk.runtimes.model", "load"),
+    "Model": ("edge_sdk.runtimes.model", "Model"),
 }
 
 

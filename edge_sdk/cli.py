@@ -171,6 +171,68 @@ def inspect(model: Path = typer.Argument(..., help="An .onnx or .pt2 file.")) ->
     console.print(ops)
 
 
+@app.command()
+def run(
+    model: Path = typer.Argument(..., help="A model file: .onnx, .tflite, .gguf, .mlpackage."),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="FILE.npz with one array per input."),
+    random: bool = typer.Option(False, "--random", help="Synthesize inputs from the signature (seeded)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --random."),
+    batch: int = typer.Option(1, "--batch", help="Batch size for --random where the batch axis is dynamic."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Text to complete (GGUF models)."),
+    max_tokens: int = typer.Option(32, "--max-tokens", "-n", help="Tokens to generate with --prompt."),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, litert, tflite-runtime, coreml, llama.cpp."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Intra-op threads."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Write the outputs to OUT.npz."),
+) -> None:
+    """Run a model once and summarize its outputs (or complete a prompt with a GGUF model)."""
+    import numpy as np
+
+    from .core.atomic import atomic_write_bytes
+    from .core.tensors import random_input_set, read_npz, validate_inputs
+    from .errors import InvalidOptionError
+    from .runtimes.model import load
+
+    try:
+        if sum(x is not None and x is not False for x in (input, random or None, prompt)) != 1:
+            raise InvalidOptionError("give exactly one of --input FILE.npz, --random or --prompt TEXT")
+        m = load(model, backend=backend, threads=threads)
+        with m:
+            if prompt is not None:
+                if not hasattr(m.session, "generate"):
+                    raise InvalidOptionError(f"--prompt needs a language model (GGUF); {model.name} is {m.format.value}")
+                console.print(escape(prompt), end="", highlight=False)
+                for piece in m.generate(prompt, max_tokens=max_tokens, stream=True):
+                    console.print(escape(piece), end="", highlight=False)
+                console.print()
+                return
+            if input is not None:
+                arrays, _ = read_npz(input)
+                feeds, _ = validate_inputs(arrays, None, m.inputs, str(input))
+            else:  # axis 0 is the batch: the model's fixed size, else --batch
+                first = m.inputs[0].shape[0] if m.inputs and m.inputs[0].shape else None
+                n = first if isinstance(first, int) else batch
+                feeds = random_input_set(m.inputs, n, seed=seed).arrays
+            outputs = m.run(feeds)
+    except EdgeError as e:
+        _fail(e)
+    table = Table(box=box.SIMPLE_HEAD, title=escape(f"{model.name} on {m.backend}"))
+    for col in ("output", "shape", "dtype", "min", "max", "mean", "argmax[0]"):
+        table.add_column(col, justify="left" if col == "output" else "right", no_wrap=True)
+    for name, v in outputs.items():
+        numeric = v.size and np.issubdtype(v.dtype, np.number)
+        arg = str(int(np.argmax(v[0]))) if numeric and v.ndim == 2 else "-"
+        stats = (f"{v.min():.4g}", f"{v.max():.4g}", f"{v.astype(np.float64).mean():.4g}") if numeric else ("-",) * 3
+        table.add_row(escape(name), str(list(v.shape)), str(v.dtype), *stats, arg)
+    console.print(table)
+    if save is not None:
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **outputs)
+        atomic_write_bytes(save, buf.getvalue())
+        console.print(f"saved: {escape(str(save))}", highlight=False)
+
+
 def main() -> None:
     try:
         app()

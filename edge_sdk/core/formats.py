@@ -37,7 +37,7 @@ def detect_format(path: str | Path) -> ModelFormat:
     if not p.exists():
         raise ModelNotFoundError(f"{p}: no such file; check the path")
     if p.is_dir():
-        if (p / "Manifest.json").is_file():
+        if (p / "Manifest.json").is_file():  # .mlpackage
             return ModelFormat.COREML
         raise ModelFormatError(
             f"{p} is a directory, not a model: pass an .onnx or .pt2 file (or module.path:factory)"
@@ -56,6 +56,8 @@ def detect_format(path: str | Path) -> ModelFormat:
         return ModelFormat.GGUF
     if head[4:8] == _TFLITE_IDENT:
         return ModelFormat.TFLITE
+    if p.suffix == ".mlmodel":  # a protobuf like ONNX: only the name tells them apart
+        return ModelFormat.COREML
     if _looks_like_onnx(head):
         return ModelFormat.ONNX
     raise ModelFormatError(

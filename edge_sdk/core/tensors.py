@@ -14,12 +14,22 @@ Dim = int | str | None  # a fixed size, a symbolic name ("batch"), or unknown
 
 
 @dataclass(frozen=True)
+class QuantParams:
+    """Affine quantization of a tensor: real = scale * (q - zero_point), per tensor or per channel."""
+
+    scales: tuple[float, ...]
+    zero_points: tuple[int, ...]
+    axis: int | None = None  # channel axis when per-channel
+
+
+@dataclass(frozen=True)
 class TensorSpec:
-    """Name, shape (with symbolic dims) and numpy dtype of one model input or output."""
+    """Name, shape (with symbolic dims), numpy dtype and quantization of one model input or output."""
 
     name: str
     shape: tuple[Dim, ...]
     dtype: str
+    quantization: QuantParams | None = None
 
     def describe(self) -> str:
         dims = ", ".join("?" if d is None else str(d) for d in self.shape)

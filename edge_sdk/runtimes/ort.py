@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: sessions with typed signatures and batched execution."""
+"""ONNX Runtime backend: sessions with typed signatures, selectable providers and options."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.formats import ModelFormat
 from ..core.tensors import InputSet, TensorSpec
-from ..errors import ModelFormatError, UnsupportedOperatorError
+from ..errors import InvalidOptionError, ModelFormatError, UnsupportedOperatorError
+from .base import Session, register_backend
 
 # ONNX Runtime's type strings -> numpy dtype names.
 _ORT_TYPES = {
@@ -22,25 +24,51 @@ _ORT_TYPES = {
     "tensor(bool)": "bool",
 }
 
+OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+
 
 def _spec(arg) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else (d or None) for d in arg.shape)
     return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, arg.type))
 
 
-class OrtSession:
+class OrtSession(Session):
     """An ``onnxruntime.InferenceSession`` with edge-sdk signatures and clear load errors."""
 
-    def __init__(self, model: str | Path | bytes, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        threads: int | None = None,
+        *,
+        providers: list[str] | None = None,
+        optimization: str = "all",
+        arena: bool = True,
+    ) -> None:
         import onnxruntime as ort
 
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise InvalidOptionError(
+                f"optimization '{optimization}' unknown; choose one of: {', '.join(OPTIMIZATION_LEVELS)}")
+        available = ort.get_available_providers()
+        providers = providers or ["CPUExecutionProvider"]
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise InvalidOptionError(
+                f"execution provider(s) {missing} not in this onnxruntime build; available: {available}")
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if threads:
             so.intra_op_num_threads = threads
+        so.enable_cpu_mem_arena = arena
+        so.graph_optimization_level = {
+            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimization]
         try:
             src = model if isinstance(model, bytes) else str(model)
-            self.session = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(src, so, providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
             where = "the model" if isinstance(model, bytes) else str(model)
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -51,6 +79,8 @@ class OrtSession:
             raise ModelFormatError(f"ONNX Runtime cannot load {where}: {msg}") from e
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
+        self._output_names = [s.name for s in self.outputs]
+        self.providers = self.session.get_providers()
 
     @property
     def fixed_batch(self) -> int | None:
@@ -58,8 +88,7 @@ class OrtSession:
         return fixed_batch(self.inputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.session.run(None, feeds)
-        return {s.name: v for s, v in zip(self.outputs, values)}
+        return dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
 
     def run_all(self, data: InputSet, batch_size: int = 64) -> dict[str, np.ndarray]:
         """Run every sample of ``data``: in batches of ``batch_size`` when the batch axis is dynamic,
@@ -69,6 +98,12 @@ class OrtSession:
             for name, value in self.run(feeds).items():
                 chunks[name].append(value[:valid])
         return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
+
+
+@register_backend("onnxruntime", formats=(ModelFormat.ONNX,), package="onnxruntime", extra="")
+def open_onnxruntime(path: Path, threads: int | None, *, providers: list[str] | None = None,
+                     optimization: str = "all", arena: bool = True) -> OrtSession:
+    return OrtSession(path, threads, providers=providers, optimization=optimization, arena=arena)
 
 
 def fixed_batch(specs: list[TensorSpec]) -> int | None:

@@ -1,0 +1,1 @@
+"""TFLite flatbuffer writing (the ONNX -> TFLite lowering builds on it)."""

@@ -1,0 +1,70 @@
+"""GGUF through llama.cpp (llama-cpp-python), on the real SmolLM2-135M-Instruct Q4_1 file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import edge_sdk
+from edge_sdk import errors
+from edge_sdk.cli import app
+
+pytest.importorskip("llama_cpp")
+
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_gguf):
+    with edge_sdk.load(smollm2_gguf, threads=2) as m:
+        yield m
+
+
+def test_signature_and_logits(smol):
+    assert smol.backend == "llama.cpp" and smol.architecture == "llama"
+    assert smol.inputs[0].dtype == "int32" and smol.outputs[0].shape == (None, 49152)
+    ids = smol.tokenize(PROMPT)
+    logits = smol.run(ids)["logits"]
+    assert logits.shape == (len(ids), 49152) and np.isfinite(logits).all()
+    # the same prefix gives the same logits (the KV cache is reset between runs)
+    np.testing.assert_allclose(smol.run(ids[:3])["logits"], logits[:3], rtol=1e-4, atol=1e-3)
+
+
+def test_greedy_generation_follows_the_logits(smol):
+    ids = smol.tokenize(PROMPT)
+    first = int(smol.run(ids)["logits"][-1].argmax())
+    text = smol.generate(PROMPT, max_tokens=8)
+    assert text == smol.generate(PROMPT, max_tokens=8)  # greedy is deterministic
+    assert "".join(smol.generate(PROMPT, max_tokens=8, stream=True)) == text
+    assert text.startswith(smol.detokenize([first]))
+    assert "Paris" in text
+
+
+def test_tokenizer_round_trip(smol):
+    text = "Edge devices run small models."
+    assert smol.detokenize(smol.tokenize(text, add_bos=False)) == text
+
+
+def test_token_dtype_is_checked(smol):
+    with pytest.raises(errors.InputMismatchError, match="int32"):
+        smol.run(np.array([1, 2, 3], np.int64))
+
+
+def test_unknown_architecture(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "alien.gguf"
+    w = gguf.GGUFWriter(str(path), "edgealien")
+    w.add_tensor("token_embd.weight", np.zeros((8, 4), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(errors.ModelFormatError, match="edgealien"):
+        edge_sdk.load(path)
+
+
+def test_cli_prompt(smollm2_gguf):
+    r = CliRunner().invoke(app, ["run", str(smollm2_gguf), "--prompt", PROMPT, "-n", "6", "--threads", "2"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith(PROMPT) and len(r.stdout) > len(PROMPT) + 3
