@@ -46,6 +46,11 @@ def test_tokenizer_round_trip(smol):
     assert smol.detokenize(smol.tokenize(text, add_bos=False)) == text
 
 
+def test_embeddings_need_the_option(smol):
+    with pytest.raises(errors.InvalidOptionError, match="embedding=True"):
+        smol.embed("hello")
+
+
 def test_token_dtype_is_checked(smol):
     with pytest.raises(errors.InputMismatchError, match="int32"):
         smol.run(np.array([1, 2, 3], np.int64))
@@ -68,3 +73,12 @@ def test_cli_prompt(smollm2_gguf):
     r = CliRunner().invoke(app, ["run", str(smollm2_gguf), "--prompt", PROMPT, "-n", "6", "--threads", "2"])
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith(PROMPT) and len(r.stdout) > len(PROMPT) + 3
+
+
+def test_embeddings(smollm2_gguf):
+    with edge_sdk.load(smollm2_gguf, embedding=True, threads=2) as m:
+        e = m.embed("hello world")
+        # SmolLM2 has no pooling: one 576-wide embedding per token
+        assert e.shape == (len(m.tokenize("hello world")), 576)
+        np.testing.assert_allclose(m.embed("hello world"), e, rtol=1e-5)
+        assert not np.allclose(m.embed("goodbye world")[0], e[0])

@@ -82,6 +82,10 @@ class LlamaSession(Session):
         return out["choices"][0]["text"]
 
     def embed(self, text: str) -> np.ndarray:
+        """Embeddings of ``text`` (load with ``embedding=True``): pooled ``(n_embd,)`` for models
+        with a pooling type (BERT), else one row per token ``(n_tokens, n_embd)``."""
+        if not self.llm.context_params.embeddings:
+            raise InvalidOptionError("load the model with embedding=True to compute embeddings")
         return np.asarray(self.llm.embed(text), dtype=np.float32)
 
     def close(self) -> None:
