@@ -18,14 +18,14 @@ from _common import ROOT, interleaved_median_ms, result
 import edge_sdk
 
 
-def bench_onnxruntime(tag: str, path: Path, x: np.ndarray) -> None:
+def bench_onnxruntime(tag: str, path: Path, x: np.ndarray, rounds: int = 60) -> None:
     model = edge_sdk.load(path)
     raw = model.session.session  # the very InferenceSession the wrapper calls
     name = model.inputs[0].name
     t = interleaved_median_ms({
         "edge": lambda: model.run({name: x}),
         "raw": lambda: raw.run(None, {name: x}),
-    })
+    }, rounds=rounds, inner=10)
     result(f"runtime_overhead.{tag}.onnxruntime", t["edge"], "ms", t["raw"])
 
 

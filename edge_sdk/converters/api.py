@@ -13,6 +13,7 @@ import numpy as np
 from ..core.atomic import StagingDir, ensure_writable_dir
 from ..core.tensors import InputSet, TensorSpec, load_input_set, random_input_set, read_npz
 from ..errors import CalibrationError, ConversionError, InvalidOptionError
+from ..runtimes.base import run_all
 from ..runtimes.ort import OrtSession
 from . import onnx_graph, parity, sources
 from .quantize import QuantOptions, get_mode
@@ -117,9 +118,6 @@ def convert(
     ref_outputs, ref_name = _reference_outputs(src, base, parity_inputs)
 
     opts = QuantOptions(calib, block_size, symmetric, activation_type, calibration_method)
-    import onnxruntime
-
-    runtime = f"onnxruntime {onnxruntime.__version__}"
     artifacts: list[Artifact] = []
     staged: list[list[str]] = []
     with StagingDir(out) as staging:
@@ -129,10 +127,10 @@ def convert(
                 t1 = time.perf_counter()
                 built = target.build(base, mode, opts, staging, src.name)
                 elapsed = time.perf_counter() - t1 + export_time
-                got = built.session.run_all(parity_inputs)
+                got = run_all(built.session, parity_inputs)
                 par = parity.compare(
                     got, ref_outputs, labels=parity_inputs.labels, reference=ref_name,
-                    runtime=runtime, inputs=parity_inputs.source,
+                    runtime=built.runtime, inputs=parity_inputs.source,
                     synthetic_inputs=parity_inputs.synthetic,
                 )
                 warnings = list(built.info.warnings)
@@ -143,10 +141,10 @@ def convert(
                     quantization=Quantization(mode.name, built.info.weights, built.info.activations,
                                               built.info.details),
                     size_bytes=sum(staging.file(f).stat().st_size for f in built.files),
-                    parameters=built.weights.parameters,
+                    parameters=built.parameters,
                     conversion_time_s=round(elapsed, 4),
                     parity=par,
-                    weight_storage={k: v.bytes for k, v in built.weights.by_dtype.items()},
+                    weight_storage=built.weight_storage,
                     warnings=warnings,
                 ))
                 staged.append(built.files)
@@ -201,7 +199,7 @@ def _reference_outputs(src, base, data: InputSet) -> tuple[dict[str, np.ndarray]
         return OrtSession(base.SerializeToString()).run_all(data), "onnxruntime (source ONNX, fp32)"
     import torch
 
-    from ..runtimes.ort import fixed_batch, iter_batches
+    from ..runtimes.base import fixed_batch, iter_batches
     from .torch_export import one_line
 
     names = [s.name for s in onnx_graph.output_specs(base)]

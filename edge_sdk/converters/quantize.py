@@ -133,7 +133,7 @@ class _Reader:
     """Feeds calibration samples to ORT's calibrator, in batches the model accepts."""
 
     def __init__(self, data: InputSet, model) -> None:
-        from ..runtimes.ort import fixed_batch, iter_batches
+        from ..runtimes.base import fixed_batch, iter_batches
 
         self._it = (feeds for feeds, _ in iter_batches(data, fixed_batch(onnx_graph.input_specs(model)), 16))
 

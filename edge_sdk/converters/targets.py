@@ -29,7 +29,7 @@ def register_target(name: str, *, suffix: str):
 
 
 def get_target(name: str) -> Target:
-    from . import to_onnx  # noqa: F401  (registers "onnx")
+    from . import to_onnx, to_tflite  # noqa: F401  (each registers its target)
 
     if name not in TARGETS:
         raise InvalidOptionError(f"unknown target format '{name}'; choose one of: {', '.join(TARGETS)}")

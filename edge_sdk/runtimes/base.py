@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..core.formats import ModelFormat
-from ..core.tensors import TensorSpec
+from ..core.tensors import InputSet, TensorSpec
 from ..errors import InvalidOptionError
 
 
@@ -76,6 +76,31 @@ def register_backend(name: str, *, formats: tuple[ModelFormat, ...], package: st
         return opener
 
     return deco
+
+
+def fixed_batch(specs: list[TensorSpec]) -> int | None:
+    """The batch size every input is fixed to, or None when the batch axis is dynamic."""
+    dims = [s.shape[0] for s in specs if s.shape]
+    return dims[0] if dims and all(isinstance(d, int) for d in dims) and len(set(dims)) == 1 else None
+
+
+def iter_batches(data: InputSet, fixed: int | None, batch_size: int = 64):
+    """(feeds, valid rows) over ``data``, sized for a model with a fixed or a dynamic batch axis."""
+    if fixed is not None:
+        yield from data.fixed_batches(fixed)
+    else:
+        for feeds in data.batches(batch_size):
+            yield feeds, next(iter(feeds.values())).shape[0]
+
+
+def run_all(session: Session, data: InputSet, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Run every sample of ``data`` through ``session``: in batches of ``batch_size`` when the batch
+    axis is dynamic, else in padded batches of the model's fixed size."""
+    chunks: dict[str, list[np.ndarray]] = {s.name: [] for s in session.outputs}
+    for feeds, valid in iter_batches(data, fixed_batch(session.inputs), batch_size):
+        for name, value in session.run(feeds).items():
+            chunks[name].append(value[:valid])
+    return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
 
 
 def _check_session(name: str, session: Any) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from ..core.formats import ModelFormat
 from ..core.tensors import InputSet, TensorSpec
 from ..errors import InvalidOptionError, ModelFormatError, UnsupportedOperatorError
-from .base import Session, register_backend
+from .base import Session, fixed_batch, register_backend, run_all
 
 # ONNX Runtime's type strings -> numpy dtype names.
 _ORT_TYPES = {
@@ -91,13 +91,7 @@ class OrtSession(Session):
         return dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
 
     def run_all(self, data: InputSet, batch_size: int = 64) -> dict[str, np.ndarray]:
-        """Run every sample of ``data``: in batches of ``batch_size`` when the batch axis is dynamic,
-        else in padded batches of the model's fixed size."""
-        chunks: dict[str, list[np.ndarray]] = {s.name: [] for s in self.outputs}
-        for feeds, valid in iter_batches(data, self.fixed_batch, batch_size):
-            for name, value in self.run(feeds).items():
-                chunks[name].append(value[:valid])
-        return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
+        return run_all(self, data, batch_size)
 
 
 @register_backend("onnxruntime", formats=(ModelFormat.ONNX,), package="onnxruntime", extra="")
@@ -106,15 +100,3 @@ def open_onnxruntime(path: Path, threads: int | None, *, providers: list[str] | 
     return OrtSession(path, threads, providers=providers, optimization=optimization, arena=arena)
 
 
-def fixed_batch(specs: list[TensorSpec]) -> int | None:
-    dims = [s.shape[0] for s in specs if s.shape]
-    return dims[0] if dims and all(isinstance(d, int) for d in dims) and len(set(dims)) == 1 else None
-
-
-def iter_batches(data: InputSet, fixed: int | None, batch_size: int = 64):
-    """(feeds, valid rows) over ``data``, sized for a model with a fixed or a dynamic batch axis."""
-    if fixed is not None:
-        yield from data.fixed_batches(fixed)
-    else:
-        for feeds in data.batches(batch_size):
-            yield feeds, next(iter(feeds.values())).shape[0]

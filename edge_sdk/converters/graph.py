@@ -1,0 +1,100 @@
+"""An ONNX graph prepared for lowering to another format (TFLite now, Core ML MIL next).
+
+``prepare_graph`` fixes the batch size, folds constants (shape arithmetic included) with the
+onnxscript optimizer, infers every tensor's static shape, and hands back plain Python: nodes with
+decoded attributes, constants as numpy arrays, shapes and dtypes. Lowerings read this, never protobuf.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConversionError, require
+
+
+@dataclass
+class Node:
+    name: str
+    op_type: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict = field(default_factory=dict)
+    domain: str = ""
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]
+    inputs: list[str]
+    outputs: list[str]
+    constants: dict[str, np.ndarray]
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, np.dtype]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name not in self.shapes:
+            raise ConversionError(f"no static shape known for tensor '{name}'")
+        return self.shapes[name]
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.constants.get(name)
+
+
+def prepare_graph(model, batch: int = 1) -> Graph:
+    """Static-shape, constant-folded view of ``model`` with symbolic batch dims set to ``batch``."""
+    require("onnx", "convert", "Lowering ONNX graphs")
+    from onnx import helper, numpy_helper, shape_inference
+
+    from .torch_export import one_line, quiet_exporter
+
+    m = copy.deepcopy(model)
+    for v in m.graph.input:
+        for d in v.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.Clear()
+                d.dim_value = batch
+    try:
+        from onnxscript import optimizer
+
+        with quiet_exporter():
+            m = optimizer.optimize(m)
+        m = shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception as e:
+        raise ConversionError(f"cannot prepare the ONNX graph for lowering: {one_line(e)}") from e
+
+    constants = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type == "Constant":
+            value = next(a for a in n.attribute)
+            constants[n.output[0]] = _constant_value(value)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+        nodes.append(Node(n.name or f"{n.op_type}_{len(nodes)}", n.op_type, list(n.input), list(n.output),
+                          attrs, n.domain))
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, np.dtype] = {}
+    for v in [*m.graph.input, *m.graph.value_info, *m.graph.output]:
+        tt = v.type.tensor_type
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            shapes[v.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
+        if tt.elem_type:
+            dtypes[v.name] = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+    for name, value in constants.items():
+        shapes[name], dtypes[name] = tuple(value.shape), value.dtype
+    init = set(constants)
+    inputs = [v.name for v in m.graph.input if v.name not in init]
+    return Graph(nodes, inputs, [v.name for v in m.graph.output], constants, shapes, dtypes)
+
+
+def _constant_value(attr) -> np.ndarray:
+    from onnx import helper, numpy_helper
+
+    v = helper.get_attribute_value(attr)
+    if hasattr(v, "dims"):
+        return numpy_helper.to_array(v)
+    return np.asarray(v)

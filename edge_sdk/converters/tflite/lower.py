@@ -1,0 +1,186 @@
+"""ONNX -> TFLite lowering: a registry of one function per ONNX op, and the layout bookkeeping.
+
+Convolution nets run NHWC in TFLite. Every 4-D activation produced by a spatial op is kept in
+NHWC; layout-agnostic ops (activations, elementwise with constants, concat with a remapped axis)
+keep it; ops that need the ONNX (NCHW) order get a TRANSPOSE back only where the data order
+really differs. Model inputs/outputs keep the source layout unless ``nhwc_io`` is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ...errors import UnsupportedOperatorError
+from ..graph import Graph, Node
+from .builder import TFLiteBuilder
+
+TO_NHWC = (0, 2, 3, 1)
+TO_NCHW = (0, 3, 1, 2)
+NCHW_AXIS_IN_NHWC = (0, 3, 1, 2)  # NCHW axis a lives at NHWC axis NCHW_AXIS_IN_NHWC[a]
+
+
+class Unsupported(Exception):
+    """Raised by a lowering for attribute combinations it cannot express (the op type is known)."""
+
+
+@dataclass(frozen=True)
+class Lowering:
+    op_type: str
+    fn: Callable[["LoweringContext", Node], None]
+
+
+LOWERINGS: dict[str, Lowering] = {}
+
+
+def lowering(*op_types: str):
+    def deco(fn):
+        for op in op_types:
+            if op in LOWERINGS:
+                raise ValueError(f"a TFLite lowering for '{op}' is already registered")
+            LOWERINGS[op] = Lowering(op, fn)
+        return fn
+
+    return deco
+
+
+@dataclass
+class LoweringContext:
+    graph: Graph
+    builder: TFLiteBuilder
+    fp16_weights: bool = False
+    tensors: dict[str, int] = field(default_factory=dict)  # onnx name -> tflite tensor (stored layout)
+    nhwc: set[str] = field(default_factory=set)  # onnx names stored NHWC
+    views: dict[tuple[str, str], int] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # fused/identity outputs -> their source
+    skip: set[str] = field(default_factory=set)  # node names absorbed by a fusion
+
+    # -- tensors --
+
+    def resolve(self, name: str) -> str:
+        while name in self.aliases:
+            name = self.aliases[name]
+        return name
+
+    def is_const(self, name: str) -> bool:
+        return self.resolve(name) in self.graph.constants
+
+    def const_value(self, name: str) -> np.ndarray:
+        return self.graph.constants[self.resolve(name)]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.graph.shape(self.resolve(name))
+
+    def constant(self, name: str, value: np.ndarray, *, weight: bool = False) -> int:
+        """A constant tensor; large float weights become fp16 + DEQUANTIZE in fp16 mode."""
+        value = np.ascontiguousarray(value)
+        if value.dtype == np.float64:
+            value = value.astype(np.float32)
+        if value.dtype == np.int64:
+            value = value.astype(np.int32)
+        if self.fp16_weights and weight and value.dtype == np.float32:
+            half = self.builder.constant(f"{name}_fp16", value.astype(np.float16))
+            out = self.builder.tensor(name, value.shape)
+            self.builder.op("DEQUANTIZE", [half], [out])
+            return out
+        return self.builder.constant(name, value)
+
+    def get(self, name: str, layout: str = "nchw") -> int:
+        """The tflite tensor for ``name`` in ``layout`` ("nchw" = the ONNX order, or "nhwc")."""
+        name = self.resolve(name)
+        if name in self.graph.constants:
+            value = self.graph.constants[name]
+            if layout == "nhwc" and value.ndim == 4:
+                value = value.transpose(TO_NHWC)
+            key = (name, f"const-{layout}")
+            if key not in self.views:
+                self.views[key] = self.constant(name if layout == "nchw" else f"{name}_nhwc", value)
+            return self.views[key]
+        stored = "nhwc" if name in self.nhwc else "nchw"
+        if stored == layout or len(self.shape(name)) != 4:
+            return self.tensors[name]
+        key = (name, layout)
+        if key not in self.views:
+            shape = self.shape(name)
+            n, c, h, w = shape
+            if h == 1 and w == 1:  # same bytes in both orders: a reshape, not a transpose
+                out = self.builder.tensor(f"{name}_{layout}", (n, c, 1, 1) if layout == "nchw" else (n, 1, 1, c))
+                self.builder.op("RESHAPE", [self.tensors[name],
+                                            self.constant(f"{name}_{layout}_shape",
+                                                          np.array(self.builder.tensors[out].shape, np.int32))], [out])
+            else:
+                perm = TO_NHWC if layout == "nhwc" else TO_NCHW
+                out = self.builder.tensor(f"{name}_{layout}", tuple(np.array(shape)[list(TO_NHWC)])
+                                          if layout == "nhwc" else shape)
+                self.builder.op("TRANSPOSE", [self.tensors[name], self.constant(f"perm_{layout}", np.array(perm, np.int32))],
+                                [out])
+            self.views[key] = out
+        return self.views[key]
+
+    def output(self, name: str, layout: str = "nchw", dtype: str = "float32") -> int:
+        """Create the tflite tensor for ONNX output ``name``, stored in ``layout``."""
+        shape = self.shape(name)
+        if layout == "nhwc":
+            if len(shape) != 4:
+                layout = "nchw"
+            else:
+                shape = tuple(np.array(shape)[list(TO_NHWC)])
+                self.nhwc.add(name)
+        idx = self.builder.tensor(name, shape, dtype)
+        self.tensors[name] = idx
+        return idx
+
+    def layout_of(self, name: str) -> str:
+        return "nhwc" if self.resolve(name) in self.nhwc else "nchw"
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self.graph.nodes if name in n.inputs]
+
+
+def unsupported_nodes(graph: Graph) -> list[tuple[str, str]]:
+    return [(n.name, n.op_type) for n in graph.nodes if n.op_type not in LOWERINGS or n.domain not in ("", "ai.onnx")]
+
+
+def lower(graph: Graph, *, fp16_weights: bool = False, nhwc_io: bool = False, description: str = "edge-sdk") -> bytes:
+    """Lower ``graph`` to a TFLite flatbuffer; every unsupported node is listed in one error."""
+    from . import ops  # noqa: F401  (registers the lowerings)
+
+    missing = unsupported_nodes(graph)
+    if missing:
+        raise UnsupportedOperatorError(_describe(missing, "has no TFLite lowering"), nodes=missing)
+    ctx = LoweringContext(graph, TFLiteBuilder(description), fp16_weights)
+    for name in graph.inputs:
+        dtype = graph.dtypes[name].name
+        layout = "nhwc" if nhwc_io and len(graph.shape(name)) == 4 else "nchw"
+        ctx.builder.inputs.append(ctx.output(name, layout, dtype))
+    failed = []
+    for node in graph.nodes:
+        if node.name in ctx.skip:
+            continue
+        try:
+            LOWERINGS[node.op_type].fn(ctx, node)
+        except Unsupported as e:
+            failed.append((node.name, f"{node.op_type} ({e})"))
+    if failed:
+        raise UnsupportedOperatorError(_describe(failed, "cannot be lowered to TFLite"), nodes=failed)
+    for name in graph.outputs:
+        want = "nhwc" if nhwc_io else "nchw"
+        ctx.builder.outputs.append(_named_output(ctx, name, want))
+    return ctx.builder.finish()
+
+
+def _named_output(ctx: LoweringContext, name: str, layout: str) -> int:
+    idx = ctx.get(name, layout)
+    stored = ctx.tensors[ctx.resolve(name)]
+    if idx != stored:  # a layout view: it takes the ONNX name, the stored tensor gets a suffix
+        ctx.builder.tensors[stored].name = f"{name}_{ctx.layout_of(name)}"
+    ctx.builder.tensors[idx].name = name  # outputs keep their ONNX names
+    return idx
+
+
+def _describe(nodes: list[tuple[str, str]], what: str) -> str:
+    listed = ", ".join(f"{op} ({name})" for name, op in nodes[:25])
+    more = f" and {len(nodes) - 25} more" if len(nodes) > 25 else ""
+    return f"{len(nodes)} node(s) {what}: {listed}{more}"

@@ -1,0 +1,374 @@
+"""TFLite lowerings, one function per ONNX op (registered by ``@lowering``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .lower import NCHW_AXIS_IN_NHWC, LoweringContext, Unsupported, lowering
+from ..graph import Node
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _tfl(ctx: LoweringContext):
+    return ctx.builder.tfl
+
+
+def _same_or_valid(in_hw, k_hw, s_hw, d_hw, pads) -> tuple[str | None, list[int]]:
+    """TFLite padding equivalent to ONNX ``pads`` [t, l, b, r], or None with the pads that matter.
+
+    Pads the window never reaches (PyTorch's symmetric padding before stride-2 convs) are dropped.
+    """
+    t, l, b, r = pads
+    eff = [t, l, b, r]
+    for i, (size, k, s, d) in enumerate(zip(in_hw, k_hw, s_hw, d_hw)):
+        before, after = pads[i], pads[i + 2]
+        span = (k - 1) * d + 1
+        out = (size + before + after - span) // s + 1
+        used_after = max(0, (out - 1) * s + span - size - before)
+        eff[i + 2] = min(after, used_after)
+    if not any(eff):
+        return "VALID", eff
+    same = []
+    for i, (size, k, s, d) in enumerate(zip(in_hw, k_hw, s_hw, d_hw)):
+        span = (k - 1) * d + 1
+        out = -(-size // s)
+        total = max((out - 1) * s + span - size, 0)
+        same += [total // 2, total - total // 2]
+    if [eff[0], eff[2], eff[1], eff[3]] == same:
+        return "SAME", eff
+    return None, eff
+
+
+def _spatial_padding(ctx, node: Node, x: int, in_shape, k_hw, pad_value: float = 0.0):
+    """Returns (tflite Padding enum, input tensor) — with an explicit PAD op when needed."""
+    a = node.attrs
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "SAME_UPPER"):
+        raise Unsupported(f"auto_pad={a['auto_pad']}")
+    s = a.get("strides", [1, 1])
+    d = a.get("dilations", [1, 1])
+    if a.get("auto_pad") == "SAME_UPPER":
+        return _tfl(ctx).Padding.SAME, x
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    kind, eff = _same_or_valid(in_shape[2:], k_hw, s, d, pads)
+    if kind is not None:
+        return getattr(_tfl(ctx).Padding, kind), x
+    n, c, h, w = in_shape
+    padded = ctx.builder.tensor(f"{node.name}_pad", (n, h + eff[0] + eff[2], w + eff[1] + eff[3], c))
+    paddings = np.array([[0, 0], [eff[0], eff[2]], [eff[1], eff[3]], [0, 0]], np.int32)
+    if pad_value == 0.0:
+        ctx.builder.op("PAD", [x, ctx.constant(f"{node.name}_paddings", paddings)], [padded])
+    else:
+        ctx.builder.op("PADV2", [x, ctx.constant(f"{node.name}_paddings", paddings),
+                                 ctx.constant(f"{node.name}_padvalue", np.array([pad_value], np.float32))], [padded])
+    return _tfl(ctx).Padding.VALID, padded
+
+
+def _fused_activation(ctx: LoweringContext, node: Node) -> tuple[int, str]:
+    """Fuse a lone Relu / Clip(0, 6) consumer into ``node``; returns (activation enum, output name)."""
+    act = _tfl(ctx).ActivationFunctionType
+    out = node.outputs[0]
+    users = ctx.consumers(out)
+    if len(users) != 1 or out in ctx.graph.outputs:
+        return act.NONE, out
+    u = users[0]
+    kind = None
+    if u.op_type == "Relu":
+        kind = act.RELU
+    elif u.op_type == "Clip":
+        lo, hi = _clip_bounds(ctx, u)
+        kind = {(0.0, 6.0): act.RELU6, (-1.0, 1.0): act.RELU_N1_TO_1}.get((lo, hi))
+    if kind is None:
+        return act.NONE, out
+    ctx.skip.add(u.name)
+    ctx.aliases[u.outputs[0]] = out
+    return kind, out
+
+
+def _clip_bounds(ctx: LoweringContext, node: Node) -> tuple[float, float]:
+    lo = ctx.const_value(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else node.attrs.get("min", -np.inf)
+    hi = ctx.const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else node.attrs.get("max", np.inf)
+    return float(lo), float(hi)
+
+
+# --- convolution and pooling --------------------------------------------------------------------
+
+
+@lowering("Conv")
+def conv(ctx: LoweringContext, node: Node) -> None:
+    if not ctx.is_const(node.inputs[1]):
+        raise Unsupported("weights must be constant")
+    w = ctx.const_value(node.inputs[1])
+    if w.ndim != 4:
+        raise Unsupported(f"{w.ndim - 2}-D convolution")
+    in_shape = ctx.shape(node.inputs[0])
+    cin, cout, group = in_shape[1], w.shape[0], node.attrs.get("group", 1)
+    bias = ctx.const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.zeros(cout, np.float32)
+    x = ctx.get(node.inputs[0], "nhwc")
+    padding, x = _spatial_padding(ctx, node, x, in_shape, w.shape[2:])
+    activation, out_name = _fused_activation(ctx, node)
+    s = node.attrs.get("strides", [1, 1])
+    d = node.attrs.get("dilations", [1, 1])
+    y = ctx.output(out_name, "nhwc")
+    b = ctx.constant(f"{node.name}_bias", bias.astype(np.float32), weight=True)
+    common = dict(Padding=padding, StrideH=s[0], StrideW=s[1], DilationHFactor=d[0], DilationWFactor=d[1],
+                  FusedActivationFunction=activation)
+    if group == 1:
+        k = ctx.constant(f"{node.name}_filter", w.transpose(0, 2, 3, 1), weight=True)  # OIHW -> OHWI
+        ctx.builder.op("CONV_2D", [x, k, b], [y], "Conv2DOptions", **common)
+    elif group == cin and cout % cin == 0:
+        k = ctx.constant(f"{node.name}_filter", w.transpose(1, 2, 3, 0), weight=True)  # (Cout,1,H,W) -> (1,H,W,Cout)
+        ctx.builder.op("DEPTHWISE_CONV_2D", [x, k, b], [y], "DepthwiseConv2DOptions",
+                       DepthMultiplier=cout // cin, **common)
+    else:
+        raise Unsupported(f"grouped convolution with group={group} (only 1 or depthwise)")
+
+
+def _pool(ctx: LoweringContext, node: Node, op: str) -> None:
+    a = node.attrs
+    if a.get("ceil_mode", 0):
+        raise Unsupported("ceil_mode=1")
+    in_shape = ctx.shape(node.inputs[0])
+    k = a["kernel_shape"]
+    x = ctx.get(node.inputs[0], "nhwc")
+    pad_value = float(np.finfo(np.float32).min) if op == "MAX_POOL_2D" else 0.0
+    if op == "AVERAGE_POOL_2D" and any(a.get("pads", [0])) and a.get("count_include_pad", 0):
+        raise Unsupported("count_include_pad=1 with padding")
+    padding, x2 = _spatial_padding(ctx, node, x, in_shape, k, pad_value)
+    if x2 != x and op == "AVERAGE_POOL_2D":
+        raise Unsupported("padding that TFLite's SAME/VALID cannot express")
+    activation, out_name = _fused_activation(ctx, node)
+    s = a.get("strides", [1, 1])
+    y = ctx.output(out_name, "nhwc")
+    ctx.builder.op(op, [x2], [y], "Pool2DOptions", Padding=padding, StrideH=s[0], StrideW=s[1],
+                   FilterHeight=k[0], FilterWidth=k[1], FusedActivationFunction=activation)
+
+
+@lowering("MaxPool")
+def max_pool(ctx: LoweringContext, node: Node) -> None:
+    if len(node.outputs) > 1 and node.outputs[1]:
+        raise Unsupported("the Indices output")
+    _pool(ctx, node, "MAX_POOL_2D")
+
+
+@lowering("AveragePool")
+def average_pool(ctx: LoweringContext, node: Node) -> None:
+    _pool(ctx, node, "AVERAGE_POOL_2D")
+
+
+@lowering("GlobalAveragePool")
+def global_average_pool(ctx: LoweringContext, node: Node) -> None:
+    x = ctx.get(node.inputs[0], "nhwc")
+    y = ctx.output(node.outputs[0], "nhwc")
+    ctx.builder.op("MEAN", [x, ctx.constant(f"{node.name}_axes", np.array([1, 2], np.int32))], [y],
+                   "ReducerOptions", KeepDims=True)
+
+
+# --- reductions ---------------------------------------------------------------------------------
+
+
+def _reduce(ctx: LoweringContext, node: Node, op: str) -> None:
+    rank = len(ctx.shape(node.inputs[0]))
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1]:
+        axes = ctx.const_value(node.inputs[1]).tolist()
+    axes = list(range(rank)) if axes is None else [a % rank for a in axes]
+    keep = bool(node.attrs.get("keepdims", 1))
+    layout = ctx.layout_of(node.inputs[0]) if rank == 4 else "nchw"
+    if layout == "nhwc":
+        axes = [NCHW_AXIS_IN_NHWC[a] for a in axes]
+    x = ctx.get(node.inputs[0], layout)
+    y = ctx.output(node.outputs[0], layout if keep else "nchw")
+    ctx.builder.op(op, [x, ctx.constant(f"{node.name}_axes", np.array(sorted(axes), np.int32))], [y],
+                   "ReducerOptions", KeepDims=keep)
+
+
+@lowering("ReduceMean")
+def reduce_mean(ctx, node):
+    _reduce(ctx, node, "MEAN")
+
+
+@lowering("ReduceSum")
+def reduce_sum(ctx, node):
+    _reduce(ctx, node, "SUM")
+
+
+@lowering("ReduceMax")
+def reduce_max(ctx, node):
+    _reduce(ctx, node, "REDUCE_MAX")
+
+
+# --- elementwise --------------------------------------------------------------------------------
+
+
+def _unary(ctx: LoweringContext, node: Node, op: str, options: str | None = None, **fields) -> None:
+    layout = ctx.layout_of(node.inputs[0])
+    x = ctx.get(node.inputs[0], layout)
+    y = ctx.output(node.outputs[0], layout)
+    ctx.builder.op(op, [x], [y], options, **fields)
+
+
+_UNARY = {"Relu": "RELU", "Sigmoid": "LOGISTIC", "Tanh": "TANH", "HardSwish": "HARD_SWISH", "Exp": "EXP",
+          "Sqrt": "SQRT", "Neg": "NEG", "Abs": "ABS", "Log": "LOG", "Reciprocal": None}
+
+
+@lowering("Relu", "Sigmoid", "Tanh", "HardSwish", "Exp", "Sqrt", "Neg", "Abs", "Log")
+def unary(ctx: LoweringContext, node: Node) -> None:
+    _unary(ctx, node, _UNARY[node.op_type])
+
+
+@lowering("LeakyRelu")
+def leaky_relu(ctx, node):
+    _unary(ctx, node, "LEAKY_RELU", "LeakyReluOptions", Alpha=float(node.attrs.get("alpha", 0.01)))
+
+
+@lowering("Gelu")
+def gelu(ctx, node):
+    _unary(ctx, node, "GELU", "GeluOptions", Approximate=node.attrs.get("approximate", "none") == "tanh")
+
+
+@lowering("Clip")
+def clip(ctx: LoweringContext, node: Node) -> None:
+    lo, hi = _clip_bounds(ctx, node)
+    op = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, np.inf): "RELU"}.get((lo, hi))
+    if op:
+        return _unary(ctx, node, op)
+    layout = ctx.layout_of(node.inputs[0])
+    x = ctx.get(node.inputs[0], layout)
+    mid = ctx.builder.tensor(f"{node.name}_max", ctx.builder.tensors[x].shape)
+    ctx.builder.op("MAXIMUM", [x, ctx.constant(f"{node.name}_lo", np.array(lo, np.float32))], [mid])
+    y = ctx.output(node.outputs[0], layout)
+    ctx.builder.op("MINIMUM", [mid, ctx.constant(f"{node.name}_hi", np.array(hi, np.float32))], [y])
+
+
+@lowering("HardSigmoid")
+def hard_sigmoid(ctx: LoweringContext, node: Node) -> None:
+    """max(0, min(1, alpha*x + beta)) as MUL, ADD, then RELU_0_TO_1."""
+    alpha, beta = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
+    layout = ctx.layout_of(node.inputs[0])
+    x = ctx.get(node.inputs[0], layout)
+    shape = ctx.builder.tensors[x].shape
+    t1 = ctx.builder.tensor(f"{node.name}_mul", shape)
+    ctx.builder.op("MUL", [x, ctx.constant(f"{node.name}_alpha", np.array(alpha, np.float32))], [t1], "MulOptions")
+    t2 = ctx.builder.tensor(f"{node.name}_add", shape)
+    ctx.builder.op("ADD", [t1, ctx.constant(f"{node.name}_beta", np.array(beta, np.float32))], [t2], "AddOptions")
+    y = ctx.output(node.outputs[0], layout)
+    ctx.builder.op("RELU_0_TO_1", [t2], [y])
+
+
+_BINARY = {"Add": ("ADD", "AddOptions"), "Sub": ("SUB", "SubOptions"), "Mul": ("MUL", "MulOptions"),
+           "Div": ("DIV", "DivOptions"), "Pow": ("POW", None), "Max": ("MAXIMUM", None), "Min": ("MINIMUM", None)}
+
+
+@lowering(*_BINARY)
+def binary(ctx: LoweringContext, node: Node) -> None:
+    op, options = _BINARY[node.op_type]
+    a, b = node.inputs[:2]
+    out_rank = len(ctx.shape(node.outputs[0]))
+    acts = [n for n in (a, b) if not ctx.is_const(n)]
+    nhwc = out_rank == 4 and acts and all(ctx.layout_of(n) == "nhwc" and len(ctx.shape(n)) == 4 for n in acts)
+    layout = "nhwc" if nhwc else "nchw"
+    ins = []
+    for n in (a, b):
+        if ctx.is_const(n):
+            v = ctx.const_value(n)
+            if nhwc:
+                v = v.reshape((1,) * (4 - v.ndim) + v.shape).transpose(0, 2, 3, 1)
+            ins.append(ctx.constant(f"{node.name}_{len(ins)}", v.astype(np.float32) if v.dtype == np.float64 else v))
+        else:
+            ins.append(ctx.get(n, layout))
+    activation, out_name = (_fused_activation(ctx, node) if op in ("ADD", "SUB", "MUL", "DIV")
+                            else (_tfl(ctx).ActivationFunctionType.NONE, node.outputs[0]))
+    y = ctx.output(out_name, layout)
+    fields = {"FusedActivationFunction": activation} if options else {}
+    ctx.builder.op(op, ins, [y], options, **fields)
+
+
+# --- linear algebra -----------------------------------------------------------------------------
+
+
+def _fully_connected(ctx: LoweringContext, node: Node, x_name: str, w_out_in: np.ndarray, bias, keep_dims: bool):
+    x = ctx.get(x_name, "nchw")
+    w = ctx.constant(f"{node.name}_weights", w_out_in.astype(np.float32), weight=True)
+    b = ctx.constant(f"{node.name}_bias", bias.astype(np.float32), weight=True) if bias is not None else -1
+    activation, out_name = _fused_activation(ctx, node)
+    y = ctx.output(out_name, "nchw")
+    ctx.builder.op("FULLY_CONNECTED", [x, w, b], [y], "FullyConnectedOptions",
+                   FusedActivationFunction=activation, KeepNumDims=keep_dims)
+
+
+@lowering("Gemm")
+def gemm(ctx: LoweringContext, node: Node) -> None:
+    a = node.attrs
+    if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+        raise Unsupported("transA or alpha/beta != 1")
+    if not ctx.is_const(node.inputs[1]):
+        raise Unsupported("non-constant B")
+    w = ctx.const_value(node.inputs[1])
+    w = w if a.get("transB", 0) else w.T
+    bias = ctx.const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    if bias is not None and bias.size != w.shape[0]:
+        bias = np.broadcast_to(bias, (w.shape[0],))
+    _fully_connected(ctx, node, node.inputs[0], w, bias, keep_dims=False)
+
+
+@lowering("MatMul")
+def matmul(ctx: LoweringContext, node: Node) -> None:
+    a, b = node.inputs
+    if ctx.is_const(b) and ctx.const_value(b).ndim == 2:
+        rank = len(ctx.shape(a))
+        return _fully_connected(ctx, node, a, ctx.const_value(b).T, None, keep_dims=rank > 2)
+    y = ctx.output(node.outputs[0], "nchw")
+    ctx.builder.op("BATCH_MATMUL", [ctx.get(a), ctx.get(b)], [y], "BatchMatMulOptions")
+
+
+# --- shape and data movement --------------------------------------------------------------------
+
+
+def _reshape_to(ctx: LoweringContext, node: Node, src: str) -> None:
+    x = ctx.get(src, "nchw")
+    shape = ctx.shape(node.outputs[0])
+    y = ctx.output(node.outputs[0], "nchw")
+    ctx.builder.op("RESHAPE", [x, ctx.constant(f"{node.name}_shape", np.array(shape, np.int32))], [y])
+
+
+@lowering("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(ctx: LoweringContext, node: Node) -> None:
+    _reshape_to(ctx, node, node.inputs[0])
+
+
+@lowering("Identity", "Dropout")
+def identity(ctx: LoweringContext, node: Node) -> None:
+    ctx.aliases[node.outputs[0]] = node.inputs[0]
+
+
+@lowering("Transpose")
+def transpose(ctx: LoweringContext, node: Node) -> None:
+    rank = len(ctx.shape(node.inputs[0]))
+    perm = node.attrs.get("perm", list(range(rank))[::-1])
+    x = ctx.get(node.inputs[0], "nchw")
+    y = ctx.output(node.outputs[0], "nchw")
+    ctx.builder.op("TRANSPOSE", [x, ctx.constant(f"{node.name}_perm", np.array(perm, np.int32))], [y])
+
+
+@lowering("Concat")
+def concat(ctx: LoweringContext, node: Node) -> None:
+    rank = len(ctx.shape(node.outputs[0]))
+    axis = node.attrs["axis"] % rank
+    acts = [n for n in node.inputs if not ctx.is_const(n)]
+    nhwc = rank == 4 and acts and all(ctx.layout_of(n) == "nhwc" for n in acts)
+    layout = "nhwc" if nhwc else "nchw"
+    ins = [ctx.get(n, layout) for n in node.inputs]
+    y = ctx.output(node.outputs[0], layout)
+    ctx.builder.op("CONCATENATION", ins, [y], "ConcatenationOptions",
+                   Axis=NCHW_AXIS_IN_NHWC[axis] if nhwc else axis)
+
+
+@lowering("Softmax")
+def softmax(ctx: LoweringContext, node: Node) -> None:
+    rank = len(ctx.shape(node.inputs[0]))
+    if node.attrs.get("axis", -1) % rank != rank - 1:
+        raise Unsupported("softmax over an axis other than the last")
+    x = ctx.get(node.inputs[0], "nchw")
+    y = ctx.output(node.outputs[0], "nchw")
+    ctx.builder.op("SOFTMAX", [x], [y], "SoftmaxOptions", Beta=1.0)

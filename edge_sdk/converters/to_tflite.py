@@ -1,0 +1,66 @@
+"""TFLite target: lower the fp32 ONNX base graph to a .tflite flatbuffer (no TensorFlow), then load it
+back in LiteRT for the parity report. Modes so far: ``none`` (fp32) and ``fp16`` (fp16 weights with
+DEQUANTIZE, as TFLite's own converter does)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.atomic import StagingDir
+from ..errors import QuantizationError, require
+from .graph import prepare_graph
+from .quantize import QuantInfo, QuantMode, QuantOptions
+from .targets import register_target
+from .to_onnx import BuiltArtifact
+
+TFLITE_MODES = ("none", "fp16")
+
+
+@register_target("tflite", suffix=".tflite")
+def build_tflite(base_model, mode: QuantMode, opts: QuantOptions, staging: StagingDir, name: str) -> BuiltArtifact:
+    if mode.name not in TFLITE_MODES:
+        raise QuantizationError(
+            f"--to tflite supports --quantize {', '.join(TFLITE_MODES)} so far, not '{mode.name}'")
+    require("ai_edge_litert", "tflite", "Checking .tflite artifacts in LiteRT")
+    from ..runtimes.tflite import open_litert
+    from .tflite.lower import lower
+
+    graph = prepare_graph(base_model)
+    fp16 = mode.name == "fp16"
+    data = lower(graph, fp16_weights=fp16, description=f"edge-sdk: {name} ({mode.tag})")
+    file_name = f"{name}.{mode.tag}.tflite"
+    staging.file(file_name).write_bytes(data)
+    session = open_litert(staging.file(file_name), None)
+    import ai_edge_litert
+
+    storage = _weight_storage(session.interpreter)
+    info = QuantInfo("fp16 (DEQUANTIZE to fp32)" if fp16 else "fp32", "fp32",
+                     details={"transpose_ops": count_ops(session.interpreter, "TRANSPOSE"),
+                              "pad_ops": count_ops(session.interpreter, "PAD") + count_ops(session.interpreter, "PADV2")})
+    parameters = _parameters(base_model)
+    return BuiltArtifact(staging.out_dir / file_name, [file_name], session,
+                         f"litert {getattr(ai_edge_litert, '__version__', '')}".strip(), info, parameters, storage)
+
+
+def count_ops(interpreter, op_name: str) -> int:
+    return sum(1 for op in interpreter._get_ops_details() if op["op_name"] == op_name)
+
+
+def _weight_storage(interpreter) -> dict[str, int]:
+    """Bytes of constant tensors by dtype (tensors whose data lives in the file)."""
+    storage: dict[str, int] = {}
+    produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
+    inputs = {d["index"] for d in interpreter.get_input_details()}
+    for d in interpreter.get_tensor_details():
+        if d["index"] in produced or d["index"] in inputs:
+            continue
+        dt = np.dtype(d["dtype"])
+        storage[dt.name] = storage.get(dt.name, 0) + int(np.prod(d["shape"])) * dt.itemsize
+    return storage
+
+
+def _parameters(base_model) -> int:
+    from .onnx_graph import describe_weights
+
+    return describe_weights(base_model).parameters
+

@@ -1,0 +1,85 @@
+"""ONNX -> TFLite lowering (no TensorFlow), checked in LiteRT: digits, MobileNetV2, ResNet-18."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import edge_sdk
+from edge_sdk import errors
+
+pytest.importorskip("ai_edge_litert")
+
+
+def ops_of(path) -> list[str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    return [op["op_name"] for op in it._get_ops_details()]
+
+
+def test_digits_fp32_and_fp16(digits_dir, tmp_path, digits_reference):
+    r = edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "fp16"],
+                         validation=digits_dir / "val.npz", out=tmp_path)
+    fp32, fp16 = r.artifact("none", "tflite"), r.artifact("fp16", "tflite")
+    assert fp32.parity.runtime.startswith("litert") and fp32.path.endswith("digits.fp32.tflite")
+    assert fp32.parity.primary.max_abs_error <= 1e-4
+    assert fp16.parity.primary.rel_l2_error <= 1e-2 and fp16.parity.accuracy == fp32.parity.accuracy
+    assert fp16.size_bytes < 0.6 * fp32.size_bytes
+    assert fp16.weight_storage.get("float16", 0) > 0.9 * sum(fp16.weight_storage.values())
+    x, ref, _ = digits_reference
+    out = edge_sdk.load(fp32.path).run(np.ascontiguousarray(x[:1]))["linear_1"]  # ONNX output name kept
+    np.testing.assert_allclose(out, ref[:1], atol=1e-4)
+    ops = ops_of(fp32.path)
+    assert ops.count("CONV_2D") == 3 and "RELU" not in ops  # ReLU fused into the convolutions
+    assert ops.count("TRANSPOSE") == 2  # NCHW input, and back to NCHW before ONNX's flatten order
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "resnet"])
+def test_cnns_match_onnxruntime(arch, tmp_path):
+    import importlib
+
+    model = importlib.import_module(f"examples.models.{arch}").build_model()
+    r = edge_sdk.convert(model, example_inputs=(torch.randn(1, 3, 224, 224),), to=["tflite", "onnx"],
+                         out=tmp_path, name=arch)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    lite = next(iter(edge_sdk.load(r.artifact("none", "tflite").path).run(x).values()))
+    ort = next(iter(edge_sdk.load(r.artifact("none", "onnx").path).run(x).values()))
+    np.testing.assert_allclose(lite, ort, atol=1e-4, rtol=0)
+    ops = ops_of(r.artifact("none", "tflite").path)
+    # the only TRANSPOSE is the NCHW input's; none sits between convolutions
+    assert ops.count("TRANSPOSE") == 1 and ops.index("TRANSPOSE") == 0
+    assert r.artifact("none", "tflite").quantization.details["transpose_ops"] == 1
+
+
+class TwoOddOps(torch.nn.Module):
+    def forward(self, x):
+        return torch.erf(x) + torch.cos(x)
+
+
+def test_unsupported_ops_listed_at_once(tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(errors.UnsupportedOperatorError) as ei:
+        edge_sdk.convert(TwoOddOps(), example_inputs=(torch.randn(2, 4),), to="tflite", out=out)
+    assert sorted(op for _, op in ei.value.nodes) == ["Cos", "Erf"]
+    assert "2 node(s) has no TFLite lowering" in str(ei.value)
+    assert not out.exists()
+
+
+def test_quantized_tflite_modes_not_yet(digits_dir, tmp_path):
+    with pytest.raises(errors.QuantizationError, match="supports --quantize none, fp16 so far"):
+        edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize="int8", calibration="random",
+                         out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_same_padding_equivalence():
+    from edge_sdk.converters.tflite.ops import _same_or_valid
+
+    assert _same_or_valid((8, 8), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]) == ("SAME", [1, 1, 1, 1])
+    assert _same_or_valid((8, 8), (2, 2), (2, 2), (1, 1), [0, 0, 0, 0])[0] == "VALID"
+    # PyTorch pads 1 on both sides for k3 s2 on 224: the right/bottom pad is never read, but the
+    # left/top one is, which SAME (0 before, 1 after) would not do -> explicit PAD with (1, 0)
+    assert _same_or_valid((224, 224), (3, 3), (2, 2), (1, 1), [1, 1, 1, 1]) == (None, [1, 1, 0, 0])
