@@ -57,7 +57,7 @@ def _main(
 @app.command()
 def convert(
     source: str = typer.Argument(..., help="model.pt2, model.onnx, or module.path:factory (with --weights)."),
-    to: list[str] = typer.Option(["onnx"], "--to", help="Target format (repeatable): onnx."),
+    to: list[str] = typer.Option(["onnx"], "--to", help="Target format (repeatable): onnx, tflite."),
     quantize: list[str] = typer.Option(
         ["none"], "--quantize", "-q",
         help="Mode (repeatable): none|fp32, fp16, int8, int8-dynamic, int4.",
@@ -76,6 +76,7 @@ def convert(
     calibration_method: str = typer.Option("minmax", "--calibration-method", help="minmax, entropy, percentile."),
     static_batch: bool = typer.Option(False, "--static-batch", help="Keep the example's batch size fixed."),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)."),
+    nhwc_io: bool = typer.Option(False, "--nhwc-io", help="TFLite: NHWC model inputs/outputs (no input TRANSPOSE)."),
 ) -> None:
     """Convert a model to deployable artifacts, with a parity report for each."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -97,7 +98,7 @@ def convert(
                 source, to=to, quantize=quantize, out=out, calibration=calibration,
                 validation=validation, weights=weights, input_shapes=shapes, name=name,
                 block_size=block_size, symmetric=not asymmetric, activation_type=activation_type,
-                calibration_method=calibration_method, dynamic_batch=not static_batch, opset=opset,
+                calibration_method=calibration_method, dynamic_batch=not static_batch, opset=opset, nhwc_io=nhwc_io,
                 progress=on_progress,
             )
     except EdgeError as e:
@@ -135,7 +136,7 @@ def print_conversion(result) -> None:
 
 
 @app.command()
-def inspect(model: Path = typer.Argument(..., help="An .onnx or .pt2 file.")) -> None:
+def inspect(model: Path = typer.Argument(..., help="An .onnx, .pt2 or .tflite file.")) -> None:
     """Show a model's format, signature, op histogram, parameters and weight storage."""
     from .converters.inspect import inspect as do_inspect
 

@@ -83,3 +83,29 @@ def test_same_padding_equivalence():
     # PyTorch pads 1 on both sides for k3 s2 on 224: the right/bottom pad is never read, but the
     # left/top one is, which SAME (0 before, 1 after) would not do -> explicit PAD with (1, 0)
     assert _same_or_valid((224, 224), (3, 3), (2, 2), (1, 1), [1, 1, 1, 1]) == (None, [1, 1, 0, 0])
+
+
+def test_nhwc_io_drops_the_input_transpose(digits_dir, tmp_path, digits_reference):
+    r = edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", nhwc_io=True, validation=digits_dir / "val.npz",
+                         out=tmp_path)
+    a = r.artifact("none", "tflite")
+    assert a.parity.primary.max_abs_error <= 1e-4  # parity feeds NHWC through the artifact's own layout
+    m = edge_sdk.load(a.path)
+    assert m.inputs[0].shape[1:] == (8, 8, 1)
+    x, ref, _ = digits_reference
+    np.testing.assert_allclose(m.run(np.ascontiguousarray(x[:1].transpose(0, 2, 3, 1)))["linear_1"], ref[:1], atol=1e-4)
+    assert ops_of(a.path).count("TRANSPOSE") == 1  # only the one ONNX's flatten order needs
+
+
+def test_inspect_tflite(digits_dir, tmp_path):
+    r = edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "fp16"], out=tmp_path)
+    info = edge_sdk.inspect(r.artifact("none", "tflite").path)
+    assert info.format == "tflite" and info.parameters == 40_394
+    assert info.op_histogram == {"CONV_2D": 3, "TRANSPOSE": 2, "MAX_POOL_2D": 2, "FULLY_CONNECTED": 2, "RESHAPE": 1}
+    assert info.inputs[0].shape == (1, 1, 8, 8) and info.outputs[0].name == "linear_1"
+    half = edge_sdk.inspect(r.artifact("fp16", "tflite").path)
+    assert half.weight_dtypes["float16"].elements == 40_394 and half.op_histogram["DEQUANTIZE"] == 10
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\xff" * 40)
+    with pytest.raises(errors.ModelFormatError):
+        edge_sdk.inspect(bad)

@@ -16,7 +16,7 @@ from ..errors import CalibrationError, ConversionError, InvalidOptionError
 from ..runtimes.base import run_all
 from ..runtimes.ort import OrtSession
 from . import onnx_graph, parity, sources
-from .quantize import QuantOptions, get_mode
+from .quantize import ConvertOptions, get_mode
 from .report import Artifact, ConversionResult, Quantization, SourceInfo, TensorInfo
 from .targets import get_target
 
@@ -57,6 +57,7 @@ def convert(
     calibration_method: str = "minmax",
     dynamic_batch: bool = True,
     opset: int | None = None,
+    nhwc_io: bool = False,
     progress: ProgressCallback | None = None,
 ) -> ConversionResult:
     """Convert ``source`` to each format in ``to`` and each mode in ``quantize``.
@@ -117,7 +118,7 @@ def convert(
         parity_inputs = random_input_set(in_specs, RANDOM_SAMPLES, seed=1, int_high=int_high)
     ref_outputs, ref_name = _reference_outputs(src, base, parity_inputs)
 
-    opts = QuantOptions(calib, block_size, symmetric, activation_type, calibration_method)
+    opts = ConvertOptions(calib, block_size, symmetric, activation_type, calibration_method, nhwc_io)
     artifacts: list[Artifact] = []
     staged: list[list[str]] = []
     with StagingDir(out) as staging:

@@ -33,7 +33,11 @@ def inspect(path: str | Path) -> InspectReport:
         return _inspect_onnx(p)
     if fmt is ModelFormat.PT2:
         return _inspect_pt2(p)
-    raise ModelFormatError(f"{p}: inspecting {fmt.value} files is not supported yet; pass an .onnx or .pt2")
+    if fmt is ModelFormat.TFLITE:
+        from .tflite.reader import inspect_tflite
+
+        return inspect_tflite(p)
+    raise ModelFormatError(f"{p}: inspecting {fmt.value} files is not supported yet; pass an .onnx, .pt2 or .tflite")
 
 
 def _inspect_onnx(p: Path) -> InspectReport:

@@ -21,12 +21,15 @@ from . import onnx_graph
 
 
 @dataclass
-class QuantOptions:
+class ConvertOptions:
+    """What every target's builder gets besides the model and the mode."""
+
     calibration: InputSet | None = None
     block_size: int = 32
     symmetric: bool = True
     activation_type: str = "uint8"  # U8S8 is 2x faster than S8S8 on x86 VNNI (toolchain.md)
     calibration_method: str = "minmax"
+    nhwc_io: bool = False  # tflite: keep 4-D inputs/outputs NHWC instead of the source's NCHW
 
 
 @dataclass
@@ -45,7 +48,7 @@ class QuantMode:
     tag: str  # file-name suffix: <name>.<tag>.onnx
     summary: str
     needs_calibration: bool
-    apply: Callable[[object, QuantOptions], tuple[object, QuantInfo]]
+    apply: Callable[[object, ConvertOptions], tuple[object, QuantInfo]]
 
 
 QUANT_MODES: dict[str, QuantMode] = {}
@@ -115,12 +118,12 @@ def _graph_ops(model) -> set[str]:
 
 
 @register_quant_mode("none", tag="fp32", summary="fp32 weights and activations", aliases=("fp32",))
-def _fp32(model, opts: QuantOptions):
+def _fp32(model, opts: ConvertOptions):
     return copy.deepcopy(model), QuantInfo("fp32", "fp32")
 
 
 @register_quant_mode("fp16", tag="fp16", summary="fp16 weights and compute, fp32 inputs/outputs")
-def _fp16(model, opts: QuantOptions):
+def _fp16(model, opts: ConvertOptions):
     with preserved_logging():
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -145,7 +148,7 @@ class _Reader:
     "int8", tag="int8", needs_calibration=True,
     summary="static QDQ: per-channel symmetric int8 weights, calibrated 8-bit activations",
 )
-def _int8_static(model, opts: QuantOptions):
+def _int8_static(model, opts: ConvertOptions):
     q = _ort_quant()
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -193,7 +196,7 @@ def _int8_static(model, opts: QuantOptions):
     "int8-dynamic", tag="int8-dynamic",
     summary="int8 MatMul weights, activations quantized at run time (transformers)",
 )
-def _int8_dynamic(model, opts: QuantOptions):
+def _int8_dynamic(model, opts: ConvertOptions):
     q = _ort_quant()
     import onnx
 
@@ -224,7 +227,7 @@ def _int8_dynamic(model, opts: QuantOptions):
     "int4", tag="int4",
     summary="weight-only block-wise int4 (MatMulNBits) for MatMul/Gemm weights",
 )
-def _int4(model, opts: QuantOptions):
+def _int4(model, opts: ConvertOptions):
     if opts.block_size not in (32, 64, 128):
         raise QuantizationError(f"--block-size {opts.block_size} unsupported for int4; use 32, 64 or 128")
     _ort_quant()

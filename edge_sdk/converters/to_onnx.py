@@ -9,7 +9,7 @@ from ..core.atomic import StagingDir
 from ..runtimes.base import Session
 from ..runtimes.ort import OrtSession
 from . import onnx_graph
-from .quantize import QuantInfo, QuantMode, QuantOptions
+from .quantize import QuantInfo, QuantMode, ConvertOptions
 from .targets import register_target
 
 
@@ -25,7 +25,7 @@ class BuiltArtifact:
 
 
 @register_target("onnx", suffix=".onnx")
-def build_onnx(base_model, mode: QuantMode, opts: QuantOptions, staging: StagingDir, name: str) -> BuiltArtifact:
+def build_onnx(base_model, mode: QuantMode, opts: ConvertOptions, staging: StagingDir, name: str) -> BuiltArtifact:
     model, info = mode.apply(base_model, opts)
     onnx_graph.check_model(model, f"the {mode.name} artifact")
     file_name = f"{name}.{mode.tag}.onnx"

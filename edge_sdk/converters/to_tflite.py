@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.atomic import StagingDir
+from ..core.tensors import TensorSpec
+from ..runtimes.base import Session
 from ..errors import QuantizationError, require
 from .graph import prepare_graph
-from .quantize import QuantInfo, QuantMode, QuantOptions
+from .quantize import QuantInfo, QuantMode, ConvertOptions
 from .targets import register_target
 from .to_onnx import BuiltArtifact
 
@@ -17,7 +19,7 @@ TFLITE_MODES = ("none", "fp16")
 
 
 @register_target("tflite", suffix=".tflite")
-def build_tflite(base_model, mode: QuantMode, opts: QuantOptions, staging: StagingDir, name: str) -> BuiltArtifact:
+def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: StagingDir, name: str) -> BuiltArtifact:
     if mode.name not in TFLITE_MODES:
         raise QuantizationError(
             f"--to tflite supports --quantize {', '.join(TFLITE_MODES)} so far, not '{mode.name}'")
@@ -27,7 +29,7 @@ def build_tflite(base_model, mode: QuantMode, opts: QuantOptions, staging: Stagi
 
     graph = prepare_graph(base_model)
     fp16 = mode.name == "fp16"
-    data = lower(graph, fp16_weights=fp16, description=f"edge-sdk: {name} ({mode.tag})")
+    data = lower(graph, fp16_weights=fp16, nhwc_io=opts.nhwc_io, description=f"edge-sdk: {name} ({mode.tag})")
     file_name = f"{name}.{mode.tag}.tflite"
     staging.file(file_name).write_bytes(data)
     session = open_litert(staging.file(file_name), None)
@@ -38,8 +40,28 @@ def build_tflite(base_model, mode: QuantMode, opts: QuantOptions, staging: Stagi
                      details={"transpose_ops": count_ops(session.interpreter, "TRANSPOSE"),
                               "pad_ops": count_ops(session.interpreter, "PAD") + count_ops(session.interpreter, "PADV2")})
     parameters = _parameters(base_model)
+    if opts.nhwc_io:
+        session = _NchwView(session)
     return BuiltArtifact(staging.out_dir / file_name, [file_name], session,
                          f"litert {getattr(ai_edge_litert, '__version__', '')}".strip(), info, parameters, storage)
+
+
+class _NchwView(Session):
+    """Presents an NHWC-I/O artifact in the source's NCHW layout, so parity compares like with like."""
+
+    def __init__(self, inner: Session) -> None:
+        self.inner = inner
+        self.interpreter = inner.interpreter
+        self.inputs = [TensorSpec(s.name, _to_nchw(s.shape), s.dtype, s.quantization) for s in inner.inputs]
+        self.outputs = [TensorSpec(s.name, _to_nchw(s.shape), s.dtype, s.quantization) for s in inner.outputs]
+
+    def run(self, feeds):
+        nhwc = {k: v.transpose(0, 2, 3, 1) if v.ndim == 4 else v for k, v in feeds.items()}
+        return {k: v.transpose(0, 3, 1, 2) if v.ndim == 4 else v for k, v in self.inner.run(nhwc).items()}
+
+
+def _to_nchw(shape):
+    return (shape[0], shape[3], shape[1], shape[2]) if len(shape) == 4 else shape
 
 
 def count_ops(interpreter, op_name: str) -> int:
