@@ -15,7 +15,8 @@ from .quantize import QuantInfo, QuantMode, ConvertOptions
 from .targets import register_target
 from .to_onnx import BuiltArtifact
 
-TFLITE_MODES = ("none", "fp16")
+TFLITE_MODES = ("none", "fp16", "int8-dynamic")
+_WEIGHTS = {"none": "fp32", "fp16": "fp16", "int8-dynamic": "int8"}
 
 
 @register_target("tflite", suffix=".tflite")
@@ -28,17 +29,22 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
     from .tflite.lower import lower
 
     graph = prepare_graph(base_model)
-    fp16 = mode.name == "fp16"
-    data = lower(graph, fp16_weights=fp16, nhwc_io=opts.nhwc_io, description=f"edge-sdk: {name} ({mode.tag})")
+    data = lower(graph, weights=_WEIGHTS[mode.name], nhwc_io=opts.nhwc_io, description=f"edge-sdk: {name} ({mode.tag})")
     file_name = f"{name}.{mode.tag}.tflite"
     staging.file(file_name).write_bytes(data)
     session = open_litert(staging.file(file_name), None)
     import ai_edge_litert
 
     storage = _weight_storage(session.interpreter)
-    info = QuantInfo("fp16 (DEQUANTIZE to fp32)" if fp16 else "fp32", "fp32",
+    info = QuantInfo({"none": "fp32", "fp16": "fp16 (DEQUANTIZE to fp32)",
+                      "int8-dynamic": "int8 per-channel symmetric (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED)"}[mode.name],
+                     "fp32" if mode.name != "int8-dynamic" else "fp32, quantized to int8 at run time (hybrid kernels)",
                      details={"transpose_ops": count_ops(session.interpreter, "TRANSPOSE"),
                               "pad_ops": count_ops(session.interpreter, "PAD") + count_ops(session.interpreter, "PADV2")})
+    if mode.name == "int8-dynamic" and count_ops(session.interpreter, "CONV_2D") + count_ops(
+            session.interpreter, "DEPTHWISE_CONV_2D"):
+        info.warnings.append("dynamic-range int8 convolutions run ~4.5x slower than fp32 in LiteRT "
+                             "(toolchain.md); full-integer int8 is the fast mode for CNNs")
     parameters = _parameters(base_model)
     if opts.nhwc_io:
         session = _NchwView(session)

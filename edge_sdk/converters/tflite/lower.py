@@ -50,12 +50,13 @@ def lowering(*op_types: str):
 class LoweringContext:
     graph: Graph
     builder: TFLiteBuilder
-    fp16_weights: bool = False
+    weights: str = "fp32"  # how weight tensors are stored: "fp32", "fp16" (+ DEQUANTIZE), "int8" (hybrid)
     tensors: dict[str, int] = field(default_factory=dict)  # onnx name -> tflite tensor (stored layout)
     nhwc: set[str] = field(default_factory=set)  # onnx names stored NHWC
     views: dict[tuple[str, str], int] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)  # fused/identity outputs -> their source
     skip: set[str] = field(default_factory=set)  # node names absorbed by a fusion
+    quantized_weights: int = 0
 
     # -- tensors --
 
@@ -73,14 +74,20 @@ class LoweringContext:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.graph.shape(self.resolve(name))
 
-    def constant(self, name: str, value: np.ndarray, *, weight: bool = False) -> int:
-        """A constant tensor; large float weights become fp16 + DEQUANTIZE in fp16 mode."""
+    def constant(self, name: str, value: np.ndarray, *, weight: bool = False, channel_axis: int = 0) -> int:
+        """A constant tensor. Weights follow ``self.weights``: fp16 + DEQUANTIZE, or int8 per-channel
+        symmetric (``channel_axis``) for the hybrid kernels of "dynamic range" models; biases stay fp32."""
         value = np.ascontiguousarray(value)
         if value.dtype == np.float64:
             value = value.astype(np.float32)
         if value.dtype == np.int64:
             value = value.astype(np.int32)
-        if self.fp16_weights and weight and value.dtype == np.float32:
+        if self.weights == "int8" and weight and value.dtype == np.float32 and value.ndim >= 2:
+            q, scales = quantize_per_channel(value, channel_axis)
+            self.quantized_weights += 1
+            return self.builder.constant(name, q, scales=scales, zero_points=np.zeros_like(scales, np.int64),
+                                         quantized_dimension=channel_axis)
+        if self.weights == "fp16" and weight and value.dtype == np.float32:
             half = self.builder.constant(f"{name}_fp16", value.astype(np.float16))
             out = self.builder.tensor(name, value.shape)
             self.builder.op("DEQUANTIZE", [half], [out])
@@ -139,18 +146,29 @@ class LoweringContext:
         return [n for n in self.graph.nodes if name in n.inputs]
 
 
+def quantize_per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per channel along ``axis``: q = round(w / s), s = max|w| / 127 (1 for all-zero)."""
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.max(np.abs(w), axis=reduce)
+    scales = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scales
+
+
 def unsupported_nodes(graph: Graph) -> list[tuple[str, str]]:
     return [(n.name, n.op_type) for n in graph.nodes if n.op_type not in LOWERINGS or n.domain not in ("", "ai.onnx")]
 
 
-def lower(graph: Graph, *, fp16_weights: bool = False, nhwc_io: bool = False, description: str = "edge-sdk") -> bytes:
+def lower(graph: Graph, *, weights: str = "fp32", nhwc_io: bool = False, description: str = "edge-sdk") -> bytes:
     """Lower ``graph`` to a TFLite flatbuffer; every unsupported node is listed in one error."""
     from . import ops  # noqa: F401  (registers the lowerings)
 
     missing = unsupported_nodes(graph)
     if missing:
         raise UnsupportedOperatorError(_describe(missing, "has no TFLite lowering"), nodes=missing)
-    ctx = LoweringContext(graph, TFLiteBuilder(description), fp16_weights)
+    ctx = LoweringContext(graph, TFLiteBuilder(description), weights)
     for name in graph.inputs:
         dtype = graph.dtypes[name].name
         layout = "nhwc" if nhwc_io and len(graph.shape(name)) == 4 else "nchw"

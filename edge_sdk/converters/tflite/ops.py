@@ -117,7 +117,8 @@ def conv(ctx: LoweringContext, node: Node) -> None:
         k = ctx.constant(f"{node.name}_filter", w.transpose(0, 2, 3, 1), weight=True)  # OIHW -> OHWI
         ctx.builder.op("CONV_2D", [x, k, b], [y], "Conv2DOptions", **common)
     elif group == cin and cout % cin == 0:
-        k = ctx.constant(f"{node.name}_filter", w.transpose(1, 2, 3, 0), weight=True)  # (Cout,1,H,W) -> (1,H,W,Cout)
+        k = ctx.constant(f"{node.name}_filter", w.transpose(1, 2, 3, 0), weight=True,  # (Cout,1,H,W) -> (1,H,W,Cout)
+                         channel_axis=3)
         ctx.builder.op("DEPTHWISE_CONV_2D", [x, k, b], [y], "DepthwiseConv2DOptions",
                        DepthMultiplier=cout // cin, **common)
     else:
@@ -294,7 +295,8 @@ def _fully_connected(ctx: LoweringContext, node: Node, x_name: str, w_out_in: np
     activation, out_name = _fused_activation(ctx, node)
     y = ctx.output(out_name, "nchw")
     ctx.builder.op("FULLY_CONNECTED", [x, w, b], [y], "FullyConnectedOptions",
-                   FusedActivationFunction=activation, KeepNumDims=keep_dims)
+                   FusedActivationFunction=activation, KeepNumDims=keep_dims,
+                   AsymmetricQuantizeInputs=ctx.weights == "int8")
 
 
 @lowering("Gemm")
