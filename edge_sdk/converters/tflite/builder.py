@@ -32,9 +32,14 @@ class _Tensor:
     quantized_dimension: int = 0
 
 
+# Builtins whose kernels are registered from a version above 1 (LiteRT refuses version 1).
+MIN_OP_VERSION = {"BROADCAST_TO": 2}
+
+
 @dataclass
 class _Op:
     code: int
+    version: int
     inputs: list[int]
     outputs: list[int]
     options_name: str | None
@@ -71,7 +76,7 @@ class TFLiteBuilder:
         """Add builtin operator ``name`` (e.g. "CONV_2D") with option table ``options`` (e.g.
         "Conv2DOptions") whose fields are given in the schema's CamelCase (``StrideW=1``)."""
         code = getattr(self.tfl.BuiltinOperator, name)
-        self.ops.append(_Op(code, list(inputs), list(outputs), options, fields))
+        self.ops.append(_Op(code, MIN_OP_VERSION.get(name, 1), list(inputs), list(outputs), options, fields))
 
     # --- serialization -----------------------------------------------------------------------
 
@@ -79,18 +84,18 @@ class TFLiteBuilder:
         import flatbuffers
 
         tfl, b = self.tfl, flatbuffers.Builder(1024)
-        codes = sorted({op.code for op in self.ops})
+        codes = sorted({(op.code, op.version) for op in self.ops})
         code_index = {c: i for i, c in enumerate(codes)}
 
         buffers = [self._buffer(b, data) for data in self.buffers]
         tensors = [self._tensor(b, t) for t in self.tensors]
-        operators = [self._operator(b, op, code_index[op.code]) for op in self.ops]
+        operators = [self._operator(b, op, code_index[(op.code, op.version)]) for op in self.ops]
         opcodes = []
-        for c in codes:
+        for c, version in codes:
             tfl.OperatorCodeStart(b)
             tfl.OperatorCodeAddDeprecatedBuiltinCode(b, min(c, 127))
             tfl.OperatorCodeAddBuiltinCode(b, c)
-            tfl.OperatorCodeAddVersion(b, 1)
+            tfl.OperatorCodeAddVersion(b, version)
             opcodes.append(tfl.OperatorCodeEnd(b))
 
         tensors_v = self._offsets(b, tfl.SubGraphStartTensorsVector, tensors)

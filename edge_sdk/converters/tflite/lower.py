@@ -74,15 +74,16 @@ class LoweringContext:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.graph.shape(self.resolve(name))
 
-    def constant(self, name: str, value: np.ndarray, *, weight: bool = False, channel_axis: int = 0) -> int:
-        """A constant tensor. Weights follow ``self.weights``: fp16 + DEQUANTIZE, or int8 per-channel
-        symmetric (``channel_axis``) for the hybrid kernels of "dynamic range" models; biases stay fp32."""
+    def constant(self, name: str, value: np.ndarray, *, weight: bool = False, channel_axis: int | None = None) -> int:
+        """A constant tensor. Weights follow ``self.weights``: fp16 + DEQUANTIZE; or int8 per-channel
+        symmetric along ``channel_axis`` for ops with hybrid kernels (they pass the axis); other
+        constants, biases included, stay fp32."""
         value = np.ascontiguousarray(value)
         if value.dtype == np.float64:
             value = value.astype(np.float32)
         if value.dtype == np.int64:
             value = value.astype(np.int32)
-        if self.weights == "int8" and weight and value.dtype == np.float32 and value.ndim >= 2:
+        if self.weights == "int8" and channel_axis is not None and value.dtype == np.float32 and value.ndim >= 2:
             q, scales = quantize_per_channel(value, channel_axis)
             self.quantized_weights += 1
             return self.builder.constant(name, q, scales=scales, zero_points=np.zeros_like(scales, np.int64),
@@ -126,8 +127,13 @@ class LoweringContext:
             self.views[key] = out
         return self.views[key]
 
-    def output(self, name: str, layout: str = "nchw", dtype: str = "float32") -> int:
-        """Create the tflite tensor for ONNX output ``name``, stored in ``layout``."""
+    def dtype(self, name: str) -> str:
+        dt = self.graph.dtypes.get(self.resolve(name), np.dtype(np.float32))
+        return "float32" if dt == np.float64 else dt.name
+
+    def output(self, name: str, layout: str = "nchw", dtype: str | None = None) -> int:
+        """Create the tflite tensor for ONNX output ``name`` (its ONNX dtype unless given), in ``layout``."""
+        dtype = dtype or self.dtype(name)
         shape = self.shape(name)
         if layout == "nhwc":
             if len(shape) != 4:

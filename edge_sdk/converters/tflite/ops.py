@@ -114,7 +114,7 @@ def conv(ctx: LoweringContext, node: Node) -> None:
     common = dict(Padding=padding, StrideH=s[0], StrideW=s[1], DilationHFactor=d[0], DilationWFactor=d[1],
                   FusedActivationFunction=activation)
     if group == 1:
-        k = ctx.constant(f"{node.name}_filter", w.transpose(0, 2, 3, 1), weight=True)  # OIHW -> OHWI
+        k = ctx.constant(f"{node.name}_filter", w.transpose(0, 2, 3, 1), weight=True, channel_axis=0)  # OIHW -> OHWI
         ctx.builder.op("CONV_2D", [x, k, b], [y], "Conv2DOptions", **common)
     elif group == cin and cout % cin == 0:
         k = ctx.constant(f"{node.name}_filter", w.transpose(1, 2, 3, 0), weight=True,  # (Cout,1,H,W) -> (1,H,W,Cout)
@@ -290,7 +290,7 @@ def binary(ctx: LoweringContext, node: Node) -> None:
 
 def _fully_connected(ctx: LoweringContext, node: Node, x_name: str, w_out_in: np.ndarray, bias, keep_dims: bool):
     x = ctx.get(x_name, "nchw")
-    w = ctx.constant(f"{node.name}_weights", w_out_in.astype(np.float32), weight=True)
+    w = ctx.constant(f"{node.name}_weights", w_out_in.astype(np.float32), weight=True, channel_axis=0)
     b = ctx.constant(f"{node.name}_bias", bias.astype(np.float32), weight=True) if bias is not None else -1
     activation, out_name = _fused_activation(ctx, node)
     y = ctx.output(out_name, "nchw")
@@ -374,3 +374,107 @@ def softmax(ctx: LoweringContext, node: Node) -> None:
     x = ctx.get(node.inputs[0], "nchw")
     y = ctx.output(node.outputs[0], "nchw")
     ctx.builder.op("SOFTMAX", [x], [y], "SoftmaxOptions", Beta=1.0)
+
+
+# --- transformer ops ----------------------------------------------------------------------------
+
+
+@lowering("Gather")
+def gather(ctx: LoweringContext, node: Node) -> None:
+    data, idx = node.inputs
+    rank = len(ctx.shape(data))
+    axis = node.attrs.get("axis", 0) % rank
+    x = ctx.get(data) if not ctx.is_const(data) else ctx.constant(f"{node.name}_table", ctx.const_value(data), weight=True)
+    i = ctx.get(idx) if not ctx.is_const(idx) else ctx.constant(f"{node.name}_idx", ctx.const_value(idx).astype(np.int32))
+    y = ctx.output(node.outputs[0])
+    ctx.builder.op("GATHER", [x, i], [y], "GatherOptions", Axis=axis, BatchDims=0)
+
+
+@lowering("GatherND")
+def gather_nd(ctx: LoweringContext, node: Node) -> None:
+    if node.attrs.get("batch_dims", 0):
+        raise Unsupported("batch_dims != 0")
+    data, idx = node.inputs
+    i = ctx.get(idx) if not ctx.is_const(idx) else ctx.constant(f"{node.name}_idx", ctx.const_value(idx).astype(np.int32))
+    y = ctx.output(node.outputs[0])
+    ctx.builder.op("GATHER_ND", [ctx.get(data), i], [y])
+
+
+@lowering("Cast")
+def cast(ctx: LoweringContext, node: Node) -> None:
+    layout = ctx.layout_of(node.inputs[0])
+    y = ctx.output(node.outputs[0], layout)
+    ctx.builder.op("CAST", [ctx.get(node.inputs[0], layout)], [y])
+
+
+@lowering("And", "Or")
+def logical(ctx: LoweringContext, node: Node) -> None:
+    op = {"And": "LOGICAL_AND", "Or": "LOGICAL_OR"}[node.op_type]
+    ins = [ctx.get(n) if not ctx.is_const(n) else ctx.constant(f"{node.name}_{k}", ctx.const_value(n))
+           for k, n in enumerate(node.inputs)]
+    ctx.builder.op(op, ins, [ctx.output(node.outputs[0], dtype="bool")])
+
+
+@lowering("Where")
+def where(ctx: LoweringContext, node: Node) -> None:
+    ins = [ctx.get(n) if not ctx.is_const(n) else ctx.constant(f"{node.name}_{k}", ctx.const_value(n))
+           for k, n in enumerate(node.inputs)]
+    ctx.builder.op("SELECT_V2", ins, [ctx.output(node.outputs[0])])
+
+
+@lowering("Expand")
+def expand(ctx: LoweringContext, node: Node) -> None:
+    shape = np.array(ctx.shape(node.outputs[0]), np.int32)
+    ctx.builder.op("BROADCAST_TO", [ctx.get(node.inputs[0]), ctx.constant(f"{node.name}_shape", shape)],
+                   [ctx.output(node.outputs[0])])
+
+
+@lowering("ReduceL2")
+def reduce_l2(ctx: LoweringContext, node: Node) -> None:
+    x = ctx.get(node.inputs[0])
+    sq = ctx.builder.tensor(f"{node.name}_sq", ctx.shape(node.inputs[0]))
+    ctx.builder.op("SQUARE", [x], [sq])
+    rank = len(ctx.shape(node.inputs[0]))
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1]:
+        axes = ctx.const_value(node.inputs[1]).tolist()
+    axes = sorted(a % rank for a in (range(rank) if axes is None else axes))
+    keep = bool(node.attrs.get("keepdims", 1))
+    s = ctx.builder.tensor(f"{node.name}_sum", ctx.shape(node.outputs[0]))
+    ctx.builder.op("SUM", [sq, ctx.constant(f"{node.name}_axes", np.array(axes, np.int32))], [s], "ReducerOptions",
+                   KeepDims=keep)
+    ctx.builder.op("SQRT", [s], [ctx.output(node.outputs[0])])
+
+
+@lowering("LayerNormalization")
+def layer_norm(ctx: LoweringContext, node: Node) -> None:
+    """(x - mean) * rsqrt(var + eps) * gamma + beta over the last axis, from TFLite builtins."""
+    shape = ctx.shape(node.inputs[0])
+    if node.attrs.get("axis", -1) % len(shape) != len(shape) - 1:
+        raise Unsupported("normalization over axes other than the last")
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    b, t = ctx.builder, ctx.builder.tensor
+    x = ctx.get(node.inputs[0])
+    axis = ctx.constant(f"{node.name}_axis", np.array([len(shape) - 1], np.int32))
+    red = shape[:-1] + (1,)
+    mean = t(f"{node.name}_mean", red)
+    b.op("MEAN", [x, axis], [mean], "ReducerOptions", KeepDims=True)
+    centered = t(f"{node.name}_centered", shape)
+    b.op("SUB", [x, mean], [centered], "SubOptions")
+    sq = t(f"{node.name}_sq", shape)
+    b.op("SQUARE", [centered], [sq])
+    var = t(f"{node.name}_var", red)
+    b.op("MEAN", [sq, axis], [var], "ReducerOptions", KeepDims=True)
+    var_eps = t(f"{node.name}_var_eps", red)
+    b.op("ADD", [var, ctx.constant(f"{node.name}_eps", np.array(eps, np.float32))], [var_eps], "AddOptions")
+    inv = t(f"{node.name}_rsqrt", red)
+    b.op("RSQRT", [var_eps], [inv])
+    normed = t(f"{node.name}_normed", shape)
+    b.op("MUL", [centered, inv], [normed], "MulOptions")
+    gamma = ctx.constant(f"{node.name}_gamma", ctx.const_value(node.inputs[1]).astype(np.float32))
+    has_beta = len(node.inputs) > 2 and node.inputs[2]
+    scaled = t(f"{node.name}_scaled", shape) if has_beta else ctx.output(node.outputs[0])
+    b.op("MUL", [normed, gamma], [scaled], "MulOptions")
+    if has_beta:
+        beta = ctx.constant(f"{node.name}_beta", ctx.const_value(node.inputs[2]).astype(np.float32))
+        b.op("ADD", [scaled, beta], [ctx.output(node.outputs[0])], "AddOptions")
