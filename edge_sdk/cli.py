@@ -181,14 +181,18 @@ def run(
     batch: int = typer.Option(1, "--batch", help="Batch size for --random where the batch axis is dynamic."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Text to complete (GGUF models)."),
     max_tokens: int = typer.Option(32, "--max-tokens", "-n", help="Tokens to generate with --prompt."),
+    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context length for GGUF models (default 512)."),
     backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, litert, tflite-runtime, coreml, llama.cpp."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Intra-op threads."),
     save: Optional[Path] = typer.Option(None, "--save", help="Write the outputs to OUT.npz."),
 ) -> None:
     """Run a model once and summarize its outputs (or complete a prompt with a GGUF model)."""
+    import io
+
     import numpy as np
 
     from .core.atomic import atomic_write_bytes
+    from .core.formats import ModelFormat, detect_format
     from .core.tensors import random_input_set, read_npz, validate_inputs
     from .errors import InvalidOptionError
     from .runtimes.model import load
@@ -196,13 +200,19 @@ def run(
     try:
         if sum(x is not None and x is not False for x in (input, random or None, prompt)) != 1:
             raise InvalidOptionError("give exactly one of --input FILE.npz, --random or --prompt TEXT")
-        m = load(model, backend=backend, threads=threads)
+        if batch < 1 or max_tokens < 1:
+            raise InvalidOptionError(f"--batch and --max-tokens must be >= 1, got {batch} and {max_tokens}")
+        options = {} if n_ctx is None else {"n_ctx": n_ctx}
+        if prompt is not None:
+            if detect_format(model) is not ModelFormat.GGUF:
+                raise InvalidOptionError(f"--prompt needs a language model (GGUF); {model.name} is not one")
+            options["logits_all"] = False  # generation needs the last position's logits only
+        m = load(model, backend=backend, threads=threads, **options)
         with m:
             if prompt is not None:
-                if not hasattr(m.session, "generate"):
-                    raise InvalidOptionError(f"--prompt needs a language model (GGUF); {model.name} is {m.format.value}")
+                pieces = m.generate(prompt, max_tokens=max_tokens, stream=True)
                 console.print(escape(prompt), end="", highlight=False)
-                for piece in m.generate(prompt, max_tokens=max_tokens, stream=True):
+                for piece in pieces:
                     console.print(escape(piece), end="", highlight=False)
                 console.print()
                 return
@@ -214,6 +224,10 @@ def run(
                 n = first if isinstance(first, int) else batch
                 feeds = random_input_set(m.inputs, n, seed=seed).arrays
             outputs = m.run(feeds)
+        if save is not None:
+            buf = io.BytesIO()
+            np.savez(buf, **outputs)
+            atomic_write_bytes(save, buf.getvalue())
     except EdgeError as e:
         _fail(e)
     table = Table(box=box.SIMPLE_HEAD, title=escape(f"{model.name} on {m.backend}"))
@@ -226,11 +240,6 @@ def run(
         table.add_row(escape(name), str(list(v.shape)), str(v.dtype), *stats, arg)
     console.print(table)
     if save is not None:
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, **outputs)
-        atomic_write_bytes(save, buf.getvalue())
         console.print(f"saved: {escape(str(save))}", highlight=False)
 
 

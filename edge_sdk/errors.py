@@ -65,6 +65,14 @@ class InputMismatchError(EdgeError, ValueError):
     """Feeds whose names, shapes or dtypes do not match the model's signature."""
 
 
+class InferenceError(EdgeError, RuntimeError):
+    """The backend failed while running a model that loaded (the message carries its reason)."""
+
+
+class ModelClosedError(EdgeError):
+    """``run`` on a model after ``close()``."""
+
+
 class MissingDependencyError(EdgeError, ImportError):
     """An optional package is not installed; the message names the extra that provides it."""
 

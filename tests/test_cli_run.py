@@ -38,12 +38,28 @@ def test_run_errors(digits_onnx, tmp_path):
         (["run", str(digits_onnx)], "exactly one of"),
         (["run", str(digits_onnx), "--random", "--prompt", "hi"], "exactly one of"),
         (["run", str(digits_onnx), "--input", str(bad)], "input names do not match"),
-        (["run", str(digits_onnx), "--prompt", "hi"], "needs a language model"),
+        (["run", str(digits_onnx), "--prompt", "hi"], "needs a language model (GGUF)"),
         (["run", str(tmp_path / "missing.onnx"), "--random"], "no such file"),
         (["run", str(digits_onnx), "--random", "--backend", "litert"], "runs tflite models, not onnx"),
-        (["run", str(digits_onnx), "--random", "--threads", "0"], "threads must be >= 1"),
+        (["run", str(digits_onnx), "--random", "--threads", "0"], "threads must be an integer from 1 to"),
     ]
     for args, needle in cases:
         r = runner.invoke(app, args)
         assert r.exit_code == 2, (args, r.output)
         assert r.stderr.startswith("error:") and needle in " ".join(r.stderr.split()), (args, r.stderr)
+
+
+def test_run_more_errors(digits_onnx, digits_tflite, tmp_path):
+    """Found in review: each of these printed a traceback before."""
+    (tmp_path / "adir").mkdir()
+    cases = [
+        (["run", str(digits_onnx), "--random", "--save", str(tmp_path / "nodir" / "x.npz")], "cannot write"),
+        (["run", str(digits_onnx), "--random", "--save", str(tmp_path / "adir")], "cannot write"),
+        (["run", str(digits_onnx), "--random", "--batch", "0"], "--batch and --max-tokens must be >= 1"),
+        (["run", str(digits_tflite), "--random", "--threads", "100000"], "threads must be an integer from 1 to"),
+    ]
+    for args, needle in cases:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert needle in " ".join(r.stderr.split()), (args, r.stderr)
+    assert not (tmp_path / "nodir").exists()

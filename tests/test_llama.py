@@ -82,3 +82,47 @@ def test_embeddings(smollm2_gguf):
         assert e.shape == (len(m.tokenize("hello world")), 576)
         np.testing.assert_allclose(m.embed("hello world"), e, rtol=1e-5)
         assert not np.allclose(m.embed("goodbye world")[0], e[0])
+
+
+def test_generation_arguments_are_checked(smol):
+    with pytest.raises(errors.InvalidOptionError, match="empty"):
+        smol.generate("")
+    with pytest.raises(errors.InvalidOptionError, match="max_tokens"):
+        smol.generate("hi", max_tokens=0)
+    with pytest.raises(errors.InvalidOptionError, match="context holds 512"):
+        smol.generate("word " * 600, max_tokens=4)
+    with pytest.raises(errors.InputMismatchError, match="outside the vocabulary"):
+        smol.run(np.array([1, 49152], np.int32))
+
+
+def _patch_in_place(path, key: str) -> None:
+    """Corrupt one header field of a GGUF copy, in place, through the gguf package's memory map."""
+    gguf = pytest.importorskip("gguf")
+    r = gguf.GGUFReader(str(path), "r+")
+    field = r.fields[key]
+    if key.endswith("block_count"):
+        field.parts[field.data[0]][0] = 0
+        return
+    # make one vocabulary entry a copy of another of the same length
+    strings = [field.parts[i] for i in field.data]
+    by_len: dict[int, object] = {}
+    for s in strings[1000:]:
+        if len(s) in by_len:
+            s[:] = by_len[len(s)]
+            return
+        by_len[len(s)] = s
+
+
+@pytest.mark.parametrize("key, needle", [
+    ("llama.block_count", "block_count is 0"),
+    ("tokenizer.ggml.tokens", "repeats tokens"),
+])
+def test_headers_llama_cpp_would_abort_on(smollm2_gguf, tmp_path, key, needle):
+    """llama.cpp aborts the process (GGML_ASSERT) on these; our header check refuses them first."""
+    import shutil
+
+    bad = tmp_path / "bad.gguf"
+    shutil.copy(smollm2_gguf, bad)
+    _patch_in_place(bad, key)
+    with pytest.raises(errors.ModelFormatError, match=needle):
+        edge_sdk.load(bad)

@@ -104,6 +104,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, p)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {p} ({e.strerror or e}); choose another path") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -39,6 +39,8 @@ def detect_format(path: str | Path) -> ModelFormat:
     if p.is_dir():
         if (p / "Manifest.json").is_file():  # .mlpackage
             return ModelFormat.COREML
+        if p.suffix == ".mlpackage":
+            raise ModelFormatError(f"{p} is not a valid .mlpackage (no Manifest.json); convert it again")
         raise ModelFormatError(
             f"{p} is a directory, not a model: pass an .onnx or .pt2 file (or module.path:factory)"
         )

@@ -86,7 +86,7 @@ class _Reader:
             raise ModelFormatError(f"{self.path}: a {n}-byte string in the header; the file is corrupted")
         return self.read(n).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, keep: bool = True):
+    def value(self, vtype: int, keep: bool = False):
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
         if vtype == _STRING:
@@ -98,11 +98,18 @@ class _Reader:
                 raise ModelFormatError(f"{self.path}: an array of {count} items (type {etype}) does not fit the file")
             if etype in _SCALARS:
                 self.read(count * min_size)  # skipped: values are not needed to validate
-            else:
-                for _ in range(count):
-                    n = self.unpack("<Q")
-                    self.read(n)
-            return {"array": etype, "length": count}
+                return {"array": etype, "length": count}
+            seen: set[bytes] = set()
+            duplicates = 0
+            for _ in range(count):
+                n = self.unpack("<Q")
+                if n > MAX_STRING_BYTES:
+                    raise ModelFormatError(f"{self.path}: a {n}-byte string in an array; the file is corrupted")
+                item = self.read(n)
+                if keep:
+                    duplicates += item in seen
+                    seen.add(item)
+            return {"array": etype, "length": count, "duplicates": duplicates}
         raise ModelFormatError(f"{self.path}: unknown metadata value type {vtype}; the file is corrupted")
 
 
@@ -123,7 +130,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         meta: dict[str, object] = {}
         for _ in range(n_kv):
             key = r.string()
-            meta[key] = r.value(r.unpack("<I"))
+            meta[key] = r.value(r.unpack("<I"), keep=key == "tokenizer.ggml.tokens")
         tensors = []
         for _ in range(n_tensors):
             name = r.string()

@@ -159,6 +159,11 @@ def validate_inputs(
                 f"{origin}: '{s.name}' holds {a.dtype} data but the model input is {dst}; "
                 f"save it as {dst}"
             )
+        if np.issubdtype(dst, np.integer) and a.size and a.dtype != dst:
+            info = np.iinfo(dst)
+            if a.min() < info.min or a.max() > info.max:
+                raise CalibrationError(
+                    f"{origin}: '{s.name}' holds values outside {dst}'s range [{info.min}, {info.max}]")
         out[s.name] = np.ascontiguousarray(a.astype(dst, copy=False))
     n = next(iter(counts.values()))
     if labels is not None:

@@ -8,7 +8,6 @@ The header is validated by our bounded reader first, so llama.cpp never parses a
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,39 +16,47 @@ import numpy as np
 from ..core.formats import ModelFormat
 from ..core.gguf import read_gguf_info
 from ..core.tensors import TensorSpec
-from ..errors import InvalidOptionError, ModelFormatError
+from ..errors import InputMismatchError, InvalidOptionError, ModelFormatError
 from .base import Session, register_backend
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr():
-    """llama.cpp prints load diagnostics on fd 2 even with verbose=False; keep them for errors only."""
-    import tempfile
+def _captured_llama_log():
+    """Collect llama.cpp's warning/error log lines (its own callback drops them when quiet), so a
+    failed load can say why; llama-cpp-python's callback is restored afterwards."""
+    import ctypes
 
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield tmp
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    import llama_cpp
+    from llama_cpp import _logger
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+            lines.append(text.decode("utf-8", errors="replace").strip())
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 class LlamaSession(Session):
-    def __init__(self, path: Path, threads: int | None, n_ctx: int, embedding: bool) -> None:
+    def __init__(self, path: Path, threads: int | None, n_ctx: int, embedding: bool, logits_all: bool) -> None:
         from llama_cpp import Llama
 
         info = read_gguf_info(path)
+        check_llama_preconditions(info)
         self.architecture = info.architecture
-        with _quiet_native_stderr() as log:
+        self.logits_all = logits_all
+        with _captured_llama_log() as log:
             try:
-                self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, logits_all=True,
+                self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, logits_all=logits_all,
                                  embedding=embedding, verbose=False)
             except (ValueError, RuntimeError) as e:
-                log.seek(0)
-                native = [ln for ln in log.read().decode(errors="replace").splitlines() if "error" in ln.lower()]
-                why = native[-1].strip() if native else str(e)
+                why = next((ln for ln in reversed(log) if ln), str(e))
                 raise ModelFormatError(
                     f"llama.cpp cannot load {path} (architecture '{self.architecture}'): {why}") from e
         self.n_vocab = self.llm.n_vocab()
@@ -58,12 +65,17 @@ class LlamaSession(Session):
         self.outputs = [TensorSpec("logits", (None, self.n_vocab), "float32")]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Logits for every position (``logits_all=True``, the default), else for the last one."""
         ids = [int(t) for t in feeds["tokens"]]
         if not ids or len(ids) > self.n_ctx:
             raise InvalidOptionError(f"need 1..{self.n_ctx} tokens (n_ctx), got {len(ids)}")
+        bad = [t for t in ids if not 0 <= t < self.n_vocab]
+        if bad:
+            raise InputMismatchError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.n_vocab})")
         self.llm.reset()
         self.llm.eval(ids)
-        return {"logits": np.array(self.llm.scores[: len(ids)], dtype=np.float32, copy=True)}
+        rows = self.llm.scores[: len(ids)] if self.logits_all else self.llm.scores[len(ids) - 1 : len(ids)]
+        return {"logits": np.array(rows, dtype=np.float32, copy=True)}
 
     def tokenize(self, text: str, add_bos: bool = True) -> np.ndarray:
         return np.asarray(self.llm.tokenize(text.encode(), add_bos=add_bos, special=True), dtype=np.int32)
@@ -74,6 +86,15 @@ class LlamaSession(Session):
     def generate(self, prompt: str, max_tokens: int = 32, temperature: float = 0.0, stream: bool = False,
                  **sampling) -> str | Iterator[str]:
         """Complete ``prompt``; greedy at temperature 0. With ``stream=True``, yield text pieces."""
+        if not prompt:
+            raise InvalidOptionError("the prompt is empty")
+        if max_tokens < 1:
+            raise InvalidOptionError(f"max_tokens must be >= 1, got {max_tokens}")
+        n_prompt = len(self.tokenize(prompt))
+        if n_prompt + max_tokens > self.n_ctx:
+            raise InvalidOptionError(
+                f"the prompt is {n_prompt} tokens and {max_tokens} more were asked for, but the context "
+                f"holds {self.n_ctx}: shorten it or load with n_ctx={n_prompt + max_tokens}")
         self.llm.reset()
         out = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
                                          stream=stream, **sampling)
@@ -94,6 +115,23 @@ class LlamaSession(Session):
             self.llm = None
 
 
+def check_llama_preconditions(info) -> None:
+    """Header facts llama.cpp asserts on (aborting the process) rather than reporting: check first."""
+    arch = info.architecture
+    blocks = info.metadata.get(f"{arch}.block_count")
+    if isinstance(blocks, int) and blocks < 1:
+        raise ModelFormatError(f"{info.path}: {arch}.block_count is {blocks}; the file is corrupted")
+    tokens = info.metadata.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, dict):
+        if tokens.get("duplicates"):
+            raise ModelFormatError(f"{info.path}: the vocabulary repeats tokens; the file is corrupted")
+        embd = next((t for t in info.tensors if t.name == "token_embd.weight"), None)
+        if embd is not None and len(embd.shape) == 2 and embd.shape[1] != tokens["length"]:
+            raise ModelFormatError(
+                f"{info.path}: {tokens['length']} vocabulary tokens but token_embd has {embd.shape[1]} rows")
+
+
 @register_backend("llama.cpp", formats=(ModelFormat.GGUF,), package="llama_cpp", extra="llama")
-def open_llama(path: Path, threads: int | None, *, n_ctx: int = 512, embedding: bool = False) -> LlamaSession:
-    return LlamaSession(path, threads, n_ctx, embedding)
+def open_llama(path: Path, threads: int | None, *, n_ctx: int = 512, embedding: bool = False,
+               logits_all: bool = True) -> LlamaSession:
+    return LlamaSession(path, threads, n_ctx, embedding, logits_all)

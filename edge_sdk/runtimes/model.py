@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 from pathlib import Path
 from types import TracebackType
@@ -12,13 +13,23 @@ import numpy as np
 
 from ..core.formats import ModelFormat, detect_format
 from ..core.tensors import TensorSpec
-from ..errors import BackendUnavailableError, InputMismatchError, InvalidOptionError, MissingDependencyError
+from ..errors import (
+    BackendUnavailableError,
+    EdgeError,
+    InferenceError,
+    InputMismatchError,
+    InvalidOptionError,
+    MissingDependencyError,
+    ModelClosedError,
+)
 from .base import BACKENDS, Backend, Session
 
 # Backend modules, imported on first use; each registers its backends (in preference order).
 _BACKEND_MODULES = ("edge_sdk.runtimes.ort", "edge_sdk.runtimes.tflite", "edge_sdk.runtimes.coreml",
                     "edge_sdk.runtimes.llama")
 
+
+MAX_THREADS_PER_CORE = 4  # beyond this, backends thrash (and some crash on absurd counts)
 
 # Preference order: for a format, the first installed backend in this list is chosen.
 PREFERENCE = ("onnxruntime", "litert", "tflite-runtime", "coreml", "llama.cpp")
@@ -55,6 +66,10 @@ def choose_backend(fmt: ModelFormat, backend: str = "auto") -> Backend:
             raise MissingDependencyError(_install_hint(b))
         return b
     candidates = [b for b in table.values() if fmt in b.formats]
+    if not candidates:
+        raise InvalidOptionError(
+            f"{fmt.value} files are a conversion source, not a runnable artifact: convert them first "
+            "(edge convert MODEL --to onnx)")
     if candidates and all(b.platforms and platform.system() not in b.platforms for b in candidates):
         _check_platform(candidates[0])
     for b in candidates:
@@ -84,10 +99,11 @@ class Model:
         self.inputs: list[TensorSpec] = list(session.inputs)
         self.outputs: list[TensorSpec] = list(session.outputs)
         # per input: (name, dtype, rank, fixed dims) — checked on every run, so precomputed
-        self._checks = [(s.name, np.dtype(s.dtype), len(s.shape),
+        self._checks = [(s.name, _numpy_dtype(s.dtype), len(s.shape),
                          tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, int)))
                         for s in self.inputs]
         self._names = {s.name for s in self.inputs}
+        self._closed = False
 
     @property
     def session(self) -> Session:
@@ -95,15 +111,23 @@ class Model:
         return self._session
 
     def run(self, *args: np.ndarray | dict[str, np.ndarray], **named: np.ndarray) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise ModelClosedError(f"{self.path.name} was closed: load it again to run it")
         feeds = self._feeds(args, named)
         for name, dtype, rank, fixed in self._checks:
             a = feeds[name]
-            if a.dtype != dtype:
+            if dtype is not None and a.dtype != dtype:
                 raise InputMismatchError(f"input '{name}' must be {dtype}, got {a.dtype}: cast it with .astype({dtype.name!r})")
-            if a.ndim != rank or any(a.shape[i] != d for i, d in fixed):
+            if a.ndim != rank or any(a.shape[i] != d for i, d in fixed) or a.size == 0:
                 want = next(s for s in self.inputs if s.name == name).shape
-                raise InputMismatchError(f"input '{name}' must have shape {list(want)}, got {list(a.shape)}")
-        return self._session.run(feeds)
+                raise InputMismatchError(f"input '{name}' must have shape {list(want)} (non-empty), got {list(a.shape)}")
+        try:
+            return self._session.run(feeds)
+        except EdgeError:
+            raise
+        except Exception as e:  # the backend's own error types
+            text = " ".join(str(e).split())[:300] or type(e).__name__
+            raise InferenceError(f"{self.backend} failed to run {self.path.name}: {text}") from e
 
     def _feeds(self, args: tuple, named: dict) -> dict[str, np.ndarray]:
         if len(args) == 1 and isinstance(args[0], dict) and not named:
@@ -121,7 +145,9 @@ class Model:
         return {k: v if isinstance(v, np.ndarray) else np.asarray(v) for k, v in feeds.items()}
 
     def close(self) -> None:
-        self._session.close()
+        if not self._closed:
+            self._closed = True
+            self._session.close()
 
     def __enter__(self) -> "Model":
         return self
@@ -150,6 +176,16 @@ def load(path: str | Path, backend: str = "auto", threads: int | None = None, **
     p = Path(path)
     fmt = detect_format(p)
     b = choose_backend(fmt, backend)
-    if threads is not None and threads < 1:
-        raise InvalidOptionError(f"threads must be >= 1, got {threads}")
+    limit = MAX_THREADS_PER_CORE * (os.cpu_count() or 1)
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= limit):
+        raise InvalidOptionError(f"threads must be an integer from 1 to {limit} (this machine has "
+                                 f"{os.cpu_count()} cores), got {threads!r}")
     return Model(b.open(p, threads, **options), b.name, p, fmt)
+
+
+def _numpy_dtype(name: str) -> np.dtype | None:
+    """numpy dtype of a signature entry; None for types numpy lacks (bfloat16, strings): unchecked."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        return None

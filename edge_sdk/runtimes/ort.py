@@ -22,6 +22,11 @@ _ORT_TYPES = {
     "tensor(int32)": "int32",
     "tensor(int64)": "int64",
     "tensor(bool)": "bool",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(string)": "str",
+    "tensor(bfloat16)": "bfloat16",
 }
 
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
@@ -50,6 +55,10 @@ class OrtSession(Session):
             raise InvalidOptionError(
                 f"optimization '{optimization}' unknown; choose one of: {', '.join(OPTIMIZATION_LEVELS)}")
         available = ort.get_available_providers()
+        if isinstance(providers, str):
+            providers = [providers]
+        if not isinstance(arena, bool):
+            raise InvalidOptionError(f"arena must be True or False, got {arena!r}")
         providers = providers or ["CPUExecutionProvider"]
         missing = [p for p in providers if p not in available]
         if missing:
@@ -89,6 +98,9 @@ class OrtSession(Session):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
+
+    def close(self) -> None:
+        self.session = None  # ORT frees the session when the last reference goes
 
     def run_all(self, data: InputSet, batch_size: int = 64) -> dict[str, np.ndarray]:
         return run_all(self, data, batch_size)

@@ -72,16 +72,14 @@ class TFLiteSession(Session):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         it = self.interpreter
-        resized = False
-        for d in self._in:
-            value = feeds[d["name"]]
-            if tuple(value.shape) != tuple(d["shape"]):
-                it.resize_tensor_input(d["index"], value.shape, strict=True)
-                resized = True
-        if resized:
-            it.allocate_tensors()
-            self._in = it.get_input_details()
-            self._out = it.get_output_details()
+        if any(tuple(feeds[d["name"]].shape) != tuple(d["shape"]) for d in self._in):
+            try:
+                for d in self._in:
+                    it.resize_tensor_input(d["index"], feeds[d["name"]].shape, strict=True)
+                it.allocate_tensors()
+            finally:  # refresh even when the resize failed, so the next call sees the real shapes
+                self._in = it.get_input_details()
+                self._out = it.get_output_details()
         for d in self._in:
             it.set_tensor(d["index"], feeds[d["name"]])
         it.invoke()
