@@ -48,6 +48,9 @@ def test_cnns_match_onnxruntime(arch, tmp_path):
     lite = next(iter(edge_sdk.load(r.artifact("none", "tflite").path).run(x).values()))
     ort = next(iter(edge_sdk.load(r.artifact("none", "onnx").path).run(x).values()))
     np.testing.assert_allclose(lite, ort, atol=1e-4, rtol=0)
+    q = edge_sdk.convert(model, example_inputs=(torch.randn(1, 3, 224, 224),), to="tflite", quantize="int8",
+                         calibration="random", out=tmp_path / "q", name=arch).artifact("int8", "tflite")
+    assert q.parity.primary.cosine_similarity >= 0.99 and q.size_bytes < 0.3 * r.artifact("none", "tflite").size_bytes
     ops = ops_of(r.artifact("none", "tflite").path)
     # the only TRANSPOSE is the NCHW input's; none sits between convolutions
     assert ops.count("TRANSPOSE") == 1 and ops.index("TRANSPOSE") == 0
@@ -69,10 +72,45 @@ def test_unsupported_ops_listed_at_once(tmp_path):
 
 
 def test_quantized_tflite_modes_not_yet(digits_dir, tmp_path):
-    with pytest.raises(errors.QuantizationError, match="supports --quantize none, fp16, int8-dynamic so far"):
-        edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize="int8", calibration="random",
-                         out=tmp_path / "o")
+    with pytest.raises(errors.QuantizationError, match="supports --quantize none, fp16, int8-dynamic, int8 so far"):
+        edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize="int4", out=tmp_path / "o")
+    with pytest.raises(errors.CalibrationError, match="int8 needs calibration data"):
+        edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize="int8", out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_digits_full_integer_int8(digits_dir, tmp_path):
+    r = edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "int8"],
+                         calibration=digits_dir / "calib.npz", validation=digits_dir / "val.npz", out=tmp_path)
+    fp32, q = r.artifact("none", "tflite"), r.artifact("int8", "tflite")
+    assert abs(q.parity.accuracy - fp32.parity.accuracy) <= 0.015
+    assert q.parity.primary.top1_agreement >= 0.99
+    ops = ops_of(q.path)
+    assert ops[0] == "QUANTIZE" and ops[-1] == "DEQUANTIZE"  # float I/O around an all-int8 body
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=q.path)
+    body = {d["index"]: d for d in it.get_tensor_details()}
+    for op in it._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D"):
+            assert body[op["inputs"][0]]["dtype"] == np.int8 and body[op["outputs"][0]]["dtype"] == np.int8
+        if op["op_name"] == "CONV_2D":
+            bias = body[op["inputs"][2]]
+            assert bias["dtype"] == np.int32
+            s_in = body[op["inputs"][0]]["quantization_parameters"]["scales"][0]
+            s_w = body[op["inputs"][1]]["quantization_parameters"]["scales"]
+            np.testing.assert_allclose(bias["quantization_parameters"]["scales"], s_in * s_w, rtol=1e-6)
+
+
+def test_full_integer_int8_lists_ops_it_cannot_do_yet(tmp_path):
+    class Softmaxed(torch.nn.Module):
+        def forward(self, x):
+            return torch.softmax(torch.sigmoid(x), dim=-1)
+
+    with pytest.raises(errors.UnsupportedOperatorError, match="no full-integer int8 lowering yet") as ei:
+        edge_sdk.convert(Softmaxed(), example_inputs=(torch.randn(2, 4),), to="tflite", quantize="int8",
+                         calibration="random", out=tmp_path / "o")
+    assert sorted(op for _, op in ei.value.nodes) == ["Sigmoid", "Softmax"]
 
 
 def test_same_padding_equivalence():

@@ -33,6 +33,7 @@ class Graph:
     constants: dict[str, np.ndarray]
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, np.dtype]
+    model: object = None  # the prepared onnx.ModelProto these nodes came from (for calibration runs)
 
     def shape(self, name: str) -> tuple[int, ...]:
         if name not in self.shapes:
@@ -89,7 +90,7 @@ def prepare_graph(model, batch: int = 1) -> Graph:
     nodes = _fold_constant_nodes(nodes, constants, shapes, dtypes, m)
     init = set(constants)
     inputs = [v.name for v in m.graph.input if v.name not in init]
-    return Graph(nodes, inputs, [v.name for v in m.graph.output], constants, shapes, dtypes)
+    return Graph(nodes, inputs, [v.name for v in m.graph.output], constants, shapes, dtypes, m)
 
 
 # Folds where onnx's reference evaluator is wrong or missing (its GatherElements fails on some shapes).

@@ -9,14 +9,14 @@ import numpy as np
 from ..core.atomic import StagingDir
 from ..core.tensors import TensorSpec
 from ..runtimes.base import Session
-from ..errors import QuantizationError, require
+from ..errors import CalibrationError, QuantizationError, require
 from .graph import prepare_graph
 from .quantize import QuantInfo, QuantMode, ConvertOptions
 from .targets import register_target
 from .to_onnx import BuiltArtifact
 
-TFLITE_MODES = ("none", "fp16", "int8-dynamic")
-_WEIGHTS = {"none": "fp32", "fp16": "fp16", "int8-dynamic": "int8"}
+TFLITE_MODES = ("none", "fp16", "int8-dynamic", "int8")
+_WEIGHTS = {"none": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8": "fp32"}
 
 
 @register_target("tflite", suffix=".tflite")
@@ -29,7 +29,17 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
     from .tflite.lower import lower
 
     graph = prepare_graph(base_model)
-    data = lower(graph, weights=_WEIGHTS[mode.name], nhwc_io=opts.nhwc_io, description=f"edge-sdk: {name} ({mode.tag})")
+    ranges = None
+    if mode.name == "int8":
+        if opts.calibration is None:
+            raise CalibrationError(
+                "int8 needs calibration data: pass --calibration FILE.npz (arrays keyed by input name, "
+                "first axis = samples) or --calibration random for synthetic ranges")
+        from .tflite.calibrate import calibrate_ranges
+
+        ranges = calibrate_ranges(graph, opts.calibration)
+    data = lower(graph, weights=_WEIGHTS[mode.name], nhwc_io=opts.nhwc_io, ranges=ranges,
+                 description=f"edge-sdk: {name} ({mode.tag})")
     file_name = f"{name}.{mode.tag}.tflite"
     staging.file(file_name).write_bytes(data)
     session = open_litert(staging.file(file_name), None)
@@ -37,8 +47,11 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
 
     storage = _weight_storage(session.interpreter)
     info = QuantInfo({"none": "fp32", "fp16": "fp16 (DEQUANTIZE to fp32)",
-                      "int8-dynamic": "int8 per-channel symmetric (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED)"}[mode.name],
-                     "fp32" if mode.name != "int8-dynamic" else "fp32, quantized to int8 at run time (hybrid kernels)",
+                      "int8-dynamic": "int8 per-channel symmetric (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED)",
+                      "int8": "int8 per-channel symmetric, int32 biases (s_in * s_w)"}[mode.name],
+                     {"int8-dynamic": "fp32, quantized to int8 at run time (hybrid kernels)",
+                      "int8": "int8 per-tensor asymmetric, min/max calibrated; float I/O with QUANTIZE/DEQUANTIZE"
+                      }.get(mode.name, "fp32"),
                      details={"transpose_ops": count_ops(session.interpreter, "TRANSPOSE"),
                               "pad_ops": count_ops(session.interpreter, "PAD") + count_ops(session.interpreter, "PADV2")})
     if mode.name == "int8-dynamic" and count_ops(session.interpreter, "CONV_2D") + count_ops(

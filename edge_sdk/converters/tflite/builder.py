@@ -65,6 +65,12 @@ class TFLiteBuilder:
                                     quantized_dimension))
         return len(self.tensors) - 1
 
+    def like(self, name: str, shape, src: int) -> int:
+        """A new activation tensor with ``src``'s dtype and quantization (layout views, reshapes)."""
+        t = self.tensors[src]
+        return self.tensor(name, shape, t.dtype, scales=t.scales, zero_points=t.zero_points,
+                           quantized_dimension=t.quantized_dimension)
+
     def constant(self, name: str, value: np.ndarray, **quant) -> int:
         value = np.ascontiguousarray(value)
         self.buffers.append(value.tobytes())

@@ -57,6 +57,20 @@ class LoweringContext:
     aliases: dict[str, str] = field(default_factory=dict)  # fused/identity outputs -> their source
     skip: set[str] = field(default_factory=set)  # node names absorbed by a fusion
     quantized_weights: int = 0
+    ranges: dict[str, tuple[float, float]] | None = None  # calibrated ranges: full-integer int8 mode
+
+    @property
+    def int8(self) -> bool:
+        return self.ranges is not None
+
+    def qparams(self, name: str) -> tuple[float, int]:
+        """Asymmetric int8 (scale, zero point) from the calibrated range of ``name`` — or, when a
+        fused activation took over its output, of that activation's output."""
+        name = self.resolve(name)
+        src = next((a for a, b in self.aliases.items() if b == name and a in self.ranges), name)
+        if src not in self.ranges:
+            raise Unsupported(f"no calibration range for tensor '{name}'")
+        return affine_int8(*self.ranges[src])
 
     # -- tensors --
 
@@ -83,7 +97,8 @@ class LoweringContext:
             value = value.astype(np.float32)
         if value.dtype == np.int64:
             value = value.astype(np.int32)
-        if self.weights == "int8" and channel_axis is not None and value.dtype == np.float32 and value.ndim >= 2:
+        if (self.weights == "int8" or self.int8) and channel_axis is not None and value.dtype == np.float32 \
+                and value.ndim >= 2:
             q, scales = quantize_per_channel(value, channel_axis)
             self.quantized_weights += 1
             return self.builder.constant(name, q, scales=scales, zero_points=np.zeros_like(scales, np.int64),
@@ -104,7 +119,11 @@ class LoweringContext:
                 value = value.transpose(TO_NHWC)
             key = (name, f"const-{layout}")
             if key not in self.views:
-                self.views[key] = self.constant(name if layout == "nchw" else f"{name}_nhwc", value)
+                cname = name if layout == "nchw" else f"{name}_nhwc"
+                if self.int8 and value.dtype == np.float32:
+                    self.views[key] = self.quantized_constant(cname, value)
+                else:
+                    self.views[key] = self.constant(cname, value)
             return self.views[key]
         stored = "nhwc" if name in self.nhwc else "nchw"
         if stored == layout or len(self.shape(name)) != 4:
@@ -114,14 +133,15 @@ class LoweringContext:
             shape = self.shape(name)
             n, c, h, w = shape
             if h == 1 and w == 1:  # same bytes in both orders: a reshape, not a transpose
-                out = self.builder.tensor(f"{name}_{layout}", (n, c, 1, 1) if layout == "nchw" else (n, 1, 1, c))
+                out = self.builder.like(f"{name}_{layout}", (n, c, 1, 1) if layout == "nchw" else (n, 1, 1, c),
+                                        self.tensors[name])
                 self.builder.op("RESHAPE", [self.tensors[name],
                                             self.constant(f"{name}_{layout}_shape",
                                                           np.array(self.builder.tensors[out].shape, np.int32))], [out])
             else:
                 perm = TO_NHWC if layout == "nhwc" else TO_NCHW
-                out = self.builder.tensor(f"{name}_{layout}", tuple(np.array(shape)[list(TO_NHWC)])
-                                          if layout == "nhwc" else shape)
+                out = self.builder.like(f"{name}_{layout}", tuple(np.array(shape)[list(TO_NHWC)])
+                                        if layout == "nhwc" else shape, self.tensors[name])
                 self.builder.op("TRANSPOSE", [self.tensors[name], self.constant(f"perm_{layout}", np.array(perm, np.int32))],
                                 [out])
             self.views[key] = out
@@ -131,8 +151,12 @@ class LoweringContext:
         dt = self.graph.dtypes.get(self.resolve(name), np.dtype(np.float32))
         return "float32" if dt == np.float64 else dt.name
 
-    def output(self, name: str, layout: str = "nchw", dtype: str | None = None) -> int:
-        """Create the tflite tensor for ONNX output ``name`` (its ONNX dtype unless given), in ``layout``."""
+    def output(self, name: str, layout: str = "nchw", dtype: str | None = None, *, same_as: int | None = None) -> int:
+        """Create the tflite tensor for ONNX output ``name`` (its ONNX dtype unless given), in ``layout``.
+
+        In full-integer mode float tensors become int8 with calibrated parameters, or with those of
+        tflite tensor ``same_as`` for ops whose int8 kernels need equal input/output quantization.
+        """
         dtype = dtype or self.dtype(name)
         shape = self.shape(name)
         if layout == "nhwc":
@@ -141,15 +165,38 @@ class LoweringContext:
             else:
                 shape = tuple(np.array(shape)[list(TO_NHWC)])
                 self.nhwc.add(name)
-        idx = self.builder.tensor(name, shape, dtype)
+        if self.int8 and dtype == "float32":
+            if same_as is not None:
+                idx = self.builder.like(name, shape, same_as)
+            else:
+                scale, zp = self.qparams(name)
+                idx = self.builder.tensor(name, shape, "int8", scales=[scale], zero_points=[zp])
+        else:
+            idx = self.builder.tensor(name, shape, dtype)
         self.tensors[name] = idx
         return idx
+
+    def quantized_constant(self, name: str, value: np.ndarray) -> int:
+        """A float constant as per-tensor asymmetric int8 (elementwise operands in int8 mode)."""
+        scale, zp = affine_int8(float(value.min()), float(value.max()))
+        q = np.clip(np.round(value / scale) + zp, -128, 127).astype(np.int8)
+        return self.builder.constant(name, q, scales=[scale], zero_points=[zp])
+
+    def scale_of(self, tensor: int) -> float:
+        return self.builder.tensors[tensor].scales[0]
 
     def layout_of(self, name: str) -> str:
         return "nhwc" if self.resolve(name) in self.nhwc else "nchw"
 
     def consumers(self, name: str) -> list[Node]:
         return [n for n in self.graph.nodes if name in n.inputs]
+
+
+def affine_int8(lo: float, hi: float) -> tuple[float, int]:
+    """TFLite int8 activation parameters for the range [lo, hi] (widened to include 0)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255.0 or 1e-8
+    return float(scale), int(np.clip(round(-128 - lo / scale), -128, 127))
 
 
 def quantize_per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,22 +210,47 @@ def quantize_per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarr
     return q, scales
 
 
+# ONNX ops the full-integer int8 lowering handles (CNNs); transformer ops are float-only so far.
+INT8_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Relu", "Clip", "Add", "Sub", "Mul",
+            "Gemm", "MatMul", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout",
+            "HardSwish", "LeakyRelu"}
+
+
 def unsupported_nodes(graph: Graph) -> list[tuple[str, str]]:
     return [(n.name, n.op_type) for n in graph.nodes if n.op_type not in LOWERINGS or n.domain not in ("", "ai.onnx")]
 
 
-def lower(graph: Graph, *, weights: str = "fp32", nhwc_io: bool = False, description: str = "edge-sdk") -> bytes:
-    """Lower ``graph`` to a TFLite flatbuffer; every unsupported node is listed in one error."""
+def lower(graph: Graph, *, weights: str = "fp32", nhwc_io: bool = False, description: str = "edge-sdk",
+          ranges: dict[str, tuple[float, float]] | None = None, int8_io: bool = False) -> bytes:
+    """Lower ``graph`` to a TFLite flatbuffer; every unsupported node is listed in one error.
+
+    With ``ranges`` (calibrated min/max per tensor) the model is full-integer int8: int8 activations,
+    per-channel int8 weights, int32 biases; float inputs/outputs get QUANTIZE/DEQUANTIZE at the
+    ends unless ``int8_io``.
+    """
     from . import ops  # noqa: F401  (registers the lowerings)
 
     missing = unsupported_nodes(graph)
     if missing:
         raise UnsupportedOperatorError(_describe(missing, "has no TFLite lowering"), nodes=missing)
-    ctx = LoweringContext(graph, TFLiteBuilder(description), weights)
+    if ranges is not None:
+        no_int8 = [(n.name, n.op_type) for n in graph.nodes if n.op_type not in INT8_OPS]
+        if no_int8:
+            raise UnsupportedOperatorError(_describe(no_int8, "has no full-integer int8 lowering yet"), nodes=no_int8)
+    ctx = LoweringContext(graph, TFLiteBuilder(description), weights, ranges=ranges)
     for name in graph.inputs:
         dtype = graph.dtypes[name].name
         layout = "nhwc" if nhwc_io and len(graph.shape(name)) == 4 else "nchw"
-        ctx.builder.inputs.append(ctx.output(name, layout, dtype))
+        if ctx.int8 and dtype == "float32" and not int8_io:
+            shape = graph.shape(name)
+            shape = tuple(np.array(shape)[list(TO_NHWC)]) if layout == "nhwc" else shape
+            f = ctx.builder.tensor(name, shape)
+            ctx.builder.inputs.append(f)
+            q = ctx.output(name, layout)
+            ctx.builder.tensors[q].name = f"{name}_int8"
+            ctx.builder.op("QUANTIZE", [f], [q])
+        else:
+            ctx.builder.inputs.append(ctx.output(name, layout, dtype))
     failed = []
     for node in graph.nodes:
         if node.name in ctx.skip:
@@ -191,7 +263,13 @@ def lower(graph: Graph, *, weights: str = "fp32", nhwc_io: bool = False, descrip
         raise UnsupportedOperatorError(_describe(failed, "cannot be lowered to TFLite"), nodes=failed)
     for name in graph.outputs:
         want = "nhwc" if nhwc_io else "nchw"
-        ctx.builder.outputs.append(_named_output(ctx, name, want))
+        idx = _named_output(ctx, name, want)
+        if ctx.int8 and ctx.builder.tensors[idx].dtype == "int8" and not int8_io:
+            ctx.builder.tensors[idx].name = f"{name}_int8"
+            f = ctx.builder.tensor(name, ctx.builder.tensors[idx].shape)
+            ctx.builder.op("DEQUANTIZE", [idx], [f])
+            idx = f
+        ctx.builder.outputs.append(idx)
     return ctx.builder.finish()
 
 

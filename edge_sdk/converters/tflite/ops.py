@@ -54,14 +54,29 @@ def _spatial_padding(ctx, node: Node, x: int, in_shape, k_hw, pad_value: float =
     if kind is not None:
         return getattr(_tfl(ctx).Padding, kind), x
     n, c, h, w = in_shape
-    padded = ctx.builder.tensor(f"{node.name}_pad", (n, h + eff[0] + eff[2], w + eff[1] + eff[3], c))
+    padded = ctx.builder.like(f"{node.name}_pad", (n, h + eff[0] + eff[2], w + eff[1] + eff[3], c), x)
     paddings = np.array([[0, 0], [eff[0], eff[2]], [eff[1], eff[3]], [0, 0]], np.int32)
     if pad_value == 0.0:
         ctx.builder.op("PAD", [x, ctx.constant(f"{node.name}_paddings", paddings)], [padded])
-    else:
-        ctx.builder.op("PADV2", [x, ctx.constant(f"{node.name}_paddings", paddings),
-                                 ctx.constant(f"{node.name}_padvalue", np.array([pad_value], np.float32))], [padded])
+    else:  # max pooling pads with the lowest value
+        low = (ctx.builder.constant(f"{node.name}_padvalue", np.array([-128], np.int8), **_quant_of(ctx, x))
+               if ctx.int8 else ctx.constant(f"{node.name}_padvalue", np.array([pad_value], np.float32)))
+        ctx.builder.op("PADV2", [x, ctx.constant(f"{node.name}_paddings", paddings), low], [padded])
     return _tfl(ctx).Padding.VALID, padded
+
+
+def _quant_of(ctx: LoweringContext, tensor: int) -> dict:
+    t = ctx.builder.tensors[tensor]
+    return {"scales": t.scales, "zero_points": t.zero_points}
+
+
+def _bias(ctx: LoweringContext, name: str, bias: np.ndarray, x: int, weights: int) -> int:
+    """fp32 bias; in full-integer mode int32 with scale s_in * s_w (per output channel), zero point 0."""
+    if not ctx.int8:
+        return ctx.constant(name, bias.astype(np.float32), weight=True)
+    scales = ctx.scale_of(x) * np.asarray(ctx.builder.tensors[weights].scales, np.float64)
+    q = np.clip(np.round(bias / scales), -(2**31), 2**31 - 1).astype(np.int32)
+    return ctx.builder.constant(name, q, scales=scales.astype(np.float32), zero_points=np.zeros(len(scales), np.int64))
 
 
 def _fused_activation(ctx: LoweringContext, node: Node) -> tuple[int, str]:
@@ -110,15 +125,16 @@ def conv(ctx: LoweringContext, node: Node) -> None:
     s = node.attrs.get("strides", [1, 1])
     d = node.attrs.get("dilations", [1, 1])
     y = ctx.output(out_name, "nhwc")
-    b = ctx.constant(f"{node.name}_bias", bias.astype(np.float32), weight=True)
     common = dict(Padding=padding, StrideH=s[0], StrideW=s[1], DilationHFactor=d[0], DilationWFactor=d[1],
                   FusedActivationFunction=activation)
     if group == 1:
         k = ctx.constant(f"{node.name}_filter", w.transpose(0, 2, 3, 1), weight=True, channel_axis=0)  # OIHW -> OHWI
+        b = _bias(ctx, f"{node.name}_bias", bias, x, k)
         ctx.builder.op("CONV_2D", [x, k, b], [y], "Conv2DOptions", **common)
     elif group == cin and cout % cin == 0:
         k = ctx.constant(f"{node.name}_filter", w.transpose(1, 2, 3, 0), weight=True,  # (Cout,1,H,W) -> (1,H,W,Cout)
                          channel_axis=3)
+        b = _bias(ctx, f"{node.name}_bias", bias, x, k)
         ctx.builder.op("DEPTHWISE_CONV_2D", [x, k, b], [y], "DepthwiseConv2DOptions",
                        DepthMultiplier=cout // cin, **common)
     else:
@@ -140,7 +156,7 @@ def _pool(ctx: LoweringContext, node: Node, op: str) -> None:
         raise Unsupported("padding that TFLite's SAME/VALID cannot express")
     activation, out_name = _fused_activation(ctx, node)
     s = a.get("strides", [1, 1])
-    y = ctx.output(out_name, "nhwc")
+    y = ctx.output(out_name, "nhwc", same_as=x2)  # int8 pooling keeps the input's quantization
     ctx.builder.op(op, [x2], [y], "Pool2DOptions", Padding=padding, StrideH=s[0], StrideW=s[1],
                    FilterHeight=k[0], FilterWidth=k[1], FusedActivationFunction=activation)
 
@@ -202,7 +218,13 @@ def reduce_max(ctx, node):
 # --- elementwise --------------------------------------------------------------------------------
 
 
+# int8 kernels whose output quantization is free (calibrated) — others need fixed parameters
+_INT8_UNARY = {"RELU", "RELU6", "RELU_N1_TO_1", "HARD_SWISH", "LEAKY_RELU"}
+
+
 def _unary(ctx: LoweringContext, node: Node, op: str, options: str | None = None, **fields) -> None:
+    if ctx.int8 and op not in _INT8_UNARY:
+        raise Unsupported(f"{op} in full-integer int8 (not lowered yet)")
     layout = ctx.layout_of(node.inputs[0])
     x = ctx.get(node.inputs[0], layout)
     y = ctx.output(node.outputs[0], layout)
@@ -234,6 +256,8 @@ def clip(ctx: LoweringContext, node: Node) -> None:
     op = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, np.inf): "RELU"}.get((lo, hi))
     if op:
         return _unary(ctx, node, op)
+    if ctx.int8:
+        raise Unsupported(f"Clip({lo}, {hi}) in full-integer int8")
     layout = ctx.layout_of(node.inputs[0])
     x = ctx.get(node.inputs[0], layout)
     mid = ctx.builder.tensor(f"{node.name}_max", ctx.builder.tensors[x].shape)
@@ -275,7 +299,9 @@ def binary(ctx: LoweringContext, node: Node) -> None:
             v = ctx.const_value(n)
             if nhwc:
                 v = v.reshape((1,) * (4 - v.ndim) + v.shape).transpose(0, 2, 3, 1)
-            ins.append(ctx.constant(f"{node.name}_{len(ins)}", v.astype(np.float32) if v.dtype == np.float64 else v))
+            v = v.astype(np.float32) if v.dtype == np.float64 else v
+            cname = f"{node.name}_{len(ins)}"
+            ins.append(ctx.quantized_constant(cname, v) if ctx.int8 and v.dtype == np.float32 else ctx.constant(cname, v))
         else:
             ins.append(ctx.get(n, layout))
     activation, out_name = (_fused_activation(ctx, node) if op in ("ADD", "SUB", "MUL", "DIV")
@@ -291,7 +317,9 @@ def binary(ctx: LoweringContext, node: Node) -> None:
 def _fully_connected(ctx: LoweringContext, node: Node, x_name: str, w_out_in: np.ndarray, bias, keep_dims: bool):
     x = ctx.get(x_name, "nchw")
     w = ctx.constant(f"{node.name}_weights", w_out_in.astype(np.float32), weight=True, channel_axis=0)
-    b = ctx.constant(f"{node.name}_bias", bias.astype(np.float32), weight=True) if bias is not None else -1
+    if bias is None and ctx.int8:
+        bias = np.zeros(w_out_in.shape[0], np.float32)
+    b = _bias(ctx, f"{node.name}_bias", bias, x, w) if bias is not None else -1
     activation, out_name = _fused_activation(ctx, node)
     y = ctx.output(out_name, "nchw")
     ctx.builder.op("FULLY_CONNECTED", [x, w, b], [y], "FullyConnectedOptions",
@@ -330,7 +358,7 @@ def matmul(ctx: LoweringContext, node: Node) -> None:
 def _reshape_to(ctx: LoweringContext, node: Node, src: str) -> None:
     x = ctx.get(src, "nchw")
     shape = ctx.shape(node.outputs[0])
-    y = ctx.output(node.outputs[0], "nchw")
+    y = ctx.output(node.outputs[0], "nchw", same_as=x)
     ctx.builder.op("RESHAPE", [x, ctx.constant(f"{node.name}_shape", np.array(shape, np.int32))], [y])
 
 
@@ -349,7 +377,7 @@ def transpose(ctx: LoweringContext, node: Node) -> None:
     rank = len(ctx.shape(node.inputs[0]))
     perm = node.attrs.get("perm", list(range(rank))[::-1])
     x = ctx.get(node.inputs[0], "nchw")
-    y = ctx.output(node.outputs[0], "nchw")
+    y = ctx.output(node.outputs[0], "nchw", same_as=x)
     ctx.builder.op("TRANSPOSE", [x, ctx.constant(f"{node.name}_perm", np.array(perm, np.int32))], [y])
 
 
