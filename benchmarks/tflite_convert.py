@@ -34,6 +34,12 @@ import edge_sdk
 r = edge_sdk.convert(model, example_inputs=(x,), to="tflite", out=sys.argv[1], name="mobilenet_v2")
 """
 
+EDGE_FAST = MODEL + """
+import edge_sdk
+r = edge_sdk.convert(model, example_inputs=(x,), to="tflite", out=sys.argv[1] + "/fast", name="mobilenet_v2",
+                     exporter="torchscript")
+"""
+
 LITERT = MODEL + """
 import litert_torch
 litert_torch.convert(model, (x,)).export(sys.argv[1] + "/mobilenet_v2.litert.tflite")
@@ -68,9 +74,11 @@ def main() -> None:
     other = litert_venv()
     with tempfile.TemporaryDirectory() as tmp:
         t_edge = timed([sys.executable, "-c", EDGE, tmp])
+        t_fast = timed([sys.executable, "-c", EDGE_FAST, tmp])
         t_lite = timed([str(other), "-c", LITERT, tmp])
         ours, theirs = Path(tmp) / "mobilenet_v2.fp32.tflite", Path(tmp) / "mobilenet_v2.litert.tflite"
-        result("tflite_convert.mobilenet_v2.fp32.convert_wall", t_edge, "s", t_lite)
+        result("tflite_convert.mobilenet_v2.fp32.convert_wall.dynamo_exporter", t_edge, "s", t_lite)
+        result("tflite_convert.mobilenet_v2.fp32.convert_wall.torchscript_exporter", t_fast, "s", t_lite)
         result("tflite_convert.mobilenet_v2.fp32.size", ours.stat().st_size, "bytes", theirs.stat().st_size)
 
         def interpreter(path: Path):

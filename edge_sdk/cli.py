@@ -77,6 +77,7 @@ def convert(
     static_batch: bool = typer.Option(False, "--static-batch", help="Keep the example's batch size fixed."),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)."),
     nhwc_io: bool = typer.Option(False, "--nhwc-io", help="TFLite: NHWC model inputs/outputs (no input TRANSPOSE)."),
+    exporter: str = typer.Option("dynamo", "--exporter", help="torch -> ONNX: dynamo, or torchscript (fast, deprecated)."),
 ) -> None:
     """Convert a model to deployable artifacts, with a parity report for each."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -99,6 +100,7 @@ def convert(
                 validation=validation, weights=weights, input_shapes=shapes, name=name,
                 block_size=block_size, symmetric=not asymmetric, activation_type=activation_type,
                 calibration_method=calibration_method, dynamic_batch=not static_batch, opset=opset, nhwc_io=nhwc_io,
+                exporter=exporter,
                 progress=on_progress,
             )
     except EdgeError as e:

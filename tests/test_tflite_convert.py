@@ -175,3 +175,17 @@ def test_per_channel_quantization_round_trip():
     assert q.dtype == np.int8 and s.shape == (4,) and s[2] == 1.0
     assert np.abs(q).max() == 127
     np.testing.assert_allclose(q * s[:, None, None, None], w, atol=float(s.max()) / 2 + 1e-7)
+
+
+def test_torchscript_exporter_fast_path(tmp_path, digits_reference):
+    from examples.digits.model import DigitsCNN
+
+    torch.manual_seed(0)
+    m = DigitsCNN().eval()
+    r = edge_sdk.convert(m, example_inputs=(torch.zeros(1, 1, 8, 8),), to=["onnx", "tflite"], exporter="torchscript",
+                         out=tmp_path)
+    assert r.source.inputs[0].name == "x" and r.source.inputs[0].shape[0] == "batch"
+    assert all(a.parity.primary.max_abs_error < 1e-4 for a in r.artifacts)
+    assert any("TorchScript" in n for n in r.source.notes)
+    with pytest.raises(errors.InvalidOptionError, match="exporter 'jit' unknown"):
+        edge_sdk.convert(m, example_inputs=(torch.zeros(1, 1, 8, 8),), exporter="jit", out=tmp_path / "x")

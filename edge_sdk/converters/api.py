@@ -58,6 +58,7 @@ def convert(
     dynamic_batch: bool = True,
     opset: int | None = None,
     nhwc_io: bool = False,
+    exporter: str = "dynamo",
     progress: ProgressCallback | None = None,
 ) -> ConversionResult:
     """Convert ``source`` to each format in ``to`` and each mode in ``quantize``.
@@ -100,7 +101,7 @@ def convert(
     if isinstance(src, sources.TorchSource):
         from .torch_export import export_onnx
 
-        base, notes = export_onnx(src, dynamic_batch=dynamic_batch, opset=opset)
+        base, notes = export_onnx(src, dynamic_batch=dynamic_batch, opset=opset, exporter=exporter)
         parameters = src.parameter_count()
     else:
         base = src.model

@@ -66,8 +66,41 @@ def _batch_is_symbolic(ep) -> bool:
     return bool(dims) and all(isinstance(d, torch.SymInt) for d in dims)
 
 
-def export_onnx(src: TorchSource, *, dynamic_batch: bool = True, opset: int | None = None):
-    """Export ``src`` to an ``onnx.ModelProto``; returns (model, notes)."""
+EXPORTERS = ("dynamo", "torchscript")
+
+
+def _export_torchscript(src: TorchSource, dynamic_batch: bool, opset: int):
+    import inspect
+
+    import onnx
+    import torch
+
+    if src.exported is not None:
+        names = list(src.exported.graph_signature.user_inputs)
+    else:
+        params = [p for p in inspect.signature(src.module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        names = [p.name for p in params][: len(src.example_inputs)]
+    buf = io.BytesIO()
+    try:
+        with quiet_exporter(), torch.no_grad():
+            torch.onnx.export(src.module, src.example_inputs, buf, dynamo=False, opset_version=opset,
+                              input_names=names, do_constant_folding=True,
+                              dynamic_axes={n: {0: BATCH_DIM} for n in names} if dynamic_batch else None)
+    except Exception as e:
+        raise ConversionError(f"TorchScript export of '{src.name}' failed: {one_line(e)}; "
+                              "try the default exporter (dynamo)") from e
+    return onnx.load_from_string(buf.getvalue())
+
+
+def export_onnx(src: TorchSource, *, dynamic_batch: bool = True, opset: int | None = None,
+                exporter: str = "dynamo"):
+    """Export ``src`` to an ``onnx.ModelProto``; returns (model, notes).
+
+    ``dynamo`` (default) is PyTorch's supported exporter. ``torchscript`` is its deprecated
+    predecessor, kept as a fast path: ~0.4 s instead of ~5 s on MobileNetV2 here, most of the
+    dynamo time being torch's own decomposition pass.
+    """
     torch = require("torch", "convert", "Exporting PyTorch models")
     require("onnxscript", "convert", "Exporting PyTorch models to ONNX")
     import onnx
@@ -75,6 +108,12 @@ def export_onnx(src: TorchSource, *, dynamic_batch: bool = True, opset: int | No
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and not 18 <= opset <= newest:
         raise InvalidOptionError(f"--opset {opset} unsupported: the exporter writes opsets 18 to {newest}")
+    if exporter not in EXPORTERS:
+        raise InvalidOptionError(f"exporter '{exporter}' unknown; choose one of: {', '.join(EXPORTERS)}")
+    if exporter == "torchscript":
+        model_proto = _export_torchscript(src, dynamic_batch, opset or 18)
+        check_model(model_proto, f"exported '{src.name}'")
+        return model_proto, ["exported with the TorchScript exporter (fast path)"]
     notes: list[str] = []
     args2 = _with_batch_of_two(src.example_inputs)
     dyn = tuple({0: torch.export.Dim(BATCH_DIM, min=1, max=1 << 16)} if a.dim() else None
