@@ -71,9 +71,11 @@ def test_unsupported_ops_listed_at_once(tmp_path):
     assert not out.exists()
 
 
-def test_quantized_tflite_modes_not_yet(digits_dir, tmp_path):
-    with pytest.raises(errors.QuantizationError, match="supports --quantize none, fp16, int8-dynamic, int8 so far"):
-        edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize="int4", out=tmp_path / "o")
+def test_tflite_int8_needs_calibration(digits_dir, tmp_path):
+    from edge_sdk.converters.quantize import QUANT_MODES
+    from edge_sdk.converters.to_tflite import TFLITE_MODES
+
+    assert set(TFLITE_MODES) == set(QUANT_MODES)  # every mode has a TFLite form
     with pytest.raises(errors.CalibrationError, match="int8 needs calibration data"):
         edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize="int8", out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
@@ -189,3 +191,15 @@ def test_torchscript_exporter_fast_path(tmp_path, digits_reference):
     assert any("TorchScript" in n for n in r.source.notes)
     with pytest.raises(errors.InvalidOptionError, match="exporter 'jit' unknown"):
         edge_sdk.convert(m, example_inputs=(torch.zeros(1, 1, 8, 8),), exporter="jit", out=tmp_path / "x")
+
+
+def test_int4_fully_connected(transformer_dir, tmp_path):
+    """int4 goes to FULLY_CONNECTED weights (per-channel, packed two per byte); convs would stay int8."""
+    r = edge_sdk.convert(transformer_dir / "tiny_transformer.pt2", to="tflite", quantize=["int8-dynamic", "int4"],
+                         validation=transformer_dir / "val.npz", out=tmp_path)
+    q8, q4 = r.artifact("int8-dynamic", "tflite"), r.artifact("int4", "tflite")
+    assert q4.size_bytes < 0.75 * q8.size_bytes
+    assert q8.parity.primary.rel_l2_error < q4.parity.primary.rel_l2_error < 0.15
+    info = edge_sdk.inspect(q4.path)
+    assert info.weight_dtypes["int4"].tensors == 10 and "int8" not in info.weight_dtypes
+    assert info.parameters == r.source.parameters

@@ -25,11 +25,15 @@ def test_minilm_tflite_embeddings(minilm_dir, tmp_path):
         ref = encoder(**feeds).numpy()
     np.savez(tmp_path / "val.npz", **{k: v.numpy() for k, v in feeds.items()})
     r = edge_sdk.convert(encoder, example_inputs=(feeds["input_ids"], feeds["attention_mask"]), to=["tflite"],
-                         quantize=["none", "int8-dynamic"], validation=tmp_path / "val.npz", out=tmp_path / "o",
-                         name="minilm")
+                         quantize=["none", "fp16", "int8-dynamic", "int4"], validation=tmp_path / "val.npz",
+                         out=tmp_path / "o", name="minilm")
     fp32, dyn = r.artifact("none", "tflite"), r.artifact("int8-dynamic", "tflite")
     assert fp32.parity.primary.cosine_similarity >= 0.9999
+    assert r.artifact("fp16", "tflite").parity.primary.cosine_similarity >= 0.9999
     assert dyn.parity.primary.cosine_similarity >= 0.99
+    int4 = r.artifact("int4", "tflite")
+    assert 0.9 <= int4.parity.primary.cosine_similarity < dyn.parity.primary.cosine_similarity
+    assert edge_sdk.inspect(int4.path).weight_dtypes["int4"].tensors == 36  # 6 layers x 6 projections
     # recomputed here, one sentence at a time through the runtime API (the artifact has batch 1)
     m = edge_sdk.load(fp32.path)
     got = np.concatenate([m.run({k: v[i:i + 1].numpy() for k, v in feeds.items()})[m.outputs[0].name]

@@ -15,8 +15,8 @@ from .quantize import QuantInfo, QuantMode, ConvertOptions
 from .targets import register_target
 from .to_onnx import BuiltArtifact
 
-TFLITE_MODES = ("none", "fp16", "int8-dynamic", "int8")
-_WEIGHTS = {"none": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8": "fp32"}
+TFLITE_MODES = ("none", "fp16", "int8-dynamic", "int8", "int4")
+_WEIGHTS = {"none": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8": "fp32", "int4": "int4"}
 
 
 @register_target("tflite", suffix=".tflite")
@@ -48,13 +48,16 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
     storage = _weight_storage(session.interpreter)
     info = QuantInfo({"none": "fp32", "fp16": "fp16 (DEQUANTIZE to fp32)",
                       "int8-dynamic": "int8 per-channel symmetric (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED)",
-                      "int8": "int8 per-channel symmetric, int32 biases (s_in * s_w)"}[mode.name],
+                      "int8": "int8 per-channel symmetric, int32 biases (s_in * s_w)",
+                      "int4": "int4 per-channel symmetric for FULLY_CONNECTED; int8 per-channel for CONV_2D and "
+                              "DEPTHWISE_CONV_2D (LiteRT's hybrid convolutions take int8)"}[mode.name],
                      {"int8-dynamic": "fp32, quantized to int8 at run time (hybrid kernels)",
+                      "int4": "fp32, quantized to int8 at run time (hybrid kernels)",
                       "int8": "int8 per-tensor asymmetric, min/max calibrated; float I/O with QUANTIZE/DEQUANTIZE"
                       }.get(mode.name, "fp32"),
                      details={"transpose_ops": count_ops(session.interpreter, "TRANSPOSE"),
                               "pad_ops": count_ops(session.interpreter, "PAD") + count_ops(session.interpreter, "PADV2")})
-    if mode.name == "int8-dynamic" and count_ops(session.interpreter, "CONV_2D") + count_ops(
+    if mode.name in ("int8-dynamic", "int4") and count_ops(session.interpreter, "CONV_2D") + count_ops(
             session.interpreter, "DEPTHWISE_CONV_2D"):
         info.warnings.append("dynamic-range int8 convolutions run ~4.5x slower than fp32 in LiteRT "
                              "(toolchain.md); full-integer int8 is the fast mode for CNNs")

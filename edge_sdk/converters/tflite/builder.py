@@ -17,7 +17,7 @@ BUFFER_ALIGNMENT = 16  # constant data aligned as TFLite's own converter does
 
 _NP_TO_TFL = {
     "float32": "FLOAT32", "float16": "FLOAT16", "int32": "INT32", "uint8": "UINT8",
-    "int64": "INT64", "int8": "INT8", "int16": "INT16", "bool": "BOOL",
+    "int64": "INT64", "int8": "INT8", "int16": "INT16", "bool": "BOOL", "int4": "INT4",
 }
 
 
@@ -75,6 +75,19 @@ class TFLiteBuilder:
         value = np.ascontiguousarray(value)
         self.buffers.append(value.tobytes())
         idx = self.tensor(name, value.shape, value.dtype.name, **quant)
+        self.tensors[idx].buffer = len(self.buffers) - 1
+        return idx
+
+    def constant_int4(self, name: str, q: np.ndarray, *, scales, quantized_dimension: int = 0) -> int:
+        """Signed int4 values (in an int8 array, -8..7), packed two per byte, low nibble first."""
+        flat = q.astype(np.int8).ravel()
+        if flat.size % 2:
+            flat = np.concatenate([flat, np.zeros(1, np.int8)])
+        packed = ((flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)).astype(np.uint8)
+        self.buffers.append(packed.tobytes())
+        idx = self.tensor(name, q.shape, "int8", scales=scales, zero_points=np.zeros(len(np.atleast_1d(scales)), np.int64),
+                          quantized_dimension=quantized_dimension)
+        self.tensors[idx].dtype = "int4"
         self.tensors[idx].buffer = len(self.buffers) - 1
         return idx
 

@@ -50,7 +50,7 @@ def lowering(*op_types: str):
 class LoweringContext:
     graph: Graph
     builder: TFLiteBuilder
-    weights: str = "fp32"  # how weight tensors are stored: "fp32", "fp16" (+ DEQUANTIZE), "int8" (hybrid)
+    weights: str = "fp32"  # weight storage: "fp32", "fp16" (+ DEQUANTIZE), "int8" / "int4" (hybrid kernels)
     tensors: dict[str, int] = field(default_factory=dict)  # onnx name -> tflite tensor (stored layout)
     nhwc: set[str] = field(default_factory=set)  # onnx names stored NHWC
     views: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -88,7 +88,8 @@ class LoweringContext:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.graph.shape(self.resolve(name))
 
-    def constant(self, name: str, value: np.ndarray, *, weight: bool = False, channel_axis: int | None = None) -> int:
+    def constant(self, name: str, value: np.ndarray, *, weight: bool = False, channel_axis: int | None = None,
+                 int4_ok: bool = False) -> int:
         """A constant tensor. Weights follow ``self.weights``: fp16 + DEQUANTIZE; or int8 per-channel
         symmetric along ``channel_axis`` for ops with hybrid kernels (they pass the axis); other
         constants, biases included, stay fp32."""
@@ -97,8 +98,12 @@ class LoweringContext:
             value = value.astype(np.float32)
         if value.dtype == np.int64:
             value = value.astype(np.int32)
-        if (self.weights == "int8" or self.int8) and channel_axis is not None and value.dtype == np.float32 \
-                and value.ndim >= 2:
+        if self.weights == "int4" and int4_ok and channel_axis is not None and value.dtype == np.float32:
+            q, scales = quantize_per_channel(value, channel_axis, bits=4)
+            self.quantized_weights += 1
+            return self.builder.constant_int4(name, q, scales=scales, quantized_dimension=channel_axis)
+        if (self.weights in ("int8", "int4") or self.int8) and channel_axis is not None \
+                and value.dtype == np.float32 and value.ndim >= 2:
             q, scales = quantize_per_channel(value, channel_axis)
             self.quantized_weights += 1
             return self.builder.constant(name, q, scales=scales, zero_points=np.zeros_like(scales, np.int64),
@@ -199,14 +204,16 @@ def affine_int8(lo: float, hi: float) -> tuple[float, int]:
     return float(scale), int(np.clip(round(-128 - lo / scale), -128, 127))
 
 
-def quantize_per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per channel along ``axis``: q = round(w / s), s = max|w| / 127 (1 for all-zero)."""
+def quantize_per_channel(w: np.ndarray, axis: int, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per channel along ``axis``: q = round(w / s), s = max|w| / qmax (1 for all-zero),
+    qmax = 127 for int8, 7 for int4 (values -8..7 stored in int8 until packed)."""
+    qmax = 2 ** (bits - 1) - 1
     reduce = tuple(i for i in range(w.ndim) if i != axis)
     amax = np.max(np.abs(w), axis=reduce)
-    scales = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    scales = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+    q = np.clip(np.round(w / scales.reshape(shape)), -qmax - 1 if bits == 4 else -qmax, qmax).astype(np.int8)
     return q, scales
 
 

@@ -316,7 +316,7 @@ def binary(ctx: LoweringContext, node: Node) -> None:
 
 def _fully_connected(ctx: LoweringContext, node: Node, x_name: str, w_out_in: np.ndarray, bias, keep_dims: bool):
     x = ctx.get(x_name, "nchw")
-    w = ctx.constant(f"{node.name}_weights", w_out_in.astype(np.float32), weight=True, channel_axis=0)
+    w = ctx.constant(f"{node.name}_weights", w_out_in.astype(np.float32), weight=True, channel_axis=0, int4_ok=True)
     if bias is None and ctx.int8:
         bias = np.zeros(w_out_in.shape[0], np.float32)
     b = _bias(ctx, f"{node.name}_bias", bias, x, w) if bias is not None else -1
@@ -324,7 +324,7 @@ def _fully_connected(ctx: LoweringContext, node: Node, x_name: str, w_out_in: np
     y = ctx.output(out_name, "nchw")
     ctx.builder.op("FULLY_CONNECTED", [x, w, b], [y], "FullyConnectedOptions",
                    FusedActivationFunction=activation, KeepNumDims=keep_dims,
-                   AsymmetricQuantizeInputs=ctx.weights == "int8")
+                   AsymmetricQuantizeInputs=ctx.weights in ("int8", "int4"))
 
 
 @lowering("Gemm")
@@ -506,3 +506,18 @@ def layer_norm(ctx: LoweringContext, node: Node) -> None:
     if has_beta:
         beta = ctx.constant(f"{node.name}_beta", ctx.const_value(node.inputs[2]).astype(np.float32))
         b.op("ADD", [scaled, beta], [ctx.output(node.outputs[0])], "AddOptions")
+
+
+@lowering("Split")
+def split(ctx: LoweringContext, node: Node) -> None:
+    shape = ctx.shape(node.inputs[0])
+    axis = node.attrs.get("axis", 0) % len(shape)
+    if len(node.inputs) > 1 and node.inputs[1]:
+        sizes = ctx.const_value(node.inputs[1]).astype(np.int32)
+    else:
+        sizes = np.array([ctx.shape(o)[axis] for o in node.outputs], np.int32)
+    x = ctx.get(node.inputs[0])
+    outs = [ctx.output(o, same_as=x) for o in node.outputs]
+    ctx.builder.op("SPLIT_V", [x, ctx.constant(f"{node.name}_sizes", sizes),
+                               ctx.constant(f"{node.name}_axis", np.array(axis, np.int32))], outs,
+                   "SplitVOptions", NumSplits=len(outs))

@@ -62,6 +62,8 @@ def inspect_tflite(path: Path):
         n = int(np.prod([d or 1 for d in s.shape])) if s.shape else 1
         if s.dtype in ("int32", "int64") and i not in weights:
             continue  # shapes, axes, permutations
+        if n <= 1:
+            continue  # scalars: constants of the graph (eps, 1/sqrt(d)), not parameters
         st = stats.setdefault(s.dtype, DtypeStats())
         st.tensors += 1
         st.elements += n
