@@ -1,8 +1,9 @@
-"""The digits CNN's ONNX export (from `edge convert`) written as a float .tflite by hand.
+"""The digits CNN's ONNX export (from `edge convert`) written as a float .tflite by hand, with a
+dynamic batch axis.
 
-A stand-in until the ONNX -> TFLite converter lands: it lowers exactly this network's ops
-(Conv+ReLU, MaxPool, Flatten, Gemm) to CONV_2D / MAX_POOL_2D / RESHAPE / FULLY_CONNECTED in NHWC,
-so the runtime layer can be checked on the same model through LiteRT and tflite-runtime.
+`edge convert --to tflite` writes batch-1 models so far; the runtime tests need a .tflite whose
+batch can be resized (LiteRT and tflite-runtime, batch 1 and 360), so this lowers exactly this
+network's ops (Conv+ReLU, MaxPool, Flatten, Gemm) with a -1 batch dimension.
 """
 
 from __future__ import annotations

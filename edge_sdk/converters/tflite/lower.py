@@ -56,7 +56,6 @@ class LoweringContext:
     views: dict[tuple[str, str], int] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)  # fused/identity outputs -> their source
     skip: set[str] = field(default_factory=set)  # node names absorbed by a fusion
-    quantized_weights: int = 0
     ranges: dict[str, tuple[float, float]] | None = None  # calibrated ranges: full-integer int8 mode
 
     @property
@@ -100,12 +99,10 @@ class LoweringContext:
             value = value.astype(np.int32)
         if self.weights == "int4" and int4_ok and channel_axis is not None and value.dtype == np.float32:
             q, scales = quantize_per_channel(value, channel_axis, bits=4)
-            self.quantized_weights += 1
             return self.builder.constant_int4(name, q, scales=scales, quantized_dimension=channel_axis)
         if (self.weights in ("int8", "int4") or self.int8) and channel_axis is not None \
                 and value.dtype == np.float32 and value.ndim >= 2:
             q, scales = quantize_per_channel(value, channel_axis)
-            self.quantized_weights += 1
             return self.builder.constant(name, q, scales=scales, zero_points=np.zeros_like(scales, np.int64),
                                          quantized_dimension=channel_axis)
         if self.weights == "fp16" and weight and value.dtype == np.float32:
