@@ -203,3 +203,37 @@ def test_int4_fully_connected(transformer_dir, tmp_path):
     info = edge_sdk.inspect(q4.path)
     assert info.weight_dtypes["int4"].tensors == 10 and "int8" not in info.weight_dtypes
     assert info.parameters == r.source.parameters
+
+
+class SpatialZoo(torch.nn.Module):
+    """Ops beyond the classification CNNs: standalone BN, explicit pad, slicing, resizing, deconv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.up = torch.nn.ConvTranspose2d(4, 6, 2, stride=2)
+        self.bn.running_mean.uniform_(-1, 1)
+        self.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):                                            # (B, 3, 16, 16)
+        h = torch.relu(self.conv(x))
+        h = self.bn(h + 1.0)                                         # BN after an Add: not foldable
+        h = torch.nn.functional.pad(h, (1, 2, 0, 1))                 # (B, 4, 17, 19)
+        h = h[:, :, 1:13, 2:18:2]                                    # (B, 4, 12, 8)
+        a = torch.nn.functional.interpolate(h, scale_factor=2, mode="nearest")
+        b = torch.nn.functional.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.up(a + b)                                        # (B, 6, 48, 32)
+
+
+def test_more_spatial_ops_match_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    m = SpatialZoo().eval()
+    r = edge_sdk.convert(m, example_inputs=(torch.randn(1, 3, 16, 16),), to=["tflite", "onnx"], out=tmp_path)
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    lite = next(iter(edge_sdk.load(r.artifact("none", "tflite").path).run(x).values()))
+    ort = next(iter(edge_sdk.load(r.artifact("none", "onnx").path).run(x).values()))
+    assert lite.shape == (1, 6, 48, 32)
+    np.testing.assert_allclose(lite, ort, atol=1e-4, rtol=0)
+    ops = set(ops_of(r.artifact("none", "tflite").path))
+    assert {"TRANSPOSE_CONV", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "STRIDED_SLICE", "PAD"} <= ops

@@ -521,3 +521,124 @@ def split(ctx: LoweringContext, node: Node) -> None:
     ctx.builder.op("SPLIT_V", [x, ctx.constant(f"{node.name}_sizes", sizes),
                                ctx.constant(f"{node.name}_axis", np.array(axis, np.int32))], outs,
                    "SplitVOptions", NumSplits=len(outs))
+
+
+# --- more spatial ops -----------------------------------------------------------------------------
+
+
+@lowering("BatchNormalization")
+def batch_norm(ctx: LoweringContext, node: Node) -> None:
+    """Inference batch norm (one the exporter could not fold into a conv) as MUL + ADD per channel."""
+    gamma, beta, mean, var = (ctx.const_value(n).astype(np.float64) for n in node.inputs[1:5])
+    scale = gamma / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
+    shift = beta - mean * scale
+    rank = len(ctx.shape(node.inputs[0]))
+    layout = ctx.layout_of(node.inputs[0]) if rank == 4 else "nchw"
+    shape = (-1,) if layout == "nhwc" or rank == 2 else (-1,) + (1,) * (rank - 2)
+    x = ctx.get(node.inputs[0], layout)
+    mid = ctx.builder.tensor(f"{node.name}_scaled", ctx.builder.tensors[x].shape)
+    ctx.builder.op("MUL", [x, ctx.constant(f"{node.name}_scale", scale.astype(np.float32).reshape(shape))], [mid],
+                   "MulOptions")
+    ctx.builder.op("ADD", [mid, ctx.constant(f"{node.name}_shift", shift.astype(np.float32).reshape(shape))],
+                   [ctx.output(node.outputs[0], layout)], "AddOptions")
+
+
+@lowering("Pad")
+def pad(ctx: LoweringContext, node: Node) -> None:
+    if node.attrs.get("mode", "constant") != "constant":
+        raise Unsupported(f"mode={node.attrs['mode']}")
+    rank = len(ctx.shape(node.inputs[0]))
+    pads = ctx.const_value(node.inputs[1]).astype(np.int64)
+    if len(node.inputs) > 3 and node.inputs[3]:
+        raise Unsupported("the axes input")
+    if (pads < 0).any():
+        raise Unsupported("negative pads (cropping)")
+    pairs = np.stack([pads[:rank], pads[rank:]], axis=1)  # (rank, 2) in ONNX axis order
+    layout = ctx.layout_of(node.inputs[0]) if rank == 4 else "nchw"
+    if layout == "nhwc":
+        pairs = pairs[[0, 2, 3, 1]]
+    x = ctx.get(node.inputs[0], layout)
+    value = ctx.const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.array(0.0)
+    ins = [x, ctx.constant(f"{node.name}_paddings", pairs.astype(np.int32))]
+    op = "PAD"
+    if float(np.asarray(value).ravel()[0]) != 0.0:
+        op = "PADV2"
+        ins.append(ctx.constant(f"{node.name}_value", np.asarray(value, np.float32).reshape(1)))
+    ctx.builder.op(op, ins, [ctx.output(node.outputs[0], layout)])
+
+
+@lowering("Slice")
+def slice_(ctx: LoweringContext, node: Node) -> None:
+    shape = ctx.shape(node.inputs[0])
+    rank = len(shape)
+    starts, ends = (ctx.const_value(n).astype(np.int64) for n in node.inputs[1:3])
+    axes = ctx.const_value(node.inputs[3]).astype(np.int64) if len(node.inputs) > 3 and node.inputs[3] \
+        else np.arange(len(starts))
+    steps = ctx.const_value(node.inputs[4]).astype(np.int64) if len(node.inputs) > 4 and node.inputs[4] \
+        else np.ones(len(starts), np.int64)
+    begin, end, stride = [0] * rank, list(shape), [1] * rank
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        a = int(a) % rank
+        if st < 1:
+            raise Unsupported("negative steps")
+        size = shape[a]
+        s = int(np.clip(s + size if s < 0 else s, 0, size))
+        e = int(np.clip(e + size if e < 0 else e, 0, size))
+        begin[a], end[a], stride[a] = s, e, int(st)
+    x = ctx.get(node.inputs[0])
+    consts = [ctx.constant(f"{node.name}_{k}", np.array(v, np.int32)) for k, v in
+              (("begin", begin), ("end", end), ("strides", stride))]
+    ctx.builder.op("STRIDED_SLICE", [x, *consts], [ctx.output(node.outputs[0], same_as=x)], "StridedSliceOptions")
+
+
+@lowering("Resize")
+def resize(ctx: LoweringContext, node: Node) -> None:
+    in_shape, out_shape = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
+    if len(in_shape) != 4 or in_shape[:2] != out_shape[:2]:
+        raise Unsupported("resizing other than the two spatial axes of a 4-D tensor")
+    mode = node.attrs.get("mode", "nearest")
+    ct = node.attrs.get("coordinate_transformation_mode", "half_pixel")
+    x = ctx.get(node.inputs[0], "nhwc")
+    size = ctx.constant(f"{node.name}_size", np.array(out_shape[2:], np.int32))
+    y = ctx.output(node.outputs[0], "nhwc")
+    if mode == "nearest":
+        if ct != "asymmetric" or node.attrs.get("nearest_mode", "round_prefer_floor") != "floor":
+            raise Unsupported(f"nearest with coordinate_transformation_mode={ct}")
+        ctx.builder.op("RESIZE_NEAREST_NEIGHBOR", [x, size], [y], "ResizeNearestNeighborOptions")
+    elif mode == "linear":
+        flags = {"half_pixel": (False, True), "pytorch_half_pixel": (False, True), "align_corners": (True, False),
+                 "asymmetric": (False, False)}.get(ct)
+        if flags is None:
+            raise Unsupported(f"linear with coordinate_transformation_mode={ct}")
+        ctx.builder.op("RESIZE_BILINEAR", [x, size], [y], "ResizeBilinearOptions", AlignCorners=flags[0],
+                       HalfPixelCenters=flags[1])
+    else:
+        raise Unsupported(f"mode={mode}")
+
+
+@lowering("ConvTranspose")
+def conv_transpose(ctx: LoweringContext, node: Node) -> None:
+    a = node.attrs
+    if a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [1, 1])) or any(a.get("output_padding", [0])):
+        raise Unsupported("groups, dilations or output_padding")
+    w = ctx.const_value(node.inputs[1])  # (Cin, Cout, kH, kW)
+    k, s = w.shape[2:], a.get("strides", [1, 1])
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    if not any(pads):
+        padding = ctx.builder.tfl.Padding.VALID
+    elif all(pads[i] == max(k[i] - s[i], 0) // 2 and pads[i + 2] == max(k[i] - s[i], 0) - pads[i] for i in (0, 1)):
+        padding = ctx.builder.tfl.Padding.SAME
+    else:
+        raise Unsupported(f"pads {pads} that TFLite's SAME/VALID cannot express")
+    out_shape = ctx.shape(node.outputs[0])
+    n, c, h, wd = out_shape
+    x = ctx.get(node.inputs[0], "nhwc")
+    filt = ctx.constant(f"{node.name}_filter", w.transpose(1, 2, 3, 0), weight=True)  # -> (Cout, kH, kW, Cin)
+    shape = ctx.constant(f"{node.name}_output_shape", np.array([n, h, wd, c], np.int32))
+    has_bias = len(node.inputs) > 2 and node.inputs[2]
+    y = ctx.builder.tensor(f"{node.name}_nobias", (n, h, wd, c)) if has_bias else ctx.output(node.outputs[0], "nhwc")
+    ctx.builder.op("TRANSPOSE_CONV", [shape, filt, x], [y], "TransposeConvOptions", Padding=padding,
+                   StrideH=s[0], StrideW=s[1])
+    if has_bias:
+        bias = ctx.constant(f"{node.name}_bias", ctx.const_value(node.inputs[2]).astype(np.float32))
+        ctx.builder.op("ADD", [y, bias], [ctx.output(node.outputs[0], "nhwc")], "AddOptions")
