@@ -642,3 +642,44 @@ def conv_transpose(ctx: LoweringContext, node: Node) -> None:
     if has_bias:
         bias = ctx.constant(f"{node.name}_bias", ctx.const_value(node.inputs[2]).astype(np.float32))
         ctx.builder.op("ADD", [y, bias], [ctx.output(node.outputs[0], "nhwc")], "AddOptions")
+
+
+# Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7 over the reals (TFLite has no ERF builtin).
+_ERF_P = 0.3275911
+_ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+@lowering("Erf")
+def erf(ctx: LoweringContext, node: Node) -> None:
+    """erf(x) = sign(x) * (1 - poly(t) * t * exp(-x^2)), t = 1 / (1 + p|x|), from TFLite builtins."""
+    layout = ctx.layout_of(node.inputs[0])
+    x = ctx.get(node.inputs[0], layout)
+    shape = ctx.builder.tensors[x].shape
+    b, name = ctx.builder, node.name
+
+    def t(tag: str) -> int:
+        return b.tensor(f"{name}_{tag}", shape)
+
+    def c(tag: str, v: float) -> int:
+        return ctx.constant(f"{name}_{tag}", np.array([v], np.float32))
+
+    ax, px, den, tt = t("abs"), t("px"), t("den"), t("t")
+    b.op("ABS", [x], [ax])
+    b.op("MUL", [ax, c("p", _ERF_P)], [px], "MulOptions")
+    b.op("ADD", [px, c("one", 1.0)], [den], "AddOptions")
+    b.op("DIV", [c("one_n", 1.0), den], [tt], "DivOptions")
+    poly = c("a5", _ERF_A[4])
+    for i in (3, 2, 1, 0):  # Horner: ((a5 t + a4) t + a3) t ...
+        prod, acc = t(f"m{i}"), t(f"s{i}")
+        b.op("MUL", [poly, tt], [prod], "MulOptions")
+        b.op("ADD", [prod, c(f"a{i + 1}", _ERF_A[i])], [acc], "AddOptions")
+        poly = acc
+    poly_t, sq, nsq, ex, term, one_minus, sign = t("poly_t"), t("sq"), t("nsq"), t("exp"), t("term"), t("om"), t("sign")
+    b.op("MUL", [poly, tt], [poly_t], "MulOptions")
+    b.op("SQUARE", [x], [sq])
+    b.op("NEG", [sq], [nsq])
+    b.op("EXP", [nsq], [ex])
+    b.op("MUL", [poly_t, ex], [term], "MulOptions")
+    b.op("SUB", [c("one_s", 1.0), term], [one_minus], "SubOptions")
+    b.op("SIGN", [x], [sign])
+    b.op("MUL", [sign, one_minus], [ctx.output(node.outputs[0], layout)], "MulOptions")
