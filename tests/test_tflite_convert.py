@@ -104,15 +104,24 @@ def test_digits_full_integer_int8(digits_dir, tmp_path):
             np.testing.assert_allclose(bias["quantization_parameters"]["scales"], s_in * s_w, rtol=1e-6)
 
 
-def test_full_integer_int8_lists_ops_it_cannot_do_yet(tmp_path):
+def test_full_integer_int8_runs_ops_without_int8_lowering_in_float(tmp_path):
     class Softmaxed(torch.nn.Module):
-        def forward(self, x):
-            return torch.softmax(torch.sigmoid(x), dim=-1)
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 6)
 
-    with pytest.raises(errors.UnsupportedOperatorError, match="no full-integer int8 lowering yet") as ei:
-        edge_sdk.convert(Softmaxed(), example_inputs=(torch.randn(2, 4),), to="tflite", quantize="int8",
-                         calibration="random", out=tmp_path / "o")
-    assert sorted(op for _, op in ei.value.nodes) == ["Sigmoid", "Softmax"]
+        def forward(self, x):
+            return torch.softmax(torch.sigmoid(self.fc(x)), dim=-1)
+
+    torch.manual_seed(0)
+    r = edge_sdk.convert(Softmaxed().eval(), example_inputs=(torch.randn(2, 4),), to="tflite", quantize="int8",
+                         calibration="random", out=tmp_path)
+    a = r.artifact("int8", "tflite")
+    assert a.quantization.details["float_ops"] == 2
+    assert any("Sigmoid×1" in w and "Softmax×1" in w for w in a.warnings)
+    assert a.parity.primary.cosine_similarity > 0.999
+    ops = ops_of(a.path)
+    assert ops == ["QUANTIZE", "FULLY_CONNECTED", "DEQUANTIZE", "LOGISTIC", "SOFTMAX"]
 
 
 def test_same_padding_equivalence():
@@ -248,3 +257,14 @@ def test_erf_from_builtins(tmp_path):
     r = edge_sdk.convert(Erf(), example_inputs=(x,), to="tflite", out=tmp_path)
     got = next(iter(edge_sdk.load(r.artifact("none", "tflite").path).run(x.numpy()).values()))
     np.testing.assert_allclose(got, torch.erf(x * 3.0).numpy(), atol=1e-6)
+
+
+def test_generated_model_is_smoke_loaded_in_a_child_process(tmp_path):
+    """LiteRT aborts the whole process on some malformed models; the converter loads each new
+    file in a child first, so a converter bug becomes a ConversionError, not a dead CLI."""
+    from edge_sdk.converters.to_tflite import _smoke_load
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64)
+    with pytest.raises(errors.ConversionError, match="LiteRT cannot load the generated bad.tflite"):
+        _smoke_load(bad)

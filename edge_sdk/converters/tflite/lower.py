@@ -57,10 +57,13 @@ class LoweringContext:
     aliases: dict[str, str] = field(default_factory=dict)  # fused/identity outputs -> their source
     skip: set[str] = field(default_factory=set)  # node names absorbed by a fusion
     ranges: dict[str, tuple[float, float]] | None = None  # calibrated ranges: full-integer int8 mode
+    float_island: bool = False  # in an int8 model, the node being lowered runs in float
+    float_nodes: list[str] = field(default_factory=list)  # op types that ran as float islands
 
     @property
     def int8(self) -> bool:
-        return self.ranges is not None
+        """Whether the node being lowered computes in int8."""
+        return self.ranges is not None and not self.float_island
 
     def qparams(self, name: str) -> tuple[float, int]:
         """Asymmetric int8 (scale, zero point) from the calibrated range of ``name`` — or, when a
@@ -119,7 +122,7 @@ class LoweringContext:
             value = self.graph.constants[name]
             if layout == "nhwc" and value.ndim == 4:
                 value = value.transpose(TO_NHWC)
-            key = (name, f"const-{layout}")
+            key = (name, f"const-{layout}-{'int8' if self.int8 else 'float'}")
             if key not in self.views:
                 cname = name if layout == "nchw" else f"{name}_nhwc"
                 if self.int8 and value.dtype == np.float32:
@@ -129,7 +132,7 @@ class LoweringContext:
             return self.views[key]
         stored = "nhwc" if name in self.nhwc else "nchw"
         if stored == layout or len(self.shape(name)) != 4:
-            return self.tensors[name]
+            return self._dtype_view(name, self.tensors[name], stored)
         key = (name, layout)
         if key not in self.views:
             shape = self.shape(name)
@@ -146,6 +149,27 @@ class LoweringContext:
                                         if layout == "nhwc" else shape, self.tensors[name])
                 self.builder.op("TRANSPOSE", [self.tensors[name], self.constant(f"perm_{layout}", np.array(perm, np.int32))],
                                 [out])
+            self.views[key] = out
+        return self._dtype_view(name, self.views[key], layout)
+
+    def _dtype_view(self, name: str, idx: int, layout: str) -> int:
+        """In an int8 model: QUANTIZE a float tensor for an int8 node, DEQUANTIZE an int8 one for a float island."""
+        if self.ranges is None:
+            return idx
+        t = self.builder.tensors[idx]
+        if self.int8 and t.dtype == "float32":
+            key, op = (name, layout, "int8"), "QUANTIZE"
+        elif not self.int8 and t.dtype == "int8":
+            key, op = (name, layout, "float"), "DEQUANTIZE"
+        else:
+            return idx
+        if key not in self.views:
+            if op == "QUANTIZE":
+                scale, zp = self.qparams(name)
+                out = self.builder.tensor(f"{t.name}_q", t.shape, "int8", scales=[scale], zero_points=[zp])
+            else:
+                out = self.builder.tensor(f"{t.name}_f", t.shape)
+            self.builder.op(op, [idx], [out])
             self.views[key] = out
         return self.views[key]
 
@@ -214,7 +238,8 @@ def quantize_per_channel(w: np.ndarray, axis: int, bits: int = 8) -> tuple[np.nd
     return q, scales
 
 
-# ONNX ops the full-integer int8 lowering handles (CNNs); transformer ops are float-only so far.
+# ONNX ops with int8 lowerings; in an int8 model the others run in float between DEQUANTIZE and
+# QUANTIZE ("float islands"), as do int8 lowerings that refuse a node's attributes.
 INT8_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Relu", "Clip", "Add", "Sub", "Mul",
             "Gemm", "MatMul", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout",
             "HardSwish", "LeakyRelu"}
@@ -225,22 +250,20 @@ def unsupported_nodes(graph: Graph) -> list[tuple[str, str]]:
 
 
 def lower(graph: Graph, *, weights: str = "fp32", nhwc_io: bool = False, description: str = "edge-sdk",
-          ranges: dict[str, tuple[float, float]] | None = None, int8_io: bool = False) -> bytes:
+          ranges: dict[str, tuple[float, float]] | None = None, int8_io: bool = False,
+          float_ops: list[str] | None = None) -> bytes:
     """Lower ``graph`` to a TFLite flatbuffer; every unsupported node is listed in one error.
 
     With ``ranges`` (calibrated min/max per tensor) the model is full-integer int8: int8 activations,
     per-channel int8 weights, int32 biases; float inputs/outputs get QUANTIZE/DEQUANTIZE at the
-    ends unless ``int8_io``.
+    ends unless ``int8_io``. Ops without an int8 lowering run in float between DEQUANTIZE and
+    QUANTIZE; their types are appended to ``float_ops``.
     """
     from . import ops  # noqa: F401  (registers the lowerings)
 
     missing = unsupported_nodes(graph)
     if missing:
         raise UnsupportedOperatorError(_describe(missing, "has no TFLite lowering"), nodes=missing)
-    if ranges is not None:
-        no_int8 = [(n.name, n.op_type) for n in graph.nodes if n.op_type not in INT8_OPS]
-        if no_int8:
-            raise UnsupportedOperatorError(_describe(no_int8, "has no full-integer int8 lowering yet"), nodes=no_int8)
     ctx = LoweringContext(graph, TFLiteBuilder(description), weights, ranges=ranges)
     for name in graph.inputs:
         dtype = graph.dtypes[name].name
@@ -259,21 +282,30 @@ def lower(graph: Graph, *, weights: str = "fp32", nhwc_io: bool = False, descrip
     for node in graph.nodes:
         if node.name in ctx.skip:
             continue
+        ctx.float_island = ranges is not None and node.op_type not in INT8_OPS
+        mark = (len(ctx.builder.ops), len(ctx.builder.tensors))
         try:
             LOWERINGS[node.op_type].fn(ctx, node)
         except Unsupported as e:
-            failed.append((node.name, f"{node.op_type} ({e})"))
+            if ctx.int8 and mark == (len(ctx.builder.ops), len(ctx.builder.tensors)):
+                ctx.float_island = True  # refused before emitting anything: run it in float
+                try:
+                    LOWERINGS[node.op_type].fn(ctx, node)
+                except Unsupported as e2:
+                    failed.append((node.name, f"{node.op_type} ({e2})"))
+            else:
+                failed.append((node.name, f"{node.op_type} ({e})"))
+        if ctx.float_island and ranges is not None:
+            ctx.float_nodes.append(node.op_type)
+    ctx.float_island = False
     if failed:
         raise UnsupportedOperatorError(_describe(failed, "cannot be lowered to TFLite"), nodes=failed)
+    ctx.float_island = ranges is not None and not int8_io  # float outputs: DEQUANTIZE int8 results
     for name in graph.outputs:
-        want = "nhwc" if nhwc_io else "nchw"
-        idx = _named_output(ctx, name, want)
-        if ctx.int8 and ctx.builder.tensors[idx].dtype == "int8" and not int8_io:
-            ctx.builder.tensors[idx].name = f"{name}_int8"
-            f = ctx.builder.tensor(name, ctx.builder.tensors[idx].shape)
-            ctx.builder.op("DEQUANTIZE", [idx], [f])
-            idx = f
-        ctx.builder.outputs.append(idx)
+        ctx.builder.outputs.append(_named_output(ctx, name, "nhwc" if nhwc_io else "nchw"))
+    ctx.float_island = False
+    if float_ops is not None:
+        float_ops.extend(ctx.float_nodes)
     return ctx.builder.finish()
 
 

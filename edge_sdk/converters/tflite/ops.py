@@ -290,6 +290,9 @@ def binary(ctx: LoweringContext, node: Node) -> None:
     op, options = _BINARY[node.op_type]
     a, b = node.inputs[:2]
     out_rank = len(ctx.shape(node.outputs[0]))
+    if ctx.int8 and (op not in ("ADD", "SUB", "MUL") or out_rank > 4 or any(
+            ctx.shape(n) != ctx.shape(node.outputs[0]) for n in (a, b))):
+        raise Unsupported(f"int8 {op} with broadcasting")
     acts = [n for n in (a, b) if not ctx.is_const(n)]
     nhwc = out_rank == 4 and acts and all(ctx.layout_of(n) == "nhwc" and len(ctx.shape(n)) == 4 for n in acts)
     layout = "nhwc" if nhwc else "nchw"
@@ -347,7 +350,11 @@ def matmul(ctx: LoweringContext, node: Node) -> None:
     a, b = node.inputs
     if ctx.is_const(b) and ctx.const_value(b).ndim == 2:
         rank = len(ctx.shape(a))
+        if ctx.int8 and rank > 2:
+            raise Unsupported("int8 FULLY_CONNECTED keeping more than 2 dims")  # LiteRT aborts on it
         return _fully_connected(ctx, node, a, ctx.const_value(b).T, None, keep_dims=rank > 2)
+    if ctx.int8:
+        raise Unsupported("activation x activation BATCH_MATMUL in int8")  # LiteRT aborts on it: float island
     y = ctx.output(node.outputs[0], "nchw")
     ctx.builder.op("BATCH_MATMUL", [ctx.get(a), ctx.get(b)], [y], "BatchMatMulOptions")
 
