@@ -33,10 +33,10 @@ def test_minilm_tflite_embeddings(minilm_dir, tmp_path):
     assert r.artifact("fp16", "tflite").parity.primary.cosine_similarity >= 0.9999
     assert dyn.parity.primary.cosine_similarity >= 0.99
     # full integer: int8 projections, float islands for softmax / layer norm / gelu / broadcasting ops.
-    # Per-tensor int8 activations cost a BERT much accuracy (0.85 here): int8-dynamic is the
+    # Per-tensor int8 activations cost a BERT much accuracy (0.81 here): int8-dynamic is the
     # transformer mode; this checks it runs and that the report shows the real (poor) figure.
     full = r.artifact("int8", "tflite")
-    assert 0.8 <= full.parity.primary.cosine_similarity < dyn.parity.primary.cosine_similarity
+    assert 0.7 <= full.parity.primary.cosine_similarity < dyn.parity.primary.cosine_similarity
     assert full.quantization.details["float_ops"] > 0
     int4 = r.artifact("int4", "tflite")
     assert 0.9 <= int4.parity.primary.cosine_similarity < dyn.parity.primary.cosine_similarity

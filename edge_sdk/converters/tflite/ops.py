@@ -350,8 +350,6 @@ def matmul(ctx: LoweringContext, node: Node) -> None:
     a, b = node.inputs
     if ctx.is_const(b) and ctx.const_value(b).ndim == 2:
         rank = len(ctx.shape(a))
-        if ctx.int8 and rank > 2:
-            raise Unsupported("int8 FULLY_CONNECTED keeping more than 2 dims")  # LiteRT aborts on it
         return _fully_connected(ctx, node, a, ctx.const_value(b).T, None, keep_dims=rank > 2)
     if ctx.int8:
         raise Unsupported("activation x activation BATCH_MATMUL in int8")  # LiteRT aborts on it: float island
