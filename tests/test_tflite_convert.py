@@ -48,9 +48,14 @@ def test_cnns_match_onnxruntime(arch, tmp_path):
     lite = next(iter(edge_sdk.load(r.artifact("none", "tflite").path).run(x).values()))
     ort = next(iter(edge_sdk.load(r.artifact("none", "onnx").path).run(x).values()))
     np.testing.assert_allclose(lite, ort, atol=1e-4, rtol=0)
-    q = edge_sdk.convert(model, example_inputs=(torch.randn(1, 3, 224, 224),), to="tflite", quantize="int8",
-                         calibration="random", out=tmp_path / "q", name=arch).artifact("int8", "tflite")
-    assert q.parity.primary.cosine_similarity >= 0.99 and q.size_bytes < 0.3 * r.artifact("none", "tflite").size_bytes
+    qr = edge_sdk.convert(model, example_inputs=(torch.randn(1, 3, 224, 224),), to="tflite",
+                          quantize=["fp16", "int8-dynamic", "int8", "int4"], calibration="random", out=tmp_path / "q",
+                          name=arch)
+    fp32_size = r.artifact("none", "tflite").size_bytes
+    assert qr.artifact("fp16", "tflite").parity.primary.cosine_similarity >= 0.9999
+    for mode, cosine in (("int8-dynamic", 0.99), ("int8", 0.99), ("int4", 0.98)):  # every mode runs, close
+        q = qr.artifact(mode, "tflite")
+        assert q.parity.primary.cosine_similarity >= cosine and q.size_bytes < 0.3 * fp32_size, mode
     ops = ops_of(r.artifact("none", "tflite").path)
     # the only TRANSPOSE is the NCHW input's; none sits between convolutions
     assert ops.count("TRANSPOSE") == 1 and ops.index("TRANSPOSE") == 0
