@@ -51,3 +51,28 @@ def save_for_conversion(model: torch.nn.Module, out: Path, name: str, x_calib: n
     torch.export.save(ep, str(out / f"{name}.pt2"))
     np.savez(out / "calib.npz", x=x_calib)
     np.savez(out / "val.npz", x=x_val, labels=y_val)
+
+
+def train_example(build, name: str, out: Path, *, epochs: int, lr: float, seed: int = 0, force: bool = False,
+                  safetensors: bool = False) -> dict:
+    """Train ``build()`` on the digits data and write what `edge convert` takes: <name>.pt2, calib.npz,
+    val.npz, train.json (and <name>.safetensors for the factory source). Files already there are
+    reused unless ``force``; returns the training summary."""
+    import json
+
+    out = Path(out)
+    files = [f"{name}.pt2", "calib.npz", "val.npz", "train.json"] + ([f"{name}.safetensors"] if safetensors else [])
+    if not force and all((out / f).exists() for f in files):
+        return json.loads((out / "train.json").read_text())
+    x_tr, x_te, y_tr, y_te = load_digits_split(seed)
+    torch.manual_seed(seed)
+    model = fit_classifier(build(), x_tr, y_tr, epochs=epochs, lr=lr, seed=seed)
+    save_for_conversion(model, out, name, x_tr[:256], x_te, y_te)
+    if safetensors:
+        from safetensors.torch import save_file
+
+        save_file(model.state_dict(), str(out / f"{name}.safetensors"))
+    info = {"test_accuracy": accuracy(model, x_te, y_te), "train_samples": len(x_tr), "test_samples": len(x_te),
+            "epochs": epochs}
+    (out / "train.json").write_text(json.dumps(info, indent=2))
+    return info

@@ -12,33 +12,16 @@ Writes to examples/digits/artifacts/ (or --out):
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import torch
-
-from ..training import accuracy, fit_classifier, load_digits_split, save_for_conversion
+from ..training import train_example
 from .model import DigitsCNN
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "artifacts"
-FILES = ("digits.pt2", "digits.safetensors", "calib.npz", "val.npz", "train.json")
 
 
 def train(out: Path = DEFAULT_OUT, epochs: int = 30, seed: int = 0, force: bool = False) -> dict:
-    out = Path(out)
-    if not force and all((out / f).exists() for f in FILES):
-        return json.loads((out / "train.json").read_text())
-    x_tr, x_te, y_tr, y_te = load_digits_split(seed)
-    torch.manual_seed(seed)
-    model = fit_classifier(DigitsCNN(), x_tr, y_tr, epochs=epochs, lr=3e-3, seed=seed)
-    acc = accuracy(model, x_te, y_te)
-    save_for_conversion(model, out, "digits", x_tr[:256], x_te, y_te)
-    from safetensors.torch import save_file
-
-    save_file(model.state_dict(), str(out / "digits.safetensors"))
-    info = {"test_accuracy": acc, "train_samples": len(x_tr), "test_samples": len(x_te), "epochs": epochs}
-    (out / "train.json").write_text(json.dumps(info, indent=2))
-    return info
+    return train_example(DigitsCNN, "digits", out, epochs=epochs, lr=3e-3, seed=seed, force=force, safetensors=True)
 
 
 def main() -> None:
