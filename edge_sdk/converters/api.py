@@ -13,7 +13,7 @@ import numpy as np
 from ..core.atomic import StagingDir, ensure_writable_dir
 from ..core.tensors import InputSet, TensorSpec, load_input_set, random_input_set, read_npz
 from ..errors import CalibrationError, ConversionError, InvalidOptionError
-from ..runtimes.base import run_all
+from ..runtimes.base import fixed_batch, iter_batches, run_all
 from ..runtimes.ort import OrtSession
 from . import onnx_graph, parity, sources
 from .quantize import ConvertOptions, get_mode
@@ -201,7 +201,6 @@ def _reference_outputs(src, base, data: InputSet) -> tuple[dict[str, np.ndarray]
         return OrtSession(base.SerializeToString()).run_all(data), "onnxruntime (source ONNX, fp32)"
     import torch
 
-    from ..runtimes.base import fixed_batch, iter_batches
     from .torch_export import one_line
 
     names = [s.name for s in onnx_graph.output_specs(base)]

@@ -1,6 +1,6 @@
 """TFLite target: lower the fp32 ONNX base graph to a .tflite flatbuffer (no TensorFlow), then load it
-back in LiteRT for the parity report. Modes so far: ``none`` (fp32) and ``fp16`` (fp16 weights with
-DEQUANTIZE, as TFLite's own converter does)."""
+back in LiteRT for the parity report. Modes: ``none`` (fp32), ``fp16`` (fp16 weights with DEQUANTIZE,
+as TFLite's own converter does), ``int8-dynamic`` and ``int4`` (hybrid kernels), ``int8`` (full integer)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
     from ..runtimes.tflite import open_litert
     from .tflite.lower import lower
 
-    graph = prepare_graph(base_model)
+    if "tflite.graph" not in opts.shared:  # every mode lowers the same prepared graph: build it once
+        opts.shared["tflite.graph"] = prepare_graph(base_model)
+        opts.shared["tflite.parameters"] = _parameters(base_model)
+    graph = opts.shared["tflite.graph"]
     ranges = None
     if mode.name == "int8":
         if opts.calibration is None:
@@ -70,7 +73,7 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
             session.interpreter, "DEPTHWISE_CONV_2D"):
         info.warnings.append("dynamic-range int8 convolutions run ~4.5x slower than fp32 in LiteRT "
                              "(toolchain.md); full-integer int8 is the fast mode for CNNs")
-    parameters = _parameters(base_model)
+    parameters = opts.shared["tflite.parameters"]
     if opts.nhwc_io:
         session = _NchwView(session)
     return BuiltArtifact(staging.out_dir / file_name, [file_name], session,

@@ -9,7 +9,7 @@ import numpy as np
 from ..core.formats import ModelFormat
 from ..core.tensors import InputSet, TensorSpec
 from ..errors import InvalidOptionError, ModelFormatError, UnsupportedOperatorError
-from .base import Session, fixed_batch, register_backend, run_all
+from .base import Session, register_backend, run_all
 
 # ONNX Runtime's type strings -> numpy dtype names.
 _ORT_TYPES = {
@@ -90,11 +90,6 @@ class OrtSession(Session):
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
         self._output_names = [s.name for s in self.outputs]
         self.providers = self.session.get_providers()
-
-    @property
-    def fixed_batch(self) -> int | None:
-        """The batch size every input is fixed to, or None when the batch axis is dynamic."""
-        return fixed_batch(self.inputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._output_names, self.session.run(self._output_names, feeds)))

@@ -17,9 +17,10 @@ from ..core.tensors import QuantParams, TensorSpec
 from ..errors import IncompatibleBackendError, ModelFormatError
 from .base import Session, register_backend
 
-# Ops whose weights (input 1) may be int8 while their activations stay float: "dynamic range".
-_WEIGHT_OPS = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL", "TRANSPOSE_CONV",
-               "UNIDIRECTIONAL_SEQUENCE_LSTM", "EMBEDDING_LOOKUP"}
+# Ops whose inputs after the first are weights: these may be int8 while activations stay float
+# ("dynamic range"), and `edge inspect` counts them as parameters.
+WEIGHT_OPS = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL", "TRANSPOSE_CONV",
+              "UNIDIRECTIONAL_SEQUENCE_LSTM", "EMBEDDING_LOOKUP"}
 
 
 def _quant(detail: dict) -> QuantParams | None:
@@ -45,7 +46,7 @@ def dynamic_range_ops(interpreter) -> list[str]:
     found = []
     for op in interpreter._get_ops_details():
         ins = [i for i in op["inputs"] if i >= 0]
-        if op["op_name"] in _WEIGHT_OPS and len(ins) >= 2:
+        if op["op_name"] in WEIGHT_OPS and len(ins) >= 2:
             act, weight = tensors.get(ins[0]), tensors.get(ins[1])
             if act and weight and np.dtype(act["dtype"]).kind == "f" and np.dtype(weight["dtype"]) in (np.int8, np.uint8):
                 found.append(f"{op['op_name']}#{op['index']}")

@@ -232,10 +232,10 @@ def _unary(ctx: LoweringContext, node: Node, op: str, options: str | None = None
 
 
 _UNARY = {"Relu": "RELU", "Sigmoid": "LOGISTIC", "Tanh": "TANH", "HardSwish": "HARD_SWISH", "Exp": "EXP",
-          "Sqrt": "SQRT", "Neg": "NEG", "Abs": "ABS", "Log": "LOG", "Reciprocal": None}
+          "Sqrt": "SQRT", "Neg": "NEG", "Abs": "ABS", "Log": "LOG"}
 
 
-@lowering("Relu", "Sigmoid", "Tanh", "HardSwish", "Exp", "Sqrt", "Neg", "Abs", "Log")
+@lowering(*_UNARY)
 def unary(ctx: LoweringContext, node: Node) -> None:
     _unary(ctx, node, _UNARY[node.op_type])
 

@@ -9,8 +9,8 @@ import numpy as np
 
 from ...core.tensors import QuantParams, TensorSpec
 from ...errors import ModelFormatError, require
+from ...runtimes.tflite import WEIGHT_OPS
 
-_WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL", "EMBEDDING_LOOKUP"}
 
 
 def _enum_names(enum_cls) -> dict[int, str]:
@@ -49,7 +49,7 @@ def inspect_tflite(path: Path):
 
     weights: set[int] = set()
     for op, kind in zip(ops, op_types):
-        if kind in _WEIGHT_OPS:
+        if kind in WEIGHT_OPS:
             weights.update(int(i) for i in op.InputsAsNumpy()[1:] if i >= 0)
     stats: dict[str, DtypeStats] = {}
     parameters = 0
