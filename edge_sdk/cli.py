@@ -77,7 +77,8 @@ def convert(
     static_batch: bool = typer.Option(False, "--static-batch", help="Keep the example's batch size fixed."),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)."),
     nhwc_io: bool = typer.Option(False, "--nhwc-io", help="TFLite: NHWC model inputs/outputs (no input TRANSPOSE)."),
-    exporter: str = typer.Option("dynamo", "--exporter", help="torch -> ONNX: dynamo, or torchscript (fast, deprecated)."),
+    int8_io: bool = typer.Option(False, "--int8-io", help="TFLite int8: int8 inputs/outputs (no QUANTIZE/DEQUANTIZE at the ends)."),
+    exporter: str = typer.Option("auto", "--exporter", help="torch -> ONNX: auto (dynamo for a dynamic batch, else the TorchScript tracer with dynamo as fallback), dynamo, torchscript."),
 ) -> None:
     """Convert a model to deployable artifacts, with a parity report for each."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -99,7 +100,7 @@ def convert(
                 source, to=to, quantize=quantize, out=out, calibration=calibration,
                 validation=validation, weights=weights, input_shapes=shapes, name=name,
                 block_size=block_size, symmetric=not asymmetric, activation_type=activation_type,
-                calibration_method=calibration_method, dynamic_batch=not static_batch, opset=opset, nhwc_io=nhwc_io,
+                calibration_method=calibration_method, dynamic_batch=not static_batch, opset=opset, nhwc_io=nhwc_io, int8_io=int8_io,
                 exporter=exporter,
                 progress=on_progress,
             )

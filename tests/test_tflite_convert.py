@@ -109,6 +109,26 @@ def test_digits_full_integer_int8(digits_dir, tmp_path):
             np.testing.assert_allclose(bias["quantization_parameters"]["scales"], s_in * s_w, rtol=1e-6)
 
 
+def test_digits_int8_io(digits_dir, tmp_path):
+    """--int8-io: the model takes and returns int8 (no QUANTIZE/DEQUANTIZE at the ends); parity feeds it
+    inputs quantized with its own input parameters and still matches fp32 accuracy."""
+    r = edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "int8"], int8_io=True,
+                         calibration=digits_dir / "calib.npz", validation=digits_dir / "val.npz", out=tmp_path)
+    fp32, q = r.artifact("none", "tflite"), r.artifact("int8", "tflite")
+    assert abs(q.parity.accuracy - fp32.parity.accuracy) <= 0.015
+    ops = ops_of(q.path)
+    assert "QUANTIZE" not in ops and "DEQUANTIZE" not in ops
+    assert ops_of(fp32.path).count("QUANTIZE") == 0  # fp32 is untouched by the flag
+    m = edge_sdk.load(q.path)
+    assert m.inputs[0].dtype == "int8" and m.outputs[0].dtype == "int8"
+    x = np.load(digits_dir / "val.npz")["x"][:1]
+    qp = m.inputs[0].quantization
+    xq = np.clip(np.round(x / qp.scales[0]) + qp.zero_points[0], -128, 127).astype(np.int8)
+    y = m.run({m.inputs[0].name: xq})[m.outputs[0].name]
+    ref = edge_sdk.load(fp32.path).run({m.inputs[0].name: x})
+    assert y.dtype == np.int8 and int(y.argmax()) == int(next(iter(ref.values())).argmax())
+
+
 def test_full_integer_int8_runs_ops_without_int8_lowering_in_float(tmp_path):
     class Softmaxed(torch.nn.Module):
         def __init__(self) -> None:
@@ -205,6 +225,27 @@ def test_torchscript_exporter_fast_path(tmp_path, digits_reference):
     assert any("TorchScript" in n for n in r.source.notes)
     with pytest.raises(errors.InvalidOptionError, match="exporter 'jit' unknown"):
         edge_sdk.convert(m, example_inputs=(torch.zeros(1, 1, 8, 8),), exporter="jit", out=tmp_path / "x")
+
+
+def test_auto_exporter_traces_for_fixed_batch_targets(tmp_path, monkeypatch):
+    """TFLite fixes the batch at 1, so 'auto' takes the fast tracer; with an ONNX target it keeps dynamo's
+    dynamic batch; if tracing fails it falls back to dynamo and says so."""
+    from edge_sdk.converters import torch_export
+    from examples.digits.model import DigitsCNN
+
+    torch.manual_seed(0)
+    m, x = DigitsCNN().eval(), torch.zeros(1, 1, 8, 8)
+    r = edge_sdk.convert(m, example_inputs=(x,), to="tflite", out=tmp_path / "a")
+    assert any("TorchScript" in n for n in r.source.notes) and r.source.inputs[0].shape[0] == "batch"
+    r = edge_sdk.convert(m, example_inputs=(x,), to=["onnx", "tflite"], out=tmp_path / "b")
+    assert not any("TorchScript" in n for n in r.source.notes) and r.source.inputs[0].shape[0] == "batch"
+
+    def broken(*a, **k):
+        raise errors.ConversionError("tracing failed")
+    monkeypatch.setattr(torch_export, "_export_torchscript", broken)
+    r = edge_sdk.convert(m, example_inputs=(x,), to="tflite", out=tmp_path / "c")
+    assert any("failed (tracing failed); exported with dynamo" in n for n in r.source.notes)
+    assert r.artifacts[0].parity.primary.max_abs_error < 1e-4
 
 
 def test_int4_fully_connected(transformer_dir, tmp_path):

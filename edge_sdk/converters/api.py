@@ -58,7 +58,8 @@ def convert(
     dynamic_batch: bool = True,
     opset: int | None = None,
     nhwc_io: bool = False,
-    exporter: str = "dynamo",
+    int8_io: bool = False,
+    exporter: str = "auto",
     progress: ProgressCallback | None = None,
 ) -> ConversionResult:
     """Convert ``source`` to each format in ``to`` and each mode in ``quantize``.
@@ -101,7 +102,8 @@ def convert(
     if isinstance(src, sources.TorchSource):
         from .torch_export import export_onnx
 
-        base, notes = export_onnx(src, dynamic_batch=dynamic_batch, opset=opset, exporter=exporter)
+        base, notes = export_onnx(src, dynamic_batch=dynamic_batch, opset=opset, exporter=exporter,
+                                  fixed_batch_targets=all(t.fixed_batch for t in targets))
         parameters = src.parameter_count()
     else:
         base = src.model
@@ -119,7 +121,8 @@ def convert(
         parity_inputs = random_input_set(in_specs, RANDOM_SAMPLES, seed=1, int_high=int_high)
     ref_outputs, ref_name = _reference_outputs(src, base, parity_inputs)
 
-    opts = ConvertOptions(calib, block_size, symmetric, activation_type, calibration_method, nhwc_io)
+    opts = ConvertOptions(calib, block_size, symmetric, activation_type, calibration_method, nhwc_io,
+                          int8_io)
     artifacts: list[Artifact] = []
     staged: list[list[str]] = []
     with StagingDir(out) as staging:

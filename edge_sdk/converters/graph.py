@@ -62,9 +62,35 @@ def prepare_graph(model, batch: int = 1) -> Graph:
 
         with quiet_exporter():
             m = optimizer.optimize(m)
+        # Shapes recorded by the exporter may hold symbolic dims that now conflict with the fixed
+        # batch (TorchScript traces write them); inference from the inputs alone is exact.
+        del m.graph.value_info[:]
+        for v in m.graph.output:
+            if any(not d.HasField("dim_value") for d in v.type.tensor_type.shape.dim):
+                v.type.tensor_type.ClearField("shape")
         m = shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
     except Exception as e:
         raise ConversionError(f"cannot prepare the ONNX graph for lowering: {one_line(e)}") from e
+
+    # Folding can reveal shapes inference could not see (an Expand whose target shape comes from
+    # ConstantOfShape/Where chains, as TorchScript traces write): fold, re-infer, until stable.
+    for _ in range(4):
+        nodes, constants, shapes, dtypes, folded = _collect(m)
+        if not folded or all(o in shapes for n in nodes for o in n.outputs if o):
+            break
+        m = _rebuilt(m, nodes, constants)
+        try:
+            m = shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+        except Exception as e:
+            raise ConversionError(f"cannot infer the ONNX graph's shapes: {one_line(e)}") from e
+    init = set(constants)
+    inputs = [v.name for v in m.graph.input if v.name not in init]
+    return Graph(nodes, inputs, [v.name for v in m.graph.output], constants, shapes, dtypes, m)
+
+
+def _collect(m):
+    """Plain-Python nodes, constants, static shapes and dtypes of ``m``, constant nodes folded."""
+    from onnx import helper, numpy_helper
 
     constants = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     nodes = []
@@ -87,10 +113,23 @@ def prepare_graph(model, batch: int = 1) -> Graph:
             dtypes[v.name] = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
     for name, value in constants.items():
         shapes[name], dtypes[name] = tuple(value.shape), value.dtype
-    nodes = _fold_constant_nodes(nodes, constants, shapes, dtypes, m)
-    init = set(constants)
-    inputs = [v.name for v in m.graph.input if v.name not in init]
-    return Graph(nodes, inputs, [v.name for v in m.graph.output], constants, shapes, dtypes, m)
+    kept = _fold_constant_nodes(nodes, constants, shapes, dtypes, m)
+    return kept, constants, shapes, dtypes, len(kept) < len(nodes)
+
+
+def _rebuilt(m, nodes: list[Node], constants: dict[str, np.ndarray]):
+    """``m`` with only ``nodes`` left and the constants they read as initializers."""
+    from onnx import numpy_helper
+
+    keep = {n.outputs[0] for n in nodes}
+    protos = [n for n in m.graph.node if n.op_type != "Constant" and n.output[0] in keep]
+    used = {i for n in protos for i in n.input} | {v.name for v in m.graph.output}
+    out = type(m)()
+    out.CopyFrom(m)
+    del out.graph.node[:], out.graph.initializer[:], out.graph.value_info[:]
+    out.graph.node.extend(protos)
+    out.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items() if k in used)
+    return out
 
 
 # Folds where onnx's reference evaluator is wrong or missing (its GatherElements fails on some shapes).
@@ -108,6 +147,12 @@ def _fold_constant_nodes(nodes: list[Node], constants, shapes, dtypes, model) ->
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
     kept = []
     for n in nodes:
+        if n.op_type in ("Shape", "Size") and n.domain in ("", "ai.onnx") and n.inputs[0] in shapes:
+            dims = np.array(shapes[n.inputs[0]], np.int64)  # static now that the batch is fixed
+            v = dims[n.attrs.get("start", 0):n.attrs.get("end", len(dims))] if n.op_type == "Shape" \
+                else np.array(dims.prod(), np.int64)
+            constants[n.outputs[0]], shapes[n.outputs[0]], dtypes[n.outputs[0]] = v, tuple(v.shape), v.dtype
+            continue
         if n.domain in ("", "ai.onnx") and n.inputs and all(i in constants for i in n.inputs if i):
             if n.op_type in _NUMPY_FOLDS:
                 v = np.asarray(_NUMPY_FOLDS[n.op_type]([constants[i] for i in n.inputs], n.attrs))

@@ -30,6 +30,7 @@ class ConvertOptions:
     activation_type: str = "uint8"  # U8S8 is 2x faster than S8S8 on x86 VNNI (toolchain.md)
     calibration_method: str = "minmax"
     nhwc_io: bool = False  # tflite: keep 4-D inputs/outputs NHWC instead of the source's NCHW
+    int8_io: bool = False  # tflite int8: int8 model inputs/outputs instead of float with (DE)QUANTIZE
     # per-conversion memo for work every mode of a target shares (e.g. the prepared lowering graph)
     shared: dict = field(default_factory=dict)
 

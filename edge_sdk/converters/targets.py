@@ -13,16 +13,18 @@ class Target:
     name: str
     suffix: str
     build: Callable  # (base_model, mode, options, staging, name) -> BuiltArtifact
+    # The format fixes the batch at 1 (TFLite): a dynamic batch axis in the export is wasted work.
+    fixed_batch: bool = False
 
 
 TARGETS: dict[str, Target] = {}
 
 
-def register_target(name: str, *, suffix: str):
+def register_target(name: str, *, suffix: str, fixed_batch: bool = False):
     def deco(fn):
         if name in TARGETS:
             raise ValueError(f"target '{name}' is already registered")
-        TARGETS[name] = Target(name, suffix, fn)
+        TARGETS[name] = Target(name, suffix, fn, fixed_batch)
         return fn
 
     return deco

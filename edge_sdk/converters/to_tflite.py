@@ -19,7 +19,7 @@ TFLITE_MODES = ("none", "fp16", "int8-dynamic", "int8", "int4")
 _WEIGHTS = {"none": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8": "fp32", "int4": "int4"}
 
 
-@register_target("tflite", suffix=".tflite")
+@register_target("tflite", suffix=".tflite", fixed_batch=True)
 def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: StagingDir, name: str) -> BuiltArtifact:
     if mode.name not in TFLITE_MODES:
         raise QuantizationError(
@@ -42,8 +42,9 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
 
         ranges = calibrate_ranges(graph, opts.calibration)
     float_ops: list[str] = []
+    int8_io = opts.int8_io and mode.name == "int8"
     data = lower(graph, weights=_WEIGHTS[mode.name], nhwc_io=opts.nhwc_io, ranges=ranges, float_ops=float_ops,
-                 description=f"edge-sdk: {name} ({mode.tag})")
+                 int8_io=int8_io, description=f"edge-sdk: {name} ({mode.tag})")
     file_name = f"{name}.{mode.tag}.tflite"
     staging.file(file_name).write_bytes(data)
     _smoke_load(staging.file(file_name))
@@ -74,6 +75,9 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
         info.warnings.append("dynamic-range int8 convolutions run ~4.5x slower than fp32 in LiteRT "
                              "(toolchain.md); full-integer int8 is the fast mode for CNNs")
     parameters = opts.shared["tflite.parameters"]
+    if int8_io:
+        info.activations += "; int8 inputs/outputs (--int8-io)"
+        session = _FloatIOView(session)
     if opts.nhwc_io:
         session = _NchwView(session)
     return BuiltArtifact(staging.out_dir / file_name, [file_name], session,
@@ -109,6 +113,36 @@ class _NchwView(Session):
     def run(self, feeds):
         nhwc = {k: v.transpose(0, 2, 3, 1) if v.ndim == 4 else v for k, v in feeds.items()}
         return {k: v.transpose(0, 3, 1, 2) if v.ndim == 4 else v for k, v in self.inner.run(nhwc).items()}
+
+
+class _FloatIOView(Session):
+    """Presents an int8-I/O artifact with float inputs/outputs, quantized with the model's own
+    parameters, so parity measures the model and not the caller's rounding."""
+
+    def __init__(self, inner: Session) -> None:
+        self.inner = inner
+        self.interpreter = inner.interpreter
+        self._in = {s.name: s for s in inner.inputs}
+        self._out = {s.name: s for s in inner.outputs}
+        self.inputs = [TensorSpec(s.name, s.shape, "float32" if s.quantization else s.dtype) for s in inner.inputs]
+        self.outputs = [TensorSpec(s.name, s.shape, "float32" if s.quantization else s.dtype) for s in inner.outputs]
+
+    def run(self, feeds):
+        q = {}
+        for k, v in feeds.items():
+            spec = self._in[k]
+            if spec.quantization:
+                s, z = spec.quantization.scales[0], spec.quantization.zero_points[0]
+                info = np.iinfo(spec.dtype)
+                v = np.clip(np.round(v / s) + z, info.min, info.max).astype(spec.dtype)
+            q[k] = v
+        out = {}
+        for k, v in self.inner.run(q).items():
+            spec = self._out[k]
+            if spec.quantization:
+                v = (v.astype(np.float32) - spec.quantization.zero_points[0]) * np.float32(spec.quantization.scales[0])
+            out[k] = v
+        return out
 
 
 def _to_nchw(shape):
