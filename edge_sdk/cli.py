@@ -57,10 +57,10 @@ def _main(
 @app.command()
 def convert(
     source: str = typer.Argument(..., help="model.pt2, model.onnx, or module.path:factory (with --weights)."),
-    to: list[str] = typer.Option(["onnx"], "--to", help="Target format (repeatable): onnx, tflite."),
+    to: list[str] = typer.Option(["onnx"], "--to", help="Target format (repeatable): onnx, tflite, coreml."),
     quantize: list[str] = typer.Option(
         ["none"], "--quantize", "-q",
-        help="Mode (repeatable): none|fp32, fp16, int8, int8-dynamic, int4.",
+        help="Mode (repeatable): none|fp32, fp16, int8, int8-dynamic, int4; Core ML also palettize4, palettize6.",
     ),
     out: Path = typer.Option(Path("edge-out"), "--out", "-o", help="Output directory."),
     calibration: Optional[str] = typer.Option(
@@ -78,6 +78,8 @@ def convert(
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)."),
     nhwc_io: bool = typer.Option(False, "--nhwc-io", help="TFLite: NHWC model inputs/outputs (no input TRANSPOSE)."),
     int8_io: bool = typer.Option(False, "--int8-io", help="TFLite int8: int8 inputs/outputs (no QUANTIZE/DEQUANTIZE at the ends)."),
+    coreml_target: str = typer.Option("iOS16", "--coreml-target", help="Core ML minimum deployment target: iOS16, iOS17, iOS18 (int4 needs iOS18)."),
+    coreml_precision: str = typer.Option("fp16", "--coreml-precision", help="Core ML compute precision of the compressed modes: fp16 or fp32."),
     exporter: str = typer.Option("auto", "--exporter", help="torch -> ONNX: auto (dynamo for a dynamic batch, else the TorchScript tracer with dynamo as fallback), dynamo, torchscript."),
 ) -> None:
     """Convert a model to deployable artifacts, with a parity report for each."""
@@ -101,6 +103,7 @@ def convert(
                 validation=validation, weights=weights, input_shapes=shapes, name=name,
                 block_size=block_size, symmetric=not asymmetric, activation_type=activation_type,
                 calibration_method=calibration_method, dynamic_batch=not static_batch, opset=opset, nhwc_io=nhwc_io, int8_io=int8_io,
+                coreml_target=coreml_target, coreml_precision=coreml_precision,
                 exporter=exporter,
                 progress=on_progress,
             )

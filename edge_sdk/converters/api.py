@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..core.atomic import StagingDir, ensure_writable_dir
+from ..core.atomic import StagingDir, ensure_writable_dir, path_size
 from ..core.tensors import InputSet, TensorSpec, load_input_set, random_input_set, read_npz
 from ..errors import CalibrationError, ConversionError, InvalidOptionError
 from ..runtimes.base import fixed_batch, iter_batches, run_all
@@ -59,6 +59,8 @@ def convert(
     opset: int | None = None,
     nhwc_io: bool = False,
     int8_io: bool = False,
+    coreml_target: str = "iOS16",
+    coreml_precision: str = "fp16",
     exporter: str = "auto",
     progress: ProgressCallback | None = None,
 ) -> ConversionResult:
@@ -122,7 +124,9 @@ def convert(
     ref_outputs, ref_name = _reference_outputs(src, base, parity_inputs)
 
     opts = ConvertOptions(calib, block_size, symmetric, activation_type, calibration_method, nhwc_io,
-                          int8_io)
+                          int8_io, coreml_target, coreml_precision)
+    if isinstance(src, sources.TorchSource):
+        opts.shared["torch.source"] = src  # Core ML converts torch sources with coremltools' own frontend
     artifacts: list[Artifact] = []
     staged: list[list[str]] = []
     with StagingDir(out) as staging:
@@ -145,7 +149,7 @@ def convert(
                     path=str(built.path), format=target.name,
                     quantization=Quantization(mode.name, built.info.weights, built.info.activations,
                                               built.info.details),
-                    size_bytes=sum(staging.file(f).stat().st_size for f in built.files),
+                    size_bytes=sum(path_size(staging.file(f)) for f in built.files),
                     parameters=built.parameters,
                     conversion_time_s=round(elapsed, 4),
                     parity=par,

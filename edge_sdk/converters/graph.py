@@ -44,6 +44,13 @@ class Graph:
         return self.constants.get(name)
 
 
+def shared_graph(base_model, shared: dict) -> Graph:
+    """The prepared graph of ``base_model``, built once per conversion for every target and mode."""
+    if "lowering.graph" not in shared:
+        shared["lowering.graph"] = prepare_graph(base_model)
+    return shared["lowering.graph"]
+
+
 def prepare_graph(model, batch: int = 1) -> Graph:
     """Static-shape, constant-folded view of ``model`` with symbolic batch dims set to ``batch``."""
     require("onnx", "convert", "Lowering ONNX graphs")

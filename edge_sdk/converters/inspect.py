@@ -26,7 +26,7 @@ class InspectReport:
 
 
 def inspect(path: str | Path) -> InspectReport:
-    """Describe the model at ``path`` (ONNX, .pt2); raises ModelFormatError for anything else."""
+    """Describe the model at ``path`` (ONNX, .pt2, .tflite, .mlpackage); raises ModelFormatError for anything else."""
     p = Path(path)
     fmt = detect_format(p)
     if fmt is ModelFormat.ONNX:
@@ -37,6 +37,10 @@ def inspect(path: str | Path) -> InspectReport:
         from .tflite.reader import inspect_tflite
 
         return inspect_tflite(p)
+    if fmt is ModelFormat.COREML and p.is_dir():
+        from .coreml.package import inspect_mlpackage
+
+        return inspect_mlpackage(p)
     raise ModelFormatError(f"{p}: inspecting {fmt.value} files is not supported yet; pass an .onnx, .pt2 or .tflite")
 
 

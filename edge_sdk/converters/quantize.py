@@ -31,6 +31,8 @@ class ConvertOptions:
     calibration_method: str = "minmax"
     nhwc_io: bool = False  # tflite: keep 4-D inputs/outputs NHWC instead of the source's NCHW
     int8_io: bool = False  # tflite int8: int8 model inputs/outputs instead of float with (DE)QUANTIZE
+    coreml_target: str = "iOS16"  # coreml: minimum deployment target (int4 per-block needs iOS18)
+    coreml_precision: str = "fp16"  # coreml: compute precision of the compressed modes
     # per-conversion memo for work every mode of a target shares (e.g. the prepared lowering graph)
     shared: dict = field(default_factory=dict)
 
@@ -261,3 +263,13 @@ def _int4(model, opts: ConvertOptions):
     if quantized == 0:
         info.warnings.append("no MatMul/Gemm with constant weights found: nothing was quantized to int4")
     return out, info
+
+
+def _palettize(bits: int):
+    def apply(model, opts: ConvertOptions):
+        raise QuantizationError(f"palettize{bits} (k-means lookup-table weights) is a Core ML mode: use --to coreml")
+    return apply
+
+
+register_quant_mode("palettize4", tag="pal4", summary="4-bit k-means lookup-table weights (Core ML)")(_palettize(4))
+register_quant_mode("palettize6", tag="pal6", summary="6-bit k-means lookup-table weights (Core ML)")(_palettize(6))

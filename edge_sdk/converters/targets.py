@@ -31,7 +31,7 @@ def register_target(name: str, *, suffix: str, fixed_batch: bool = False):
 
 
 def get_target(name: str) -> Target:
-    from . import to_onnx, to_tflite  # noqa: F401  (each registers its target)
+    from . import to_coreml, to_onnx, to_tflite  # noqa: F401  (each registers its target)
 
     if name not in TARGETS:
         raise InvalidOptionError(f"unknown target format '{name}'; choose one of: {', '.join(TARGETS)}")

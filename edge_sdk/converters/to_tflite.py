@@ -10,7 +10,7 @@ from ..core.atomic import StagingDir
 from ..core.tensors import TensorSpec
 from ..runtimes.base import Session
 from ..errors import CalibrationError, ConversionError, QuantizationError, require
-from .graph import prepare_graph
+from .graph import shared_graph
 from .quantize import QuantInfo, QuantMode, ConvertOptions
 from .targets import register_target
 from .to_onnx import BuiltArtifact
@@ -28,10 +28,7 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
     from ..runtimes.tflite import open_litert
     from .tflite.lower import lower
 
-    if "tflite.graph" not in opts.shared:  # every mode lowers the same prepared graph: build it once
-        opts.shared["tflite.graph"] = prepare_graph(base_model)
-        opts.shared["tflite.parameters"] = _parameters(base_model)
-    graph = opts.shared["tflite.graph"]
+    graph = shared_graph(base_model, opts.shared)  # every mode lowers the same prepared graph
     ranges = None
     if mode.name == "int8":
         if opts.calibration is None:
@@ -74,7 +71,7 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
             session.interpreter, "DEPTHWISE_CONV_2D"):
         info.warnings.append("dynamic-range int8 convolutions run ~4.5x slower than fp32 in LiteRT "
                              "(toolchain.md); full-integer int8 is the fast mode for CNNs")
-    parameters = opts.shared["tflite.parameters"]
+    parameters = weight_parameters(base_model, opts.shared)
     if int8_io:
         info.activations += "; int8 inputs/outputs (--int8-io)"
         session = _FloatIOView(session)
@@ -166,8 +163,10 @@ def _weight_storage(interpreter) -> dict[str, int]:
     return storage
 
 
-def _parameters(base_model) -> int:
-    from .onnx_graph import describe_weights
+def weight_parameters(base_model, shared: dict) -> int:
+    if "lowering.parameters" not in shared:
+        from .onnx_graph import describe_weights
 
-    return describe_weights(base_model).parameters
+        shared["lowering.parameters"] = describe_weights(base_model).parameters
+    return shared["lowering.parameters"]
 

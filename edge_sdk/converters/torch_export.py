@@ -27,19 +27,21 @@ def one_line(e: BaseException, limit: int = 200) -> str:
 def quiet_exporter():
     """Silence the exporter's chatter (``torchvision is not installed`` lines, guard errors it
     recovers from, progress prints): failures reach the user as one ConversionError line."""
-    names = ["torch", "onnxscript"] + [
-        n for n in logging.root.manager.loggerDict if n.startswith(("torch", "onnxscript"))
+    names = ["torch", "onnxscript", "coremltools"] + [
+        n for n in logging.root.manager.loggerDict if n.startswith(("torch", "onnxscript", "coremltools"))
     ]
-    saved = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.CRITICAL)
+    loggers = [logging.root] + [logging.getLogger(n) for n in names]  # coremltools logs through root
+    saved = {lg: lg.level for lg in loggers}
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):  # coremltools' tqdm bars
             warnings.simplefilter("ignore")
             yield
     finally:
-        for n, lvl in saved.items():
-            logging.getLogger(n).setLevel(lvl)
+        for lg, lvl in saved.items():
+            lg.setLevel(lvl)
 
 
 def _with_batch_of_two(example_inputs: tuple) -> tuple:

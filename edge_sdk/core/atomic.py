@@ -76,9 +76,22 @@ class StagingDir:
             src = self.path / name
             if src.exists():
                 dst = self.out_dir / name
-                os.replace(src, dst)
+                if src.is_dir() and dst.is_dir():  # a package directory: swap, then drop the old one
+                    old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=self.out_dir))
+                    os.replace(dst, old / name)
+                    os.replace(src, dst)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(src, dst)
                 moved.append(dst)
         return moved
+
+
+def path_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a directory (an .mlpackage)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def _umask() -> int:

@@ -1,0 +1,45 @@
+"""Core ML conversion of MobileNetV2-224 (plain torch, seed 0): time and package size per mode.
+
+Each mode is converted in its own edge_sdk.convert call (torch export, coremltools, compression, save and
+the numpy MIL executor's parity run all included); sizes are compared with the fp16 package, the usual
+Core ML baseline, and times with the fp16 conversion.
+
+    python benchmarks/coreml_convert.py
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+from _common import result
+
+import edge_sdk
+from examples.models.mobilenet_v2 import build_model
+
+MODES = ["fp16", "none", "int8", "int4", "palettize4", "palettize6"]
+
+
+def main() -> None:
+    model = build_model()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    times, sizes, rel = {}, {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in MODES:
+            t0 = time.perf_counter()
+            r = edge_sdk.convert(model, example_inputs=(x,), to="coreml", quantize=mode, coreml_target="iOS18",
+                                 out=f"{tmp}/{mode}", name="mobilenet_v2")
+            times[mode] = time.perf_counter() - t0
+            a = r.artifacts[0]
+            sizes[mode], rel[mode] = a.size_bytes, a.parity.primary.rel_l2_error
+    for mode in MODES:
+        result(f"coreml_convert.mobilenet_v2.{mode}.size", sizes[mode], "bytes", sizes["fp16"])
+    for mode in MODES:
+        result(f"coreml_convert.mobilenet_v2.{mode}.convert_wall", times[mode], "s", times["fp16"])
+    for mode in MODES:
+        print(f"# {mode}: relative L2 error vs torch {rel[mode]:.3g} (numpy MIL executor)")
+
+
+if __name__ == "__main__":
+    main()
