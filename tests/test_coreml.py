@@ -213,27 +213,11 @@ def test_sub_byte_unpacking_and_blockwise_dequantization():
 # --- the real models (slow) ----------------------------------------------------------------------
 
 
-def _mobilenet_with_batch_statistics():
-    """MobileNetV2 with random weights has logits of ~1e-9 (torchvision's fan-out init shrinks them layer by
-    layer), below fp16's range; BatchNorm statistics gathered on random images bring them to O(1)."""
-    from examples.models.mobilenet_v2 import build_model
-
-    m = build_model()
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.reset_running_stats()
-            mod.momentum = None  # cumulative average
-    m.train()
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for _ in range(2):
-            m(torch.randn(8, 3, 224, 224, generator=g))
-    return m.eval()
-
-
 @pytest.mark.slow
 def test_mobilenet_v2_every_mode(tmp_path):
-    model = _mobilenet_with_batch_statistics()
+    from examples.models.mobilenet_v2 import build_model, with_batch_statistics
+
+    model = with_batch_statistics(build_model())
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     for label, src, kw in [("torch", model, dict(example_inputs=(x,))), ("onnx", None, {})]:
         if src is None:

@@ -78,7 +78,7 @@ def build_coreml(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
     from .to_tflite import weight_parameters
 
     return BuiltArtifact(staging.out_dir / file_name, [file_name], session, runtime, info,
-                         weight_parameters(base_model, opts.shared), _weight_storage(session))
+                         weight_parameters(base_model, opts.shared), _weight_storage(staging.file(file_name)))
 
 
 def _float_model(base_model, opts: ConvertOptions, precision: str, ct):
@@ -224,7 +224,7 @@ class _OnnxNames(Session):
     """Presents a package whose feature names had to become identifiers under the source's names."""
 
     def __init__(self, inner: Session, renamed: dict[str, str]) -> None:
-        self.inner, self.package = inner, getattr(inner, "package", None)
+        self.inner = inner
         back = {v: k for k, v in renamed.items()}
         self._to = renamed
         self.inputs = [TensorSpec(back.get(s.name, s.name), s.shape, s.dtype) for s in inner.inputs]
@@ -236,8 +236,8 @@ class _OnnxNames(Session):
         return {self._back.get(k, k): v for k, v in out.items()}
 
 
-def _weight_storage(session) -> dict[str, int]:
-    pkg = getattr(session, "package", None)
-    if pkg is None or pkg.weights_path is None:
-        return {}
-    return {"weight.bin": pkg.weights_path.stat().st_size}
+def _weight_storage(path) -> dict[str, int]:
+    """Bytes of stored weights by dtype (compressed weights count at their packed width)."""
+    from .coreml.package import inspect_mlpackage
+
+    return {k: v.bytes for k, v in inspect_mlpackage(path).weight_dtypes.items()}

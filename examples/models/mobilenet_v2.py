@@ -74,3 +74,22 @@ class MobileNetV2(nn.Module):
 def build_model() -> MobileNetV2:
     torch.manual_seed(0)
     return MobileNetV2().eval()
+
+
+def with_batch_statistics(model: nn.Module, batches: int = 2, seed: int = 3) -> nn.Module:
+    """``model`` with BatchNorm statistics gathered on random images, in eval mode.
+
+    MobileNetV2 with random weights has logits of ~1e-9 (the fan-out init shrinks activations layer by
+    layer), below fp16's range; real statistics bring them to O(1), so fp16 and quantized artifacts can be
+    judged by relative error.
+    """
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.reset_running_stats()
+            mod.momentum = None  # cumulative average
+    model.train()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(8, 3, 224, 224, generator=g))
+    return model.eval()

@@ -136,7 +136,6 @@ def inspect_mlpackage(path: Path):
     from ..onnx_graph import DtypeStats
     from .executor import MILReferenceSession, _dtype_name, _shape
 
-    session = MILReferenceSession.__new__(MILReferenceSession)
     pkg = read_mlpackage(path)
     desc = pkg.spec.description
     block, fn = pkg.main_block()
@@ -170,6 +169,6 @@ def inspect_mlpackage(path: Path):
                                                            f"spec v{pkg.spec.specificationVersion}"),
             "opset": fn.opset, "author": desc.metadata.author,
             "description": desc.metadata.shortDescription}
-    return InspectReport(str(path), "coreml", size, [session._spec(f) for f in desc.input],
-                         [session._spec(f) for f in desc.output], dict(ops.most_common()), parameters, stats,
+    return InspectReport(str(path), "coreml", size, [MILReferenceSession._spec(f) for f in desc.input],
+                         [MILReferenceSession._spec(f) for f in desc.output], dict(ops.most_common()), parameters, stats,
                          [f"{k} ×{n}" for k, n in compression.most_common()], meta)
