@@ -116,7 +116,9 @@ def export_onnx(src: TorchSource, *, dynamic_batch: bool = True, opset: int | No
     if exporter not in EXPORTERS:
         raise InvalidOptionError(f"exporter '{exporter}' unknown; choose one of: {', '.join(EXPORTERS)}")
     fallback_note: list[str] = []
-    if exporter == "torchscript" or (exporter == "auto" and (fixed_batch_targets or not dynamic_batch)):
+    # (.pt2 programs are not traceable: their module refuses train(); they go to dynamo directly)
+    if exporter == "torchscript" or (exporter == "auto" and src.exported is None
+                                     and (fixed_batch_targets or not dynamic_batch)):
         try:
             model_proto = _export_torchscript(src, dynamic_batch, opset or 18)
             check_model(model_proto, f"exported '{src.name}'")

@@ -64,8 +64,11 @@ def read_mlpackage(path: str | Path) -> MLPackage:
         raise ModelFormatError(f"{p}: the manifest's model path '{root}' is missing or outside the package")
     if model_file.stat().st_size > MAX_SPEC_BYTES:
         raise ModelFormatError(f"{model_file} is larger than {MAX_SPEC_BYTES >> 20} MiB: not a Core ML spec")
-    require("coremltools", "coreml", "Reading .mlpackage files")
-    from coremltools.proto import Model_pb2
+    from ..torch_export import quiet_exporter
+
+    with quiet_exporter():  # coremltools' import warns about untested torch/scikit-learn versions
+        require("coremltools", "coreml", "Reading .mlpackage files")
+        from coremltools.proto import Model_pb2
 
     spec = Model_pb2.Model()
     try:
