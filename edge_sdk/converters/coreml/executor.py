@@ -18,7 +18,7 @@ import numpy as np
 from ...core.tensors import TensorSpec
 from ...errors import InferenceError, ModelFormatError, UnsupportedOperatorError
 from ...runtimes.base import Session
-from .package import MIL_DTYPES, BlobFile, MLPackage, read_mlpackage
+from .package import MIL_DTYPES, BlobFile, MLPackage, read_mlpackage, unpack_bits
 
 MIL_OPS: dict[str, Callable] = {}
 
@@ -81,8 +81,6 @@ class MILProgramExecutor:
             raw = np.frombuffer(t.bytes.values, np.uint8)
             count = int(np.prod(shape, dtype=np.int64))
             if bits < 8:
-                from .package import unpack_bits
-
                 arr = unpack_bits(raw, bits, count, signed=name.startswith("INT")).astype(np_dtype)
             else:
                 arr = raw.view(np_dtype)[:count]
@@ -171,8 +169,6 @@ def _lut_to_dense(indices=None, lut=None, shape=None):
     if shape is not None:  # iOS16: flat lut, packed uint8 indices, explicit shape
         n = int(np.prod(_ints(shape)))
         bits = int(np.log2(lut.size))
-        from .package import unpack_bits
-
         return lut[unpack_bits(np.asarray(indices, np.uint8).reshape(-1), bits, n, False)].reshape(_ints(shape))
     if lut.shape[-1] != 1:
         raise ValueError("vector palettization (vector_size > 1) is not supported")

@@ -103,7 +103,7 @@ def _describe(nodes, what: str) -> str:
 def lower_to_mil(graph: Graph, target: str = "iOS16"):
     """A MIL ``Program`` computing ``graph``; every node without a lowering is listed in one error."""
     from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.mil import Function, Program
+    from coremltools.converters.mil.mil import Function, Program, types
 
     import coremltools as ct
 
@@ -113,14 +113,12 @@ def lower_to_mil(graph: Graph, target: str = "iOS16"):
     if missing:
         raise UnsupportedOperatorError(_describe(missing, "has no Core ML lowering"), nodes=missing)
     ctx = MILContext(graph)
+    # Core ML has no int64: integer inputs (token ids) become int32
+    input_types = {np.dtype("float32"): types.fp32, np.dtype("float16"): types.fp16, np.dtype("bool"): types.bool}
     specs = {}
     for name in graph.inputs:
-        dt = graph.dtypes[name]
-        mil_dtype = {np.dtype("float32"): "fp32", np.dtype("float16"): "fp16", np.dtype("bool"): "bool"}.get(dt, "int32")
-        from coremltools.converters.mil.mil import types
-
-        specs[mil_name(name)] = mb.placeholder(shape=graph.shape(name), dtype={
-            "fp32": types.fp32, "fp16": types.fp16, "bool": types.bool, "int32": types.int32}[mil_dtype])
+        specs[mil_name(name)] = mb.placeholder(shape=graph.shape(name),
+                                               dtype=input_types.get(graph.dtypes[name], types.int32))
         ctx.used_names.add(mil_name(name))
     prog = Program()
     failed = []
