@@ -45,6 +45,25 @@ def test_digits_from_torch_every_mode(digits_coreml):
     assert any("not divisible by block 32" in s["reason"] for s in q4.quantization.details["skipped"])
 
 
+def test_torch_source_with_dynamic_batch_gives_a_flexible_batch(digits_coreml, digits_dir, tmp_path):
+    """The .pt2 has a dynamic batch: its package takes 1..64 rows in one call and matches torch on 5 of them;
+    --static-batch pins it to 1."""
+    from edge_sdk.converters.coreml.executor import MILReferenceSession
+
+    fp32 = digits_coreml.artifact("none", "coreml")
+    assert "batch 1..64" in fp32.quantization.details["frontend"]
+    s = MILReferenceSession(fp32.path)
+    assert s.inputs[0].shape[0] is None and s.inputs[0].shape[1:] == (1, 8, 8)
+    x = np.load(digits_dir / "val.npz")["x"][:5].astype(np.float32)
+    got = next(iter(s.run({s.inputs[0].name: x}).values()))
+    ref = torch.export.load(digits_dir / "digits.pt2").module()(torch.from_numpy(x)).detach().numpy()
+    assert got.shape == (5, 10)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    r = edge_sdk.convert(digits_dir / "digits.pt2", to="coreml", quantize="none", dynamic_batch=False,
+                         validation=digits_dir / "val.npz", out=tmp_path, name="digits")
+    assert MILReferenceSession(r.artifacts[0].path).inputs[0].shape[0] == 1
+
+
 def test_digits_from_onnx_uses_our_lowering(digits_result, digits_dir, tmp_path):
     onnx_path = digits_result.artifact("none", "onnx").path
     r = edge_sdk.convert(onnx_path, to="coreml", quantize=MODES, coreml_target="iOS18",
@@ -115,7 +134,7 @@ def test_corrupt_package_is_a_format_error(digits_coreml, tmp_path):
 def test_inspect_mlpackage(digits_coreml):
     info = edge_sdk.inspect(digits_coreml.artifact("int8", "coreml").path)
     assert info.format == "coreml"
-    assert info.inputs[0].name == "x" and tuple(info.inputs[0].shape) == (1, 1, 8, 8)
+    assert info.inputs[0].name == "x" and tuple(info.inputs[0].shape) == (None, 1, 8, 8)  # flexible batch
     assert info.op_histogram["conv"] == 3 and info.op_histogram["constexpr_blockwise_shift_scale"] >= 2
     assert info.weight_dtypes["int8"].tensors >= 2 and any("int8" in q for q in info.quantization)
     assert info.metadata["deployment_target"] == "iOS18"
@@ -215,16 +234,24 @@ def test_sub_byte_unpacking_and_blockwise_dequantization():
 
 @pytest.mark.slow
 def test_mobilenet_v2_every_mode(tmp_path):
+    """fp16 is held to PyTorch's own fp16 arithmetic on the same images, not to issue 5's 1e-2: this
+    random-weight net amplifies fp16 rounding across 52 convolutions (torch .half() itself: ~1.7e-2)."""
     from examples.models.mobilenet_v2 import build_model, with_batch_statistics
 
     model = with_batch_statistics(build_model())
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(6, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    np.savez(tmp_path / "val.npz", x=images.numpy())
+    with torch.no_grad():
+        ref = model(images).double()
+        torch_fp16 = float((model.half()(images.half()).double() - ref).norm() / ref.norm())
+    model.float()
     for label, src, kw in [("torch", model, dict(example_inputs=(x,))), ("onnx", None, {})]:
         if src is None:
             src = edge_sdk.convert(model, example_inputs=(x,), out=tmp_path / "onnx", name="m").artifacts[0].path
-        r = edge_sdk.convert(src, to="coreml", quantize=MODES, coreml_target="iOS18", out=tmp_path / label, **kw)
-        # 52 convolutions with fp16 storage between ops: 1.3e-2 on this random-weight net (issue 5 asks 1e-2)
-        fp32 = _check_modes(r, fp16_rel_l2=2e-2)
+        r = edge_sdk.convert(src, to="coreml", quantize=MODES, coreml_target="iOS18", validation=tmp_path / "val.npz",
+                             out=tmp_path / label, **kw)
+        fp32 = _check_modes(r, fp16_rel_l2=torch_fp16)
         assert fp32.parity.primary.rel_l2_error <= 1e-5
         assert r.artifact("palettize4", "coreml").size_bytes < 0.3 * fp32.size_bytes
         assert r.artifact("int8", "coreml").parity.primary.cosine_similarity >= 0.99

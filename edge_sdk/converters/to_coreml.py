@@ -29,6 +29,7 @@ COREML_MODES = ("none", "fp16", "int8", "int4", "palettize4", "palettize6")
 PRECISIONS = ("fp16", "fp32")
 INT4_BLOCK = 32
 MIN_WEIGHT_ELEMENTS = 2048  # coremltools' default weight_threshold: smaller tensors stay float
+FLEXIBLE_BATCH = 64  # upper bound of a flexible batch axis (torch sources with a dynamic batch)
 
 
 @register_target("coreml", suffix=".mlpackage", fixed_batch=True)
@@ -72,6 +73,10 @@ def build_coreml(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
         info.warnings.append(f"{len(details['skipped'])} weight tensor(s) left uncompressed: "
                              + "; ".join(f"{s['name']} ({s['reason']})" for s in details["skipped"][:5])
                              + (" ..." if len(details["skipped"]) > 5 else ""))
+    if frontend.startswith("edge-sdk") and any(s.shape and not isinstance(s.shape[0], int)
+                                               for s in input_specs(base_model)):
+        info.warnings.append("the package has a fixed batch of 1 (our ONNX lowering folds shapes at batch 1); "
+                             "convert from the PyTorch source for a flexible batch")
     if runtime.startswith("edge-sdk"):
         info.warnings.append("Core ML runs only on Apple systems: parity was measured with edge-sdk's numpy MIL "
                              "executor on the saved package")
@@ -105,33 +110,55 @@ def _float_model(base_model, opts: ConvertOptions, precision: str, ct):
                 model = ct.convert(prog, **kw)
         except Exception as e:
             raise ConversionError(f"coremltools could not compile the lowered MIL program: {one_line(e)}") from e
-        frontend = "edge-sdk ONNX -> MIL lowering" + (f" (coremltools' torch frontend failed: {errors[-1]})"
-                                                       if errors else "")
+        frontend = "edge-sdk ONNX -> MIL lowering; batch 1" + (f" (coremltools' torch frontend failed: {errors[-1]})"
+                                                                if errors else "")
     model = _rename_features(model, base_model, ct)
     opts.shared[key] = (model, frontend)
     return model, frontend
 
 
 def _from_torch(src, base_model, kw, ct, errors: list[str]):
-    """coremltools' torch frontend on a batch-1 example: the trace path, then torch.export."""
+    """coremltools' torch frontend: the trace path, then torch.export.
+
+    Where the ONNX base graph kept a dynamic batch, the package takes a flexible batch too
+    (1..``FLEXIBLE_BATCH``, default 1: a bounded range, which Core ML can plan memory for); a model
+    that only converts with a fixed batch gets batch 1 and a note.
+    """
     import torch
 
-    from ..converters.torch_export import one_line, quiet_exporter
+    from ..converters.torch_export import _with_batch_of_two, one_line, quiet_exporter
     from .onnx_graph import input_specs
 
+    specs = input_specs(base_model)
+    flexible = bool(specs) and all(s.shape and not isinstance(s.shape[0], int) for s in specs)
     example = tuple(t[:1] if isinstance(t, torch.Tensor) and t.dim() else t for t in src.example_inputs)
-    names = [s.name for s in input_specs(base_model)]
-    inputs = [ct.TensorType(name=n, shape=tuple(t.shape),
-                            dtype=np.float32 if t.is_floating_point() else np.int32) for n, t in zip(names, example)]
-    attempts = [("coremltools torch frontend (jit.trace)", lambda: torch.jit.trace(src.module, example))]
-    attempts.append(("coremltools torch frontend (torch.export)",
-                     lambda: torch.export.export(src.module, example).run_decompositions({})))
-    for label, make in attempts:
+
+    def inputs(batch):
+        return [ct.TensorType(name=s.name, shape=ct.Shape((batch, *t.shape[1:])) if t.dim() else (),
+                              dtype=np.float32 if t.is_floating_point() else np.int32)
+                for s, t in zip(specs, example)]
+
+    def exported(dynamic: bool):
+        if not dynamic:
+            return torch.export.export(src.module, example).run_decompositions({})
+        args = _with_batch_of_two(example)
+        dims = tuple({0: torch.export.Dim("batch", min=1, max=FLEXIBLE_BATCH)} if a.dim() else None for a in args)
+        return torch.export.export(src.module, args, dynamic_shapes=dims).run_decompositions({})
+
+    batch_dim = ct.RangeDim(lower_bound=1, upper_bound=FLEXIBLE_BATCH, default=1)
+    attempts = []  # (label, flexible, make the program, inputs for ct.convert)
+    for flex in ([True, False] if flexible else [False]):
+        attempts += [("jit.trace", flex, lambda: torch.jit.trace(src.module, example),
+                      inputs(batch_dim if flex else 1)),
+                     ("torch.export", flex, lambda f=flex: exported(f), None)]
+    for label, flex, make, ins in attempts:
         try:
             with quiet_exporter(), torch.no_grad():
-                program = make()
-                model = ct.convert(program, inputs=inputs if "trace" in label else None, **kw)
-            return model, label
+                model = ct.convert(make(), inputs=ins, **kw)
+            note = f"batch 1..{FLEXIBLE_BATCH}" if flex else "batch 1"
+            if flexible and not flex:
+                note += f" (a flexible batch failed: {errors[-1]})"
+            return model, f"coremltools torch frontend ({label}); {note}"
         except Exception as e:  # the frontend raises many types for ops it lacks
             errors.append(one_line(e, 120))
     return None, None

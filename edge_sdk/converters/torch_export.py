@@ -162,10 +162,15 @@ def export_onnx(src: TorchSource, *, dynamic_batch: bool = True, opset: int | No
     if dynamic_batch and label == "static" and src.exported is None:
         notes.append("batch axis kept static: the model does not export with a dynamic batch")
     model_proto = program.model_proto
-    # Give symbolic batch dims one readable name.
+    # Give symbolic batch dims one readable name; --static-batch pins them (a .pt2 program exported
+    # with a dynamic batch keeps it through dynamo otherwise).
+    batch = next((int(t.shape[0]) for t in src.example_inputs if isinstance(t, torch.Tensor) and t.dim()), 1)
     for v in list(model_proto.graph.input) + list(model_proto.graph.output):
         dims = v.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_param"):
-            dims[0].dim_param = BATCH_DIM
+            if dynamic_batch:
+                dims[0].dim_param = BATCH_DIM
+            else:
+                dims[0].dim_value = batch
     check_model(model_proto, f"exported '{src.name}'")
     return model_proto, notes
