@@ -14,6 +14,7 @@ class OutputParity:
     rel_l2_error: float
     cosine_similarity: float  # mean over samples (over the whole output when samples are scalars)
     top1_agreement: float | None  # classifier outputs ([N, C], C >= 2) only
+    kl_divergence: float | None = None  # language models: mean KL(reference || artifact) per position
 
 
 @dataclass

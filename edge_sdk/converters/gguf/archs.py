@@ -1,0 +1,174 @@
+"""Architecture units for Hugging Face -> GGUF: hyperparameter keys, tensor names, tensor transforms.
+
+One small class per architecture family, registered by the ``architectures`` name in config.json;
+names map through gguf's ``TensorNameMap`` (llama.cpp's own table), so a new architecture is a
+subclass saying what differs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import SourceError
+from .checkpoint import HFCheckpoint
+
+ARCHITECTURES: dict[str, "ArchUnit"] = {}
+
+
+def register_arch(*hf_names: str):
+    def deco(cls):
+        for n in hf_names:
+            ARCHITECTURES[n] = cls()
+        return cls
+
+    return deco
+
+
+def _first(cfg: dict, *keys: str, default=None):
+    for k in keys:
+        if k in cfg and cfg[k] is not None:
+            return cfg[k]
+    return default
+
+
+class ArchUnit:
+    gguf_arch: str = ""  # gguf.MODEL_ARCH member name
+    skip_suffixes: tuple[str, ...] = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")
+
+    def arch(self):
+        import gguf
+
+        return getattr(gguf.MODEL_ARCH, self.gguf_arch)
+
+    def arch_name(self) -> str:
+        import gguf
+
+        return gguf.MODEL_ARCH_NAMES[self.arch()]
+
+    def write_hparams(self, w, cfg: dict, ckpt: HFCheckpoint) -> None:
+        """The keys every transformer writes (llama.cpp's TextModel): sizes, heads, norms, rope base."""
+        w.add_block_count(int(_first(cfg, "num_hidden_layers", "n_layer", "num_layers")))
+        ctx = _first(cfg, "max_position_embeddings", "n_positions", "n_ctx")
+        if ctx is not None:
+            w.add_context_length(int(ctx))
+        w.add_embedding_length(int(_first(cfg, "hidden_size", "n_embd", "dim")))
+        w.add_feed_forward_length(int(_first(cfg, "intermediate_size", "n_inner")))
+        w.add_head_count(int(_first(cfg, "num_attention_heads", "n_head")))
+        kv = _first(cfg, "num_key_value_heads")
+        if kv is not None:
+            w.add_head_count_kv(int(kv))
+        theta = _first(cfg, "rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta")
+        if theta is not None:
+            w.add_rope_freq_base(float(theta))
+        if (eps := _first(cfg, "rms_norm_eps")) is not None:
+            w.add_layer_norm_rms_eps(float(eps))
+        if (eps := _first(cfg, "layer_norm_eps", "layer_norm_epsilon")) is not None:
+            w.add_layer_norm_eps(float(eps))
+        scaling = cfg.get("rope_scaling") or {}
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind == "linear":
+            import gguf
+
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(scaling["factor"]))
+        elif kind not in (None, "default"):
+            raise SourceError(f"rope scaling '{kind}' is not supported yet (linear and none are)")
+
+    def rename(self, hf_name: str, n_blocks: int) -> str | None:
+        """The GGUF name of ``hf_name``; None to leave the tensor out."""
+        import gguf
+
+        if hf_name.endswith(self.skip_suffixes):
+            return None
+        new = gguf.get_tensor_name_map(self.arch(), n_blocks).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise SourceError(f"tensor '{hf_name}' has no GGUF name for architecture '{self.arch_name()}'")
+        return new
+
+    def transform(self, hf_name: str, data: np.ndarray, cfg: dict) -> np.ndarray:
+        return data
+
+    def keep_float(self, gguf_name: str) -> bool:
+        """Tensors stored as F32 whatever the requested type (llama.cpp reads them so)."""
+        return gguf_name.endswith((".bias", "_norm.weight")) or gguf_name in ("position_embd.weight",
+                                                                              "token_types.weight")
+
+
+def permute_rotary(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
+    """Hugging Face's q/k rows (two rotary halves per head) in llama.cpp's interleaved-pairs order."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+@register_arch("LlamaForCausalLM", "MistralForCausalLM")
+class Llama(ArchUnit):
+    gguf_arch = "LLAMA"
+
+    def write_hparams(self, w, cfg, ckpt) -> None:
+        super().write_hparams(w, cfg, ckpt)
+        w.add_vocab_size(int(cfg["vocab_size"]))
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        w.add_rope_dimension_count(int(head_dim))
+
+    def transform(self, hf_name, data, cfg):
+        n_head = cfg["num_attention_heads"]
+        if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+            return permute_rotary(data, n_head, n_head)
+        if hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+            return permute_rotary(data, n_head, cfg.get("num_key_value_heads", n_head))
+        return data
+
+
+@register_arch("Qwen2ForCausalLM")
+class Qwen2(ArchUnit):
+    gguf_arch = "QWEN2"  # NEOX rotary: Hugging Face's layout as is
+
+
+@register_arch("BertModel", "BertForMaskedLM")
+class Bert(ArchUnit):
+    gguf_arch = "BERT"
+    _dropped = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
+
+    def write_hparams(self, w, cfg, ckpt) -> None:
+        super().write_hparams(w, cfg, ckpt)
+        w.add_causal_attention(False)
+        pooling = _pooling_type(ckpt)
+        if pooling is not None:
+            w.add_pooling_type(pooling)
+        w.add_token_type_count(int(cfg.get("type_vocab_size", 1)))
+
+    def rename(self, hf_name, n_blocks):
+        name = hf_name.removeprefix("bert.")
+        if name in self._dropped or name.startswith(("cls.predictions", "cls.seq_relationship")):
+            return None
+        name = name.replace(".gamma", ".weight").replace(".beta", ".bias")
+        return super().rename(name, n_blocks)
+
+
+def _pooling_type(ckpt: HFCheckpoint):
+    """sentence-transformers' pooling (modules.json -> <Pooling>/config.json) as gguf.PoolingType."""
+    import gguf
+
+    modules = ckpt.json("modules.json")
+    if not modules:
+        return None
+    pool = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
+    if pool is None:
+        return None
+    cfg = ckpt.json(f"{pool.get('path', '')}/config.json".lstrip("/")) or {}
+    if cfg.get("pooling_mode_mean_tokens") or cfg.get("pooling_mode") == "mean":
+        return gguf.PoolingType.MEAN
+    if cfg.get("pooling_mode_cls_token") or cfg.get("pooling_mode") == "cls":
+        return gguf.PoolingType.CLS
+    if cfg.get("pooling_mode_lasttoken") or cfg.get("pooling_mode") == "lasttoken":
+        return gguf.PoolingType.LAST
+    raise SourceError(f"sentence-transformers pooling in {pool.get('path')}/config.json is not mean, cls or last-token")
+
+
+def arch_unit(ckpt: HFCheckpoint) -> ArchUnit:
+    name = ckpt.architecture
+    if name not in ARCHITECTURES:
+        raise SourceError(f"architecture '{name}' cannot be converted to GGUF yet; supported: "
+                          f"{', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[name]
