@@ -56,11 +56,13 @@ def _main(
 
 @app.command()
 def convert(
-    source: str = typer.Argument(..., help="model.pt2, model.onnx, or module.path:factory (with --weights)."),
-    to: list[str] = typer.Option(["onnx"], "--to", help="Target format (repeatable): onnx, tflite, coreml."),
+    source: str = typer.Argument(..., help="model.pt2, model.onnx, module.path:factory (with --weights), "
+                                 "or for --to gguf a Hugging Face checkpoint directory or model.gguf."),
+    to: list[str] = typer.Option(["onnx"], "--to", help="Target format (repeatable): onnx, tflite, coreml; or gguf (alone) from a Hugging Face checkpoint or a .gguf."),
     quantize: list[str] = typer.Option(
         ["none"], "--quantize", "-q",
-        help="Mode (repeatable): none|fp32, fp16, int8, int8-dynamic, int4; Core ML also palettize4, palettize6.",
+        help="Mode (repeatable): none|fp32, fp16, int8, int8-dynamic, int4; Core ML also palettize4, palettize6; "
+             "GGUF: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K Q4_K_S Q4_K_M Q5_K_S Q5_K_M.",
     ),
     out: Path = typer.Option(Path("edge-out"), "--out", "-o", help="Output directory."),
     calibration: Optional[str] = typer.Option(
@@ -118,17 +120,20 @@ def print_conversion(result) -> None:
     title = (f"{src.name}: parity vs {first.reference} on {first.samples} samples "
              f"({'random' if first.synthetic_inputs else first.inputs})")
     table = Table(box=box.SIMPLE_HEAD, title=escape(title))
-    for col in ("artifact", "size", "params", "max abs err", "rel L2", "cosine", "top-1 agree",
-                "accuracy", "time s"):
+    language_model = any(a.parity.primary.kl_divergence is not None for a in result.artifacts)
+    last = ("KL div", "bits/weight") if language_model else ("accuracy",)
+    for col in ("artifact", "size", "params", "max abs err", "rel L2", "cosine", "top-1 agree", *last, "time s"):
         table.add_column(col, justify="left" if col == "artifact" else "right", no_wrap=True)
     for a in result.artifacts:
         p = a.parity.primary
+        extra = ((f"{p.kl_divergence:.2e}" if p.kl_divergence is not None else "-",
+                  f"{a.quantization.details.get('bits_per_weight', 0):.2f}") if language_model
+                 else ("-" if a.parity.accuracy is None else f"{100 * a.parity.accuracy:.2f}%",))
         table.add_row(
             escape(Path(a.path).name), _human_bytes(a.size_bytes), f"{a.parameters:,}",
             f"{p.max_abs_error:.2e}", f"{p.rel_l2_error:.2e}", f"{p.cosine_similarity:.6f}",
             "-" if p.top1_agreement is None else f"{100 * p.top1_agreement:.2f}%",
-            "-" if a.parity.accuracy is None else f"{100 * a.parity.accuracy:.2f}%",
-            f"{a.conversion_time_s:.2f}",
+            *extra, f"{a.conversion_time_s:.2f}",
         )
     console.print(table)
     if first.reference_accuracy is not None:

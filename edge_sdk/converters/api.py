@@ -71,6 +71,8 @@ def convert(
     ONNX run in fp32) on ``validation`` data, else ``calibration`` data, else seeded random inputs.
     Nothing is written to ``out`` unless every artifact succeeds.
     """
+    if "gguf" in [str(t).lower() for t in _listify(to)]:
+        return _convert_gguf(source, _listify(to), _listify(quantize), out, name, progress)
     targets = list({t.name: t for t in map(get_target, _listify(to))}.values())
     modes = list({m.name: m for m in map(get_mode, _listify(quantize))}.values())
     if not modes:
@@ -171,6 +173,23 @@ def convert(
     )
     result.write(out)
     return result
+
+
+def _convert_gguf(source, to: list[str], quantize: list[str], out, name, progress) -> ConversionResult:
+    """GGUF is written from checkpoints directly (no ONNX graph in between): its own pipeline."""
+    if len(to) > 1:
+        raise InvalidOptionError("--to gguf converts Hugging Face checkpoints and GGUF files; give it alone")
+    if not isinstance(source, (str, Path)):
+        raise InvalidOptionError("--to gguf needs a Hugging Face checkpoint directory or a .gguf file")
+    if name is not None and not _SAFE_NAME.fullmatch(name):
+        raise InvalidOptionError(f"--name '{name}' must be a plain file name (letters, digits, '.', '_', '-')")
+    from .gguf.api import convert_gguf
+
+    def on_step(desc: str, step: int, total: int) -> None:
+        if progress:
+            progress(ProgressEvent(step, total, desc))
+
+    return convert_gguf(source, quantize=quantize, out=out, name=name, progress=on_step)
 
 
 def _tinfo(s: TensorSpec) -> TensorInfo:
