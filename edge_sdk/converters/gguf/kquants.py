@@ -7,6 +7,8 @@ float32; sums run element by element in the C loop order (``np.add.accumulate``,
 sequential, never numpy's pairwise ``sum``); ``nearest_int`` is round-half-to-even (``np.rint``),
 which is what its 1.5*2^23 trick computes. Work is vectorized across all blocks of a tensor, so the
 Python loops are over the 16..32 elements of a sub-block and the 16..21 scale candidates, not over blocks.
+Groups are held element-major, ``(group size, groups)``, so each step of a sequential sum is one
+contiguous vector add.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ F = np.float32
 
 
 def _acc(a: np.ndarray) -> np.ndarray:
-    """Sum over the last axis, sequentially in float32 (a C ``for`` loop's ``s += a[i]``)."""
-    return np.add.accumulate(a, axis=-1, dtype=np.float32)[..., -1]
+    """Sum over axis 0 (a group's elements), in order, in float32: a C loop's ``s += a[i]`` from 0."""
+    s = a[0] + F(0)
+    for row in a[1:]:
+        s += row
+    return s
 
 
 def _nearest(v: np.ndarray) -> np.ndarray:
@@ -32,21 +37,21 @@ def _fp16(v: np.ndarray) -> np.ndarray:
 
 
 def _make_qkx2(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
-    """``make_qkx2_quants`` (use_mad=false) over rows of ``x``: (scale, the_min, L)."""
-    mn = np.minimum(x.min(axis=-1), F(0))
-    mx = x.max(axis=-1)
+    """``make_qkx2_quants`` (use_mad=false) over the columns of ``x`` (n, groups): (scale, the_min, L)."""
+    mn = np.minimum(x.min(axis=0), F(0))
+    mx = x.max(axis=0)
     sum_w, sum_x = _acc(w), _acc(w * x)
     flat = mx == mn
     with np.errstate(divide="ignore", invalid="ignore"):
-        iscale = F(nmax) / (mx - mn)[:, None]
-        scale = (F(1) / iscale)[:, 0]
-        L = np.clip(_nearest(iscale * (x - mn[:, None])), 0, nmax)
-        diff = (scale[:, None] * L.astype(F) + mn[:, None]) - x
+        iscale = F(nmax) / (mx - mn)
+        scale = F(1) / iscale
+        L = np.clip(_nearest(iscale * (x - mn)), 0, nmax)
+        diff = (scale * L.astype(F) + mn) - x
         best = _acc(w * (diff * diff))
         for step in range(nstep + 1):
             # C reads ``min`` as updated by the previous accepted candidate
-            iscale = (F(rmin) + F(rdelta) * F(step) + F(nmax)) / (mx - mn)[:, None]
-            la = np.clip(_nearest(iscale * (x - mn[:, None])), 0, nmax)
+            iscale = (F(rmin) + F(rdelta) * F(step) + F(nmax)) / (mx - mn)
+            la = np.clip(_nearest(iscale * (x - mn)), 0, nmax)
             lf = la.astype(F)
             wl = w * lf
             sum_l, sum_l2, sum_xl = _acc(wl), _acc(wl * lf), _acc(wl * x)
@@ -56,14 +61,14 @@ def _make_qkx2(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: flo
             pos = this_min > 0
             this_min = np.where(pos, F(0), this_min)
             this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-            diff = (this_scale[:, None] * lf + this_min[:, None]) - x
+            diff = (this_scale * lf + this_min) - x
             err = _acc(w * (diff * diff))
             better = (D > 0) & (err < best) & ~flat  # a flat group returned early in C
-            L = np.where(better[:, None], la, L)
+            L = np.where(better, la, L)
             best = np.where(better, err, best)
             scale = np.where(better, this_scale, scale)
             mn = np.where(better, this_min, mn)
-    L[flat] = 0
+    L[:, flat] = 0
     scale = np.where(flat, F(0), scale).astype(F)
     return scale, (-mn).astype(F), L
 
@@ -82,10 +87,11 @@ def _pack_scales_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
 def _q45_k(x: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
     """Shared part of Q4_K / Q5_K: super-block scales and the final levels L (nb, 256)."""
     nb = x.shape[0] // QK_K
-    xs = x.reshape(nb * 8, 32)
+    xs = np.ascontiguousarray(x.reshape(nb * 8, 32).T)  # (32, groups)
     av_x = np.sqrt(_acc(xs * xs) / F(32))
-    w = av_x[:, None] + np.abs(xs)
+    w = av_x + np.abs(xs)
     scales, mins, L = _make_qkx2(xs, w, nmax, rmin, rdelta, nstep)
+    L = L.T
     scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
     max_scale = np.maximum(scales.max(axis=1), F(0))
     max_min = np.maximum(mins.max(axis=1), F(0))
@@ -130,30 +136,31 @@ def quantize_q5_k(x: np.ndarray) -> np.ndarray:
 
 
 def _make_qx_rmse1(x: np.ndarray, nmax: int):
-    """``make_qx_quants(n, nmax, x, L, rmse_type=1, NULL)`` over rows: (scale, L in 0..2*nmax-1)."""
+    """``make_qx_quants(n, nmax, x, L, rmse_type=1, NULL)`` over the columns of ``x`` (n, groups):
+    (scale, L in 0..2*nmax-1)."""
     ax = np.abs(x)
-    amax = ax.max(axis=1)
-    mx = np.take_along_axis(x, ax.argmax(axis=1)[:, None], axis=1)  # first index of the largest |x|
+    amax = ax.max(axis=0)
+    mx = np.take_along_axis(x, ax.argmax(axis=0)[None, :], axis=0)[0]  # first index of the largest |x|
     w = x * x
+    wx = w * x
     with np.errstate(divide="ignore", invalid="ignore"):
         iscale = F(-nmax) / mx
-        l = np.clip(_nearest(iscale * x), -nmax, nmax - 1)
-        lf = l.astype(F)
-        sumlx, suml2 = _acc((w * x) * lf), _acc((w * lf) * lf)
+        L = np.clip(_nearest(iscale * x), -nmax, nmax - 1)
+        lf = L.astype(F)
+        sumlx, suml2 = _acc(wx * lf), _acc((w * lf) * lf)
         scale = np.where(suml2 != 0, sumlx / suml2, F(0)).astype(F)
         best = scale * sumlx
-        L = l
         for step in (*range(-9, 0), *range(1, 10)):
             iscale = -(F(nmax) + F(0.1) * F(step)) / mx
             li = np.clip(_nearest(iscale * x), -nmax, nmax - 1)
             lf = li.astype(F)
-            sumlx, suml2 = _acc((w * x) * lf), _acc((w * lf) * lf)
+            sumlx, suml2 = _acc(wx * lf), _acc((w * lf) * lf)
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            L = np.where(better[:, None], li, L)
+            L = np.where(better, li, L)
             scale = np.where(better, sumlx / suml2, scale)
             best = np.where(better, scale * sumlx, best)
     zero = amax < F(1e-15)
-    L = np.where(zero[:, None], 0, L + nmax)  # GROUP_MAX_EPS: an all-zero group keeps L = 0
+    L = np.where(zero, 0, L + nmax)  # GROUP_MAX_EPS: an all-zero group keeps L = 0
     return np.where(zero, F(0), scale).astype(F), L
 
 
@@ -162,8 +169,8 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, np.float32)
     flat = x.reshape(-1)
     nb = flat.size // QK_K
-    scales, L = _make_qx_rmse1(flat.reshape(nb * 16, 16), 32)
-    scales, L = scales.reshape(nb, 16), L.reshape(nb, 16, 16)
+    scales, L = _make_qx_rmse1(np.ascontiguousarray(flat.reshape(nb * 16, 16).T), 32)
+    scales, L = scales.reshape(nb, 16), L.T.reshape(nb, 16, 16)
     first = np.abs(scales).argmax(axis=1)  # first index of the largest |scale|
     max_scale = np.take_along_axis(scales, first[:, None], axis=1)[:, 0]
     empty = np.abs(max_scale) < F(1e-15)

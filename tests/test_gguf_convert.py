@@ -1,0 +1,170 @@
+"""edge convert --to gguf, checked by llama.cpp itself (llama-cpp-python): the files load, their logits
+match transformers on the same checkpoint, llama.cpp's tokenizer agrees with the Hugging Face one, and
+every tensor equals what llama.cpp's own quantizer (llama_model_quantize) writes from the same input."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+import edge_sdk
+from edge_sdk import errors
+
+from tests.conftest import listing, tiny_causal_lm
+
+gguf = pytest.importorskip("gguf")
+llama_cpp = pytest.importorskip("llama_cpp")
+
+FTYPES = {"Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q8_0": 7, "Q4_0": 2}
+
+
+def llama_quantize(src, dst, ftype: int, pure: bool = False) -> None:
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread, params.pure = ftype, 2, pure
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) == 0
+
+
+def differing_tensors(ours, theirs) -> list[str]:
+    a = {t.name: t for t in gguf.GGUFReader(ours).tensors}
+    b = {t.name: t for t in gguf.GGUFReader(theirs).tensors}
+    assert set(a) == set(b)
+    return [n for n in b if a[n].tensor_type != b[n].tensor_type
+            or not np.array_equal(np.asarray(a[n].data), np.asarray(b[n].data))]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(smollm2_hf_dir, tmp_path_factory):
+    d = tiny_causal_lm("llama", tmp_path_factory.mktemp("tiny-llama"), smollm2_hf_dir)
+    return d, edge_sdk.convert(d, to="gguf", quantize=["F32", *FTYPES, "Q4_K"], out=d / "out", name="t")
+
+
+def test_tiny_llama_logits_and_mixes(tiny_llama):
+    _, r = tiny_llama
+    f32 = r.artifact("F32", "gguf")
+    assert f32.parity.primary.top1_agreement == 1.0 and f32.parity.primary.rel_l2_error <= 1e-3
+    assert f32.parity.runtime.startswith("llama.cpp")
+    m = r.artifact("Q4_K_M", "gguf").quantization.details
+    # 8 layers: use_more_bits picks layers 0, 3, 6, 7 for attn_v and ffn_down; the untied output is Q6_K
+    assert m["tensor_types"] == {"F32": 17, "Q4_K": 49, "Q6_K": 9}
+    assert m["type_changes"]["blk.3.attn_v.weight"].endswith("Q6_K") and "blk.2.attn_v.weight" not in m["type_changes"]
+    assert 4.5 < m["bits_per_weight"] < 5.5
+
+
+@pytest.mark.parametrize("ftype", [*FTYPES, "Q4_K"])
+def test_every_tensor_equals_llama_quantize(tiny_llama, ftype, tmp_path):
+    """Q4_K / Q5_K / Q6_K blocks and the mixes' type choices, byte for byte (Q4_K = --pure Q4_K_S)."""
+    _, r = tiny_llama
+    theirs = tmp_path / "ref.gguf"
+    llama_quantize(r.artifact("F32", "gguf").path, theirs, FTYPES.get(ftype, 14), pure=ftype == "Q4_K")
+    assert differing_tensors(r.artifact(ftype, "gguf").path, theirs) == []
+
+
+def test_tiny_qwen2_converts_and_matches_transformers(smollm2_hf_dir, tmp_path):
+    d = tiny_causal_lm("qwen2", tmp_path / "qwen2", smollm2_hf_dir)
+    r = edge_sdk.convert(d, to="gguf", quantize=["F32", "Q4_K_M"], out=tmp_path / "out")
+    f32 = r.artifact("F32", "gguf")
+    assert f32.parity.primary.top1_agreement == 1.0 and f32.parity.primary.rel_l2_error <= 1e-3
+    names = {t.name for t in gguf.GGUFReader(f32.path).tensors}
+    assert "blk.0.attn_q.bias" in names  # Qwen2's q/k/v biases, kept F32
+    assert differing_tensors(r.artifact("Q4_K_M", "gguf").path, _quantized(f32.path, 15, tmp_path)) == []
+
+
+def _quantized(path, ftype, tmp_path):
+    out = tmp_path / f"ref{ftype}.gguf"
+    llama_quantize(path, out, ftype)
+    return out
+
+
+@pytest.mark.slow
+def test_smollm2_every_type(smollm2_hf_dir, tmp_path):
+    types = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q4_K_S", "Q4_K_M"]
+    r = edge_sdk.convert(smollm2_hf_dir, to="gguf", quantize=types, out=tmp_path / "out", name="smol")
+    f32, f16 = r.artifact("F32", "gguf").parity.primary, r.artifact("F16", "gguf").parity.primary
+    assert f32.top1_agreement == 1.0 and f32.rel_l2_error <= 1e-3
+    assert f16.rel_l2_error <= 1e-2
+    kl = {a.mode: a.parity.primary.kl_divergence for a in r.artifacts}
+    assert kl["F32"] < kl["Q8_0"] < kl["Q4_K_M"] < kl["Q4_0"]  # fewer bits, further from the source
+    for a in r.artifacts:
+        assert a.quantization.details["tokenizer_agreement"] == 1.0
+        assert a.parity.primary.top1_agreement >= 0.5, a.mode
+    # tied embeddings: token_embd is the output matrix -> Q8_0 (576 columns); like llama.cpp, byte for byte
+    assert r.artifact("Q4_K_M", "gguf").quantization.details["type_changes"]["token_embd.weight"].endswith("Q8_0")
+    assert differing_tensors(r.artifact("Q4_K_M", "gguf").path,
+                             _quantized(r.artifact("F32", "gguf").path, 15, tmp_path)) == []
+    report = json.loads((tmp_path / "out" / "conversion.json").read_text())
+    assert report["source"]["kind"] == "hf" and len(report["artifacts"]) == len(types)
+
+
+@pytest.mark.slow
+def test_requantize_gguf_source_equals_llama_quantize(smollm2_hf_dir, tmp_path):
+    """A GGUF source (here our F16 file) re-quantized by us and by llama.cpp: same tensors."""
+    f16 = edge_sdk.convert(smollm2_hf_dir, to="gguf", quantize="F16", out=tmp_path / "f16", name="s").artifacts[0].path
+    r = edge_sdk.convert(f16, to="gguf", quantize="Q4_K_M", out=tmp_path / "q", name="s")
+    assert r.source.kind == "gguf" and r.artifacts[0].parity.reference.endswith("source GGUF")
+    assert r.artifacts[0].parity.primary.top1_agreement >= 0.7
+    assert differing_tensors(r.artifacts[0].path, _quantized(f16, 15, tmp_path)) == []
+
+
+def test_minilm_embeddings_match(minilm_dir, tmp_path):
+    r = edge_sdk.convert(minilm_dir, to="gguf", quantize=["F32", "F16", "Q8_0", "Q4_K_M"], out=tmp_path)
+    assert r.artifact("F32", "gguf").parity.primary.cosine_similarity >= 0.9999
+    assert r.artifact("Q4_K_M", "gguf").parity.primary.cosine_similarity >= 0.98
+    for a in r.artifacts:
+        assert a.quantization.details["tokenizer_agreement"] == 1.0
+    reader = gguf.GGUFReader(r.artifact("F32", "gguf").path)
+    assert reader.fields["bert.pooling_type"].contents() == 1  # mean, from 1_Pooling/config.json
+    assert reader.fields["tokenizer.ggml.model"].contents() == "bert"
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def _broken_checkpoint(src, dst, cut: int):
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    data = (src / "model.safetensors").read_bytes()
+    (dst / "model.safetensors").write_bytes(data[:cut])
+    return dst
+
+
+def test_truncated_safetensors_is_a_format_error(minilm_dir, tmp_path):
+    bad = _broken_checkpoint(minilm_dir, tmp_path / "bad", 1 << 20)
+    with pytest.raises(errors.ModelFormatError, match="truncated"):
+        edge_sdk.convert(bad, to="gguf", quantize="Q8_0", out=tmp_path / "out")
+    assert listing(tmp_path / "out") == []
+
+
+def test_hostile_header_length_is_refused(minilm_dir, tmp_path):
+    bad = _broken_checkpoint(minilm_dir, tmp_path / "bad", 0)
+    (bad / "model.safetensors").write_bytes(struct.pack("<Q", 1 << 62) + b"{}")
+    with pytest.raises(errors.ModelFormatError, match="header length"):
+        edge_sdk.convert(bad, to="gguf", out=tmp_path / "out")
+
+
+def test_unknown_architecture_and_type(minilm_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(minilm_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    with pytest.raises(errors.QuantizationError, match="Q4_K_M"):
+        edge_sdk.convert(d, to="gguf", quantize="Q3_XYZ", out=tmp_path / "o")
+    cfg["architectures"] = ["MambaForCausalLM"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(errors.SourceError, match="MambaForCausalLM"):
+        edge_sdk.convert(d, to="gguf", out=tmp_path / "o")
+    with pytest.raises(errors.InvalidOptionError, match="alone"):
+        edge_sdk.convert(d, to=["gguf", "onnx"], out=tmp_path / "o")
+
+
+def test_cli_exit_code_2_on_missing_source(tmp_path):
+    from typer.testing import CliRunner
+
+    from edge_sdk.cli import app
+
+    res = CliRunner().invoke(app, ["convert", str(tmp_path / "nope"), "--to", "gguf", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "does not exist" in res.output
