@@ -128,7 +128,7 @@ def smollm2_hf_dir(smollm2_gguf) -> Path:
     return hf_checkpoint_from_gguf(smollm2_gguf, MODEL_CACHE / "SmolLM2-135M-Instruct-hf")
 
 
-def tiny_causal_lm(arch: str, out: Path, tokenizer_dir: Path) -> Path:
+def tiny_causal_lm(arch: str, out: Path, tokenizer_dir: Path, max_shard_size: str | None = None) -> Path:
     """A random 8-layer Llama or Qwen2 with 256-wide rows (every K-quant applies) and SmolLM2's tokenizer."""
     import shutil
 
@@ -140,7 +140,7 @@ def tiny_causal_lm(arch: str, out: Path, tokenizer_dir: Path) -> Path:
                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
-    model_cls(cfg).eval().save_pretrained(out)
+    model_cls(cfg).eval().save_pretrained(out, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_dir / f, out / f)
     return out

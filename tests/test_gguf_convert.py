@@ -63,7 +63,9 @@ def test_every_tensor_equals_llama_quantize(tiny_llama, ftype, tmp_path):
 
 
 def test_tiny_qwen2_converts_and_matches_transformers(smollm2_hf_dir, tmp_path):
-    d = tiny_causal_lm("qwen2", tmp_path / "qwen2", smollm2_hf_dir)
+    """Qwen2 (no rotary permutation, q/k/v biases), saved as a sharded checkpoint."""
+    d = tiny_causal_lm("qwen2", tmp_path / "qwen2", smollm2_hf_dir, max_shard_size="20MB")
+    assert (d / "model.safetensors.index.json").exists() and len(list(d.glob("*.safetensors"))) > 1
     r = edge_sdk.convert(d, to="gguf", quantize=["F32", "Q4_K_M"], out=tmp_path / "out")
     f32 = r.artifact("F32", "gguf")
     assert f32.parity.primary.top1_agreement == 1.0 and f32.parity.primary.rel_l2_error <= 1e-3

@@ -60,6 +60,10 @@ def reference_from_checkpoint(ckpt, arch: str) -> Reference:
         ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
         if getattr(tok, "bos_token_id", None) is not None and _adds_bos(ckpt):
             ids = [tok.bos_token_id] + ids
+        if not ids:
+            from ...errors import SourceError
+
+            raise SourceError(f"the tokenizer in {ckpt.path} turns the check prompt into no tokens")
         logits = model(torch.tensor([ids])).logits[0].numpy()
     return Reference(label, "causal", ids, logits, {PROMPT: tok(PROMPT, add_special_tokens=False)["input_ids"]})
 
