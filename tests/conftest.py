@@ -144,3 +144,35 @@ def tiny_causal_lm(arch: str, out: Path, tokenizer_dir: Path, max_shard_size: st
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_dir / f, out / f)
     return out
+
+
+def tiny_sentencepiece_llama(out: Path) -> Path:
+    """A random 2-layer Llama with a SentencePiece tokenizer.model (Llama 2 / TinyLlama style: byte fallback,
+    scores), trained here on the docstrings of a few stdlib modules (no download)."""
+    import collections
+    import inspect
+    import io
+    import itertools
+    import json as json_module
+    import os
+    import textwrap
+
+    spm = pytest.importorskip("sentencepiece")
+    import transformers
+
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = [ln for m in (inspect, json_module, collections, itertools, textwrap, os)
+              for ln in (m.__doc__ or "").splitlines() if ln.strip()] * 3
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=buf, vocab_size=512, model_type="bpe",
+                                   byte_fallback=True, character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
+                                   minloglevel=2)
+    (out / "tokenizer.model").write_bytes(buf.getvalue())
+    tok = transformers.LlamaTokenizer.from_pretrained(str(out))
+    tok.save_pretrained(out)
+    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                                   bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(out)
+    return out

@@ -13,7 +13,7 @@ import pytest
 import edge_sdk
 from edge_sdk import errors
 
-from tests.conftest import listing, tiny_causal_lm
+from tests.conftest import listing, tiny_causal_lm, tiny_sentencepiece_llama
 
 gguf = pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -80,6 +80,19 @@ def _quantized(path, ftype, tmp_path):
     return out
 
 
+def test_sentencepiece_vocab(tmp_path):
+    """SentencePiece vocabularies (tokens, scores, byte tokens): llama.cpp tokenizes like transformers."""
+    d = tiny_sentencepiece_llama(tmp_path / "spm")
+    r = edge_sdk.convert(d, to="gguf", quantize="F32", out=tmp_path / "out")
+    a = r.artifacts[0]
+    assert a.quantization.details["tokenizer_agreement"] == 1.0
+    assert a.parity.primary.top1_agreement == 1.0 and a.parity.primary.rel_l2_error <= 1e-3
+    reader = gguf.GGUFReader(a.path)
+    assert reader.fields["tokenizer.ggml.model"].contents() == "llama"
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    assert types.count(6) == 256  # byte-fallback tokens <0x00>..<0xFF> typed BYTE
+
+
 @pytest.mark.slow
 def test_smollm2_every_type(smollm2_hf_dir, tmp_path):
     types = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q4_K_S", "Q4_K_M"]
@@ -111,7 +124,8 @@ def test_requantize_gguf_source_equals_llama_quantize(smollm2_hf_dir, tmp_path):
 
 
 def test_minilm_embeddings_match(minilm_dir, tmp_path):
-    r = edge_sdk.convert(minilm_dir, to="gguf", quantize=["F32", "F16", "Q8_0", "Q4_K_M"], out=tmp_path)
+    types = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q4_K_S", "Q4_K_M"]
+    r = edge_sdk.convert(minilm_dir, to="gguf", quantize=types, out=tmp_path)
     assert r.artifact("F32", "gguf").parity.primary.cosine_similarity >= 0.9999
     assert r.artifact("Q4_K_M", "gguf").parity.primary.cosine_similarity >= 0.98
     for a in r.artifacts:
