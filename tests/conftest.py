@@ -128,7 +128,8 @@ def smollm2_hf_dir(smollm2_gguf) -> Path:
     return hf_checkpoint_from_gguf(smollm2_gguf, MODEL_CACHE / "SmolLM2-135M-Instruct-hf")
 
 
-def tiny_causal_lm(arch: str, out: Path, tokenizer_dir: Path, max_shard_size: str | None = None) -> Path:
+def tiny_causal_lm(arch: str, out: Path, tokenizer_dir: Path, max_shard_size: str | None = None,
+                   **config) -> Path:
     """A random 8-layer Llama or Qwen2 with 256-wide rows (every K-quant applies) and SmolLM2's tokenizer."""
     import shutil
 
@@ -136,9 +137,10 @@ def tiny_causal_lm(arch: str, out: Path, tokenizer_dir: Path, max_shard_size: st
 
     config_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                              "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[arch]
-    cfg = config_cls(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
-                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                     tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    settings = dict(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                    tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    cfg = config_cls(**{**settings, **config})
     torch.manual_seed(0)
     model_cls(cfg).eval().save_pretrained(out, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     for f in ("tokenizer.json", "tokenizer_config.json"):

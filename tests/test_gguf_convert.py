@@ -74,6 +74,19 @@ def test_tiny_qwen2_converts_and_matches_transformers(smollm2_hf_dir, tmp_path):
     assert differing_tensors(r.artifact("Q4_K_M", "gguf").path, _quantized(f32.path, 15, tmp_path)) == []
 
 
+def test_llama3_rope_scaling_becomes_rope_freqs(smollm2_hf_dir, tmp_path):
+    """Llama 3.1's rope scaling is the rope_freqs.weight tensor llama.cpp reads (without it: rel error ~3e-2)."""
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+    d = tiny_causal_lm("llama", tmp_path / "l3", smollm2_hf_dir, num_hidden_layers=2, rope_theta=500000.0,
+                       rope_scaling=scaling)
+    r = edge_sdk.convert(d, to="gguf", quantize="F32", out=tmp_path / "out")
+    assert r.artifacts[0].parity.primary.rel_l2_error <= 1e-3
+    freqs = next(t for t in gguf.GGUFReader(r.artifacts[0].path).tensors if t.name == "rope_freqs.weight")
+    factors = np.asarray(freqs.data)
+    assert factors.max() == 8.0 and 1.0 < factors.min() < 8.0  # low frequencies scaled by 8, the band between blended
+
+
 def _quantized(path, ftype, tmp_path):
     out = tmp_path / f"ref{ftype}.gguf"
     llama_quantize(path, out, ftype)

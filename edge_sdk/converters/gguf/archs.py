@@ -64,9 +64,11 @@ class ArchUnit:
             w.add_layer_norm_rms_eps(float(eps))
         if (eps := _first(cfg, "layer_norm_eps", "layer_norm_epsilon")) is not None:
             w.add_layer_norm_eps(float(eps))
-        scaling = cfg.get("rope_scaling") or {}
+        scaling = rope_scaling(cfg)
         kind = scaling.get("rope_type", scaling.get("type"))
-        if kind == "linear":
+        if kind == "llama3" and self.extra_tensors(cfg):
+            pass  # expressed as the rope_freqs.weight tensor (extra_tensors)
+        elif kind == "linear":
             import gguf
 
             w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -88,10 +90,38 @@ class ArchUnit:
     def transform(self, hf_name: str, data: np.ndarray, cfg: dict) -> np.ndarray:
         return data
 
+    def extra_tensors(self, cfg: dict) -> dict[str, np.ndarray]:
+        """Tensors llama.cpp needs that the checkpoint does not hold (e.g. Llama 3's rope factors)."""
+        return {}
+
     def keep_float(self, gguf_name: str) -> bool:
         """Tensors stored as F32 whatever the requested type (llama.cpp reads them so)."""
         return gguf_name.endswith((".bias", "_norm.weight")) or gguf_name in ("position_embd.weight",
                                                                               "token_types.weight")
+
+
+def rope_scaling(cfg: dict) -> dict:
+    """rope scaling settings: ``rope_scaling`` (transformers 4) or ``rope_parameters`` (transformers 5)."""
+    scaling = dict(cfg.get("rope_scaling") or {})
+    params = cfg.get("rope_parameters") or {}
+    if not scaling and params.get("rope_type", "default") != "default":
+        scaling = dict(params)
+    return scaling
+
+
+def llama3_rope_factors(cfg: dict) -> np.ndarray:
+    """Per-frequency divisors of Llama 3.1's rope scaling (the smooth low/high-frequency blend)."""
+    s = rope_scaling(cfg)
+    theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    freqs = 1.0 / (float(theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    factor, low, high = float(s.get("factor", 8.0)), float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
+    old_ctx = float(s.get("original_max_position_embeddings", 8192))
+    wavelen = 2 * np.pi / freqs.astype(np.float64)
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    out = np.where(wavelen < old_ctx / high, 1.0,
+                   np.where(wavelen > old_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))
+    return out.astype(np.float32)
 
 
 def permute_rotary(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
@@ -110,6 +140,11 @@ class Llama(ArchUnit):
         w.add_vocab_size(int(cfg["vocab_size"]))
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         w.add_rope_dimension_count(int(head_dim))
+
+    def extra_tensors(self, cfg):
+        if rope_scaling(cfg).get("rope_type") == "llama3":
+            return {"rope_freqs.weight": llama3_rope_factors(cfg)}
+        return {}
 
     def transform(self, hf_name, data, cfg):
         n_head = cfg["num_attention_heads"]

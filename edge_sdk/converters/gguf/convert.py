@@ -76,6 +76,8 @@ def _from_checkpoint(ckpt: HFCheckpoint, name: str | None) -> GGUFSource:
             return np.ascontiguousarray(unit.transform(hf_name, ref.load().astype(np.float32, copy=False), cfg))
 
         tensors.append(PlannedTensor(new, ref.shape, load))
+    for new, value in unit.extra_tensors(cfg).items():
+        tensors.append(PlannedTensor(new, value.shape, lambda value=value: value))
     label = name or ckpt.path.name
 
     def write_metadata(w) -> None:
