@@ -196,6 +196,8 @@ def run(
     backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, litert, tflite-runtime, coreml, llama.cpp."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Intra-op threads."),
     save: Optional[Path] = typer.Option(None, "--save", help="Write the outputs to OUT.npz."),
+    memory_budget: Optional[str] = typer.Option(
+        None, "--memory-budget", help="Activation-memory budget (256KB, 1.5MB, 2MiB): run ONNX CNNs patch by patch to fit."),
 ) -> None:
     """Run a model once and summarize its outputs (or complete a prompt with a GGUF model)."""
     import io
@@ -218,7 +220,11 @@ def run(
             if detect_format(model) is not ModelFormat.GGUF:
                 raise InvalidOptionError(f"--prompt needs a language model (GGUF); {model.name} is not one")
             options["logits_all"] = False  # generation needs the last position's logits only
+        if memory_budget is not None:
+            options["memory_budget"] = memory_budget
         m = load(model, backend=backend, threads=threads, **options)
+        if m.memory_plan is not None:
+            console.print(f"patch-based: {escape(m.memory_plan.describe())}", highlight=False)
         with m:
             if prompt is not None:
                 pieces = m.generate(prompt, max_tokens=max_tokens, stream=True)
@@ -252,6 +258,58 @@ def run(
     console.print(table)
     if save is not None:
         console.print(f"saved: {escape(str(save))}", highlight=False)
+
+
+@app.command()
+def plan(
+    model: Path = typer.Argument(..., help="An ONNX model (static spatial shapes)."),
+    memory_budget: Optional[str] = typer.Option(
+        None, "--memory-budget", help="Find the patch plan with the least extra compute that fits (256KB, 1.5MB, 2MiB)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the per-op memory profile as PLOT.svg or PLOT.png."),
+    top: int = typer.Option(0, "--rows", help="Show only the N ops using the most memory (0: all)."),
+) -> None:
+    """Activation memory op by op (peak marked), and the patch-based plan that fits a budget."""
+    from .runtimes.memory import human_bytes, load_graph, parse_budget, plan_memory
+    from .runtimes.patch import HeadGraph
+    from .errors import InvalidOptionError
+    from .profilers.plots import memory_profile_plot
+
+    try:
+        budget = parse_budget(memory_budget) if memory_budget is not None else None
+        graph, _ = load_graph(model)
+        mp = plan_memory(graph)
+        patches = None
+        if budget is not None and mp.peak_bytes > budget or budget is None:
+            try:
+                patches = HeadGraph(graph, mp).search(budget)
+            except InvalidOptionError as e:
+                if budget is not None:
+                    raise
+                console.print(f"[yellow]no patch plan:[/] {escape(str(e))}", highlight=False)
+        if plot is not None:
+            memory_profile_plot(mp, plot, budget=budget, patched_peak=None if patches is None else patches.peak)
+    except EdgeError as e:
+        _fail(e)
+    peak = mp.peak_op
+    table = Table(box=box.SIMPLE_HEAD, title=escape(f"{model.name}: activation memory per op "
+                                                    f"({'int8' if mp.quantized else 'float'} activations)"))
+    for col in ("#", "op", "output shape", "in use", ""):
+        table.add_column(col, justify="right" if col in ("#", "in use") else "left", no_wrap=True)
+    rows = sorted(mp.ops, key=lambda o: -o.live_bytes)[:top] if top else mp.ops
+    for op in sorted(rows, key=lambda o: o.index):
+        bar = "#" * max(1, round(30 * op.live_bytes / mp.peak_bytes))
+        mark = " [bold red]<- peak[/]" if op is peak else ""
+        table.add_row(str(op.index), escape(op.op_type), str(list(mp.shapes.get(op.output, ()))),
+                      human_bytes(op.live_bytes), bar + mark)
+    console.print(table)
+    console.print(f"peak {human_bytes(mp.peak_bytes)} ({mp.peak_bytes:,} B) at op {peak.index} {escape(peak.op_type)}; "
+                  f"{mp.total_macs:,} MACs", highlight=False)
+    if budget is not None and patches is None:
+        console.print(f"the plain schedule fits {human_bytes(budget)}: no patches needed", highlight=False)
+    if patches is not None:
+        console.print(f"patch plan: {escape(patches.describe())}", highlight=False)
+    if plot is not None:
+        console.print(f"plot: {escape(str(plot))}", highlight=False)
 
 
 def main() -> None:

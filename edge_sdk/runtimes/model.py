@@ -91,8 +91,9 @@ class Model:
     signature (names, dtypes, ranks and fixed dimensions) and returns a dict of outputs.
     """
 
-    def __init__(self, session: Session, backend: str, path: Path, fmt: ModelFormat) -> None:
+    def __init__(self, session: Session, backend: str, path: Path, fmt: ModelFormat, memory_plan=None) -> None:
         self._session = session
+        self.memory_plan = memory_plan  # the PatchPlan in use (load(..., memory_budget=...)), else None
         self.backend = backend
         self.path = path
         self.format = fmt
@@ -167,11 +168,14 @@ class Model:
         return f"Model({self.path.name}, backend={self.backend}, inputs=[{sig}])"
 
 
-def load(path: str | Path, backend: str = "auto", threads: int | None = None, **options: Any) -> Model:
+def load(path: str | Path, backend: str = "auto", threads: int | None = None, *,
+         memory_budget: str | int | None = None, **options: Any) -> Model:
     """Load a model file with the best installed backend for its format (detected from content).
 
     ``options`` go to the backend: ``providers``, ``optimization``, ``arena`` (onnxruntime);
     ``xnnpack`` (litert, tflite-runtime); ``n_ctx``, ``embedding`` (llama.cpp).
+    ``memory_budget`` ("256KB", "1.5MB", "2MiB" or bytes; ONNX CNNs): run patch by patch (MCUNetV2)
+    when the plain schedule's activation peak exceeds it; ``Model.memory_plan`` is the plan used.
     """
     p = Path(path)
     fmt = detect_format(p)
@@ -180,6 +184,13 @@ def load(path: str | Path, backend: str = "auto", threads: int | None = None, **
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= limit):
         raise InvalidOptionError(f"threads must be an integer from 1 to {limit} (this machine has "
                                  f"{os.cpu_count()} cores), got {threads!r}")
+    if memory_budget is not None:
+        if fmt is not ModelFormat.ONNX or b.name != "onnxruntime":
+            raise InvalidOptionError("memory_budget (patch-based inference) works on ONNX models with onnxruntime")
+        from .patch import open_patched
+
+        session, plan = open_patched(p, memory_budget, threads, **options)
+        return Model(session, b.name, p, fmt, plan)
     return Model(b.open(p, threads, **options), b.name, p, fmt)
 
 

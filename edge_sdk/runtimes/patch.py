@@ -37,16 +37,20 @@ class Window:
     pads: tuple[int, int, int, int]
 
     def needs(self, out: Region, in_hw: tuple[int, int]) -> tuple[Region, tuple[int, int, int, int]]:
-        """Input region for output region ``out``, and the padding it needs at the true borders."""
+        """Input region for output region ``out`` (the taps that land inside the input, tight even with
+        dilation), and the padding that puts the window taps where they were: zeros only where a tap
+        falls outside the true input."""
         spans, pads = [], [0, 0, 0, 0]
         for axis in (0, 1):
             o0, o1 = out[2 * axis], out[2 * axis + 1]
             k, s, d, p = self.kernel[axis], self.stride[axis], self.dilation[axis], self.pads[axis]
-            start = o0 * s - p
-            end = (o1 - 1) * s - p + (k - 1) * d + 1
-            pads[axis], pads[axis + 2] = max(0, -start), max(0, end - in_hw[axis])
-            spans += [max(start, 0), min(end, in_hw[axis])]
-        return (spans[0], spans[1], spans[2], spans[3]), tuple(pads)
+            taps = (np.arange(o0, o1)[:, None] * s - p + np.arange(k)[None, :] * d).ravel()
+            inside = taps[(taps >= 0) & (taps < in_hw[axis])]
+            lo, hi = (int(inside.min()), int(inside.max()) + 1) if inside.size else (0, 1)
+            first, last = o0 * s - p, (o1 - 1) * s - p + (k - 1) * d
+            pads[axis], pads[axis + 2] = lo - first, last + 1 - hi
+            spans += [lo, hi]
+        return (spans[0], spans[1], spans[2], spans[3]), (pads[0], pads[1], pads[2], pads[3])
 
 
 def window_of(node: Node, weight_shape: tuple[int, ...] | None) -> Window:
@@ -363,3 +367,19 @@ def _spec(v: ValueInfo):
     from ..core.tensors import TensorSpec
 
     return TensorSpec(v.name, tuple(d if isinstance(d, int) else None for d in v.shape), v.dtype)
+
+
+def open_patched(path, budget, threads: int | None = None, **options) -> tuple[Session, PatchPlan | None]:
+    """An ONNX model run under ``budget`` bytes of activation memory: the plain session when its peak
+    already fits, else the patched schedule with the least extra compute that fits."""
+    from .memory import load_graph, parse_budget, plan_memory
+    from .ort import OrtSession
+
+    limit = parse_budget(budget)
+    graph, data = load_graph(path)
+    plan = plan_memory(graph)
+    if plan.peak_bytes <= limit:
+        return OrtSession(data, threads, **options), None
+    hg = HeadGraph(graph, plan)
+    patches = hg.search(limit)
+    return PatchedSession(graph, hg, patches, lambda b: OrtSession(b, threads, **options)), patches
