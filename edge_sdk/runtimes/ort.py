@@ -69,6 +69,8 @@ class OrtSession(Session):
         if threads:
             so.intra_op_num_threads = threads
         so.enable_cpu_mem_arena = arena
+        if not arena:  # no arena: every tensor is its own allocation, freed when it dies (no run-wide block)
+            so.enable_mem_pattern = False
         so.graph_optimization_level = {
             "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

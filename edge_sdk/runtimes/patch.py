@@ -5,7 +5,9 @@ rest. For an n x n grid over the split tensor, each output patch's input region 
 the head's receptive field backwards (kernel, stride, padding, dilation); neighbouring regions
 overlap by the halo, which is the extra compute. Each patch runs through a head sub-model in ONNX
 Runtime whose convolutions pad only where the patch touches the true image border (elsewhere the
-halo holds real pixels), and writes its piece of the split tensor; the tail then runs once.
+halo holds real pixels), and writes its piece of the split tensor; the tail then runs once. The
+whole schedule is written as one ONNX graph (a crop and a head copy per patch, sharing weights), so
+one ONNX Runtime call runs it and the patched model can be saved and deployed as a plain .onnx.
 
 Memory of the patch schedule = the split tensor (resident) + the worst patch's working set; the
 input image is read patch by patch from where it lies (camera buffer, flash), as in MCUNetV2.
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.onnx_proto import Node, OnnxGraph, ValueInfo, int64_initializer
+from ..core.onnx_proto import Node, OnnxGraph, int64_initializer
 from ..errors import InvalidOptionError
 from .base import Session
 from .memory import ELEMENTWISE, MemoryPlan, Op, human_bytes, simulate
@@ -291,95 +293,92 @@ class HeadGraph:
 
 
 class PatchedSession(Session):
-    """Runs a PatchPlan: head sub-models per patch signature (ONNX Runtime), then the tail once."""
+    """Runs a PatchPlan as one ONNX Runtime session over the rewritten graph (``patched_model``):
+    one call per inference, weights shared by the patches, tensors freed patch by patch."""
 
     def __init__(self, graph: OnnxGraph, hg: HeadGraph, plan: PatchPlan, make_session) -> None:
         self.graph, self.hg, self.plan = graph, hg, plan
-        self._make = make_session
-        self._heads: dict[tuple, tuple[Session, str]] = {}
-        split = plan.split
-        nodes = [graph.nodes[i] for i in plan.tail_nodes]
-        tail_in = ValueInfo(split, _dtype_of(hg, split), ("batch", *hg.plan.shapes[split][1:]))
-        outs = [ValueInfo(v.name, v.dtype, v.shape) for v in graph.outputs]
-        self.tail = make_session(graph.submodel(nodes, [tail_in], outs, "tail"))
-        self.inputs = [_spec(v) for v in graph.inputs]
-        self.outputs = self.tail.outputs
+        self.model_bytes = self.patched_model()
+        self.session = make_session(self.model_bytes)
+        self.inputs, self.outputs = self.session.inputs, self.session.outputs
 
-    def _head(self, g: PatchGeometry):
-        sig = g.signature()
-        if sig not in self._heads:
-            self._heads[sig] = (self._build_head(g), sig)
-        return self._heads[sig][0]
-
-    def _build_head(self, g: PatchGeometry) -> Session:
+    def _head_nodes(self, g: PatchGeometry, suffix: str = "", skip_constants: bool = False):
+        """The head's nodes for patch ``g``: pads set for its borders, crops inserted where a tensor's
+        region exceeds what a consumer reads; activation tensors renamed with ``suffix``."""
         graph, hg = self.graph, self.hg
+
+        def rn(t: str) -> str:
+            return t + suffix if suffix and hg.act(t) else t
+
         nodes, extra = [], []
-        for i in self.hg.with_constants(self.plan.head_nodes):
+        for i in hg.with_constants(self.plan.head_nodes):
             n = graph.nodes[i]
+            if not any(hg.act(o) for o in n.outputs):
+                if not skip_constants:
+                    nodes.append(n)
+                continue
             if i in g.pads:
                 n = n.with_ints("pads", list(g.pads[i]))
-            for t in list(n.inputs):
+            inputs = [rn(t) for t in n.inputs]
+            for k, t in enumerate(n.inputs):
                 crop = g.crops.get((i, t))
                 if crop is None:
                     continue
                 have = g.regions[t]
-                name = f"{t}__crop{i}"
+                name = f"{t}__crop{i}{suffix}"
                 starts = int64_initializer(name + "_s", [crop[0] - have[0], crop[2] - have[2]])
                 ends = int64_initializer(name + "_e", [crop[1] - have[0], crop[3] - have[2]])
                 axes = int64_initializer(name + "_a", [2, 3])
                 extra += [starts, ends, axes]
-                nodes.append(Node("Slice", name, [t, starts.name, ends.name, axes.name], [name], "", {}))
-                n = Node(n.op_type, n.name, [name if x == t else x for x in n.inputs], list(n.outputs), n.domain,
-                         n.attrs)
-            nodes.append(n)
-        r = g.regions[self.plan.input_name]
-        shape = self.hg.plan.shapes[self.plan.input_name]
-        inp = ValueInfo(self.plan.input_name, _dtype_of(hg, self.plan.input_name),
-                        ("batch", shape[1], r[1] - r[0], r[3] - r[2]))
-        out = ValueInfo(self.plan.split, _dtype_of(hg, self.plan.split), ("batch", self.hg.plan.shapes[self.plan.split][1],
-                                                                        g.out[1] - g.out[0], g.out[3] - g.out[2]))
-        return self._make(graph.submodel(nodes, [inp], [out], "head", extra))
+                dq = graph.nodes[hg.producer[t]] if t in hg.producer else None
+                if dq is not None and dq.op_type == "DequantizeLinear" and hg.act(dq.inputs[0]):
+                    # crop the int8 tensor, then dequantize: ONNX Runtime still fuses DQ -> op -> Q into an int8 kernel
+                    nodes.append(Node("Slice", name + "_q", [rn(dq.inputs[0]), starts.name, ends.name, axes.name],
+                                      [name + "_q"], "", {}))
+                    nodes.append(Node("DequantizeLinear", name, [name + "_q", *dq.inputs[1:]], [name], dq.domain, dq.attrs))
+                else:
+                    nodes.append(Node("Slice", name, [rn(t), starts.name, ends.name, axes.name], [name], "", {}))
+                inputs[k] = name
+            nodes.append(Node(n.op_type, n.name + suffix, inputs, [rn(o) for o in n.outputs], n.domain, n.attrs))
+        return nodes, extra
+
+    def patched_model(self) -> bytes:
+        """The whole patch schedule as one ONNX model: per patch, a crop of the image and a copy of the
+        head (weights shared), the pieces concatenated into the split tensor, then the tail. One
+        ONNX Runtime session runs it, in this order, freeing each patch's tensors as it goes."""
+        graph, hg, plan = self.graph, self.hg, self.plan
+        x = plan.input_name
+        nodes, extra = [], []
+        rows: dict[int, list[str]] = {}
+        for k, g in enumerate(plan.patches):
+            suffix = f"__p{k}"
+            r = g.regions[x]
+            starts = int64_initializer(f"{x}{suffix}_s", [r[0], r[2]])
+            ends = int64_initializer(f"{x}{suffix}_e", [r[1], r[3]])
+            axes = int64_initializer(f"{x}{suffix}_a", [2, 3])
+            extra += [starts, ends, axes]
+            nodes.append(Node("Slice", f"{x}{suffix}", [x, starts.name, ends.name, axes.name], [x + suffix], "", {}))
+            head, more = self._head_nodes(g, suffix, skip_constants=k > 0)
+            nodes += head
+            extra += more
+            rows.setdefault(g.out[0], []).append(plan.split + suffix)
+        pieces = []
+        for r0, names in sorted(rows.items()):
+            row = f"{plan.split}__row{r0}"
+            nodes.append(Node("Concat", row, names, [row], "", {"axis": _int_attr("axis", 3)}))
+            pieces.append(row)
+        nodes.append(Node("Concat", plan.split, pieces, [plan.split], "", {"axis": _int_attr("axis", 2)}))
+        nodes += [graph.nodes[i] for i in plan.tail_nodes]
+        return graph.submodel(nodes, list(graph.inputs), list(graph.outputs), "patched", extra)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = np.asarray(feeds[self.plan.input_name])
-        split_shape = self.hg.plan.shapes[self.plan.split]
-        stage = None
-        for g in self.plan.patches:
-            r = g.regions[self.plan.input_name]
-            piece = self._head(g).run({self.plan.input_name: np.ascontiguousarray(x[:, :, r[0]:r[1], r[2]:r[3]])})
-            y = next(iter(piece.values()))
-            if stage is None:
-                stage = np.empty((x.shape[0], *split_shape[1:]), y.dtype)
-            stage[:, :, g.out[0]:g.out[1], g.out[2]:g.out[3]] = y
-        return self.tail.run({self.plan.split: stage})
+        return self.session.run(feeds)
 
     def close(self) -> None:
-        for s, _ in self._heads.values():
-            s.close()
-        self.tail.close()
+        self.session.close()
 
 
-def _dtype_of(hg: HeadGraph, t: str) -> str:
-    return hg.plan.dtypes.get(t, "float32")
+def _int_attr(name: str, value: int):
+    from ..core.onnx_proto import ATTR_I, ATTR_NAME, ATTR_TYPE, Attribute, encode
 
-
-def _spec(v: ValueInfo):
-    from ..core.tensors import TensorSpec
-
-    return TensorSpec(v.name, tuple(d if isinstance(d, int) else None for d in v.shape), v.dtype)
-
-
-def open_patched(path, budget, threads: int | None = None, **options) -> tuple[Session, PatchPlan | None]:
-    """An ONNX model run under ``budget`` bytes of activation memory: the plain session when its peak
-    already fits, else the patched schedule with the least extra compute that fits."""
-    from .memory import load_graph, parse_budget, plan_memory
-    from .ort import OrtSession
-
-    limit = parse_budget(budget)
-    graph, data = load_graph(path)
-    plan = plan_memory(graph)
-    if plan.peak_bytes <= limit:
-        return OrtSession(data, threads, **options), None
-    hg = HeadGraph(graph, plan)
-    patches = hg.search(limit)
-    return PatchedSession(graph, hg, patches, lambda b: OrtSession(b, threads, **options)), patches
+    return Attribute(name, value, encode([(ATTR_NAME, 2, name.encode()), (ATTR_I, 0, value), (ATTR_TYPE, 0, 2)]))
