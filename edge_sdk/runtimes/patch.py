@@ -382,3 +382,19 @@ def _int_attr(name: str, value: int):
     from ..core.onnx_proto import ATTR_I, ATTR_NAME, ATTR_TYPE, Attribute, encode
 
     return Attribute(name, value, encode([(ATTR_NAME, 2, name.encode()), (ATTR_I, 0, value), (ATTR_TYPE, 0, 2)]))
+
+
+def open_patched(path, budget, threads: int | None = None, **options) -> tuple[Session, PatchPlan | None]:
+    """An ONNX model run under ``budget`` bytes of activation memory: the plain session when its peak
+    already fits, else the patched schedule with the least extra compute that fits."""
+    from .memory import load_graph, parse_budget, plan_memory
+    from .ort import OrtSession
+
+    limit = parse_budget(budget)
+    graph, data = load_graph(path)
+    plan = plan_memory(graph)
+    if plan.peak_bytes <= limit:
+        return OrtSession(data, threads, **options), None
+    hg = HeadGraph(graph, plan)
+    patches = hg.search(limit)
+    return PatchedSession(graph, hg, patches, lambda b: OrtSession(b, threads, **options)), patches
