@@ -267,6 +267,8 @@ def plan(
         None, "--memory-budget", help="Find the patch plan with the least extra compute that fits (256KB, 1.5MB, 2MiB)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the per-op memory profile as PLOT.svg or PLOT.png."),
     top: int = typer.Option(0, "--rows", help="Show only the N ops using the most memory (0: all)."),
+    save_model: Optional[Path] = typer.Option(
+        None, "--save-model", help="Write the patched schedule as one ONNX model (runs in any ONNX Runtime)."),
 ) -> None:
     """Activation memory op by op (peak marked), and the patch-based plan that fits a budget."""
     from .runtimes.memory import human_bytes, load_graph, parse_budget, plan_memory
@@ -288,6 +290,14 @@ def plan(
                 console.print(f"[yellow]no patch plan:[/] {escape(str(e))}", highlight=False)
         if plot is not None:
             memory_profile_plot(mp, plot, budget=budget, patched_peak=None if patches is None else patches.peak)
+        if save_model is not None:
+            if patches is None:
+                raise InvalidOptionError("no patch plan to save: the plain schedule fits the budget")
+            from .core.atomic import atomic_write_bytes
+            from .runtimes.patch import PatchedSession
+
+            hg = HeadGraph(graph, mp)
+            atomic_write_bytes(save_model, PatchedSession(graph, hg, patches).model_bytes)
     except EdgeError as e:
         _fail(e)
     peak = mp.peak_op
@@ -310,6 +320,8 @@ def plan(
         console.print(f"patch plan: {escape(patches.describe())}", highlight=False)
     if plot is not None:
         console.print(f"plot: {escape(str(plot))}", highlight=False)
+    if save_model is not None:
+        console.print(f"patched model: {escape(str(save_model))}", highlight=False)
 
 
 def main() -> None:

@@ -161,3 +161,9 @@ def test_cli_plan_marks_peak_and_writes_svg(digits_result, tmp_path):
     assert len(reds) == 1
     res = CliRunner().invoke(app, ["plan", str(path), "--memory-budget", "1B"])
     assert res.exit_code == 2 and "smallest peak" in res.output
+    budget = str(int(peak * 0.8))
+    res = CliRunner().invoke(app, ["plan", str(path), "--memory-budget", budget, "--save-model", str(tmp_path / "p.onnx")])
+    assert res.exit_code == 0, res.output
+    x = np.random.default_rng(3).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    a, b = edge_sdk.load(path).run(x), edge_sdk.load(tmp_path / "p.onnx").run(x)  # the saved schedule runs alone
+    np.testing.assert_array_equal(next(iter(a.values())), next(iter(b.values())))

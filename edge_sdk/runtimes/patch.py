@@ -296,11 +296,13 @@ class PatchedSession(Session):
     """Runs a PatchPlan as one ONNX Runtime session over the rewritten graph (``patched_model``):
     one call per inference, weights shared by the patches, tensors freed patch by patch."""
 
-    def __init__(self, graph: OnnxGraph, hg: HeadGraph, plan: PatchPlan, make_session) -> None:
+    def __init__(self, graph: OnnxGraph, hg: HeadGraph, plan: PatchPlan, make_session=None) -> None:
+        """``make_session(model_bytes)`` opens the patched model; None only builds ``model_bytes``."""
         self.graph, self.hg, self.plan = graph, hg, plan
         self.model_bytes = self.patched_model()
-        self.session = make_session(self.model_bytes)
-        self.inputs, self.outputs = self.session.inputs, self.session.outputs
+        self.session = None if make_session is None else make_session(self.model_bytes)
+        self.inputs = self.session.inputs if self.session else []
+        self.outputs = self.session.outputs if self.session else []
 
     def _head_nodes(self, g: PatchGeometry, suffix: str = "", skip_constants: bool = False):
         """The head's nodes for patch ``g``: pads set for its borders, crops inserted where a tensor's
@@ -375,7 +377,8 @@ class PatchedSession(Session):
         return self.session.run(feeds)
 
     def close(self) -> None:
-        self.session.close()
+        if self.session is not None:
+            self.session.close()
 
 
 def _int_attr(name: str, value: int):
