@@ -86,7 +86,7 @@ class _Reader:
             raise ModelFormatError(f"{self.path}: a {n}-byte string in the header; the file is corrupted")
         return self.read(n).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, keep: bool = False):
+    def value(self, vtype: int, keep: bool = False, collect: bool = False):
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
         if vtype == _STRING:
@@ -97,8 +97,12 @@ class _Reader:
             if etype not in _SCALARS and etype != _STRING or count * min_size > self.left():
                 raise ModelFormatError(f"{self.path}: an array of {count} items (type {etype}) does not fit the file")
             if etype in _SCALARS:
-                self.read(count * min_size)  # skipped: values are not needed to validate
+                raw = self.read(count * min_size)  # skipped unless asked for: not needed to validate
+                if collect:
+                    return {"array": etype, "length": count,
+                            "values": list(struct.unpack(f"<{count}{_SCALARS[etype][1]}", raw))}
                 return {"array": etype, "length": count}
+            values: list[str] = []
             seen: set[bytes] = set()
             duplicates = 0
             for _ in range(count):
@@ -109,12 +113,18 @@ class _Reader:
                 if keep:
                     duplicates += item in seen
                     seen.add(item)
-            return {"array": etype, "length": count, "duplicates": duplicates}
+                if collect:
+                    values.append(item.decode("utf-8", errors="replace"))
+            out = {"array": etype, "length": count, "duplicates": duplicates}
+            if collect:
+                out["values"] = values
+            return out
         raise ModelFormatError(f"{self.path}: unknown metadata value type {vtype}; the file is corrupted")
 
 
-def read_gguf_info(path: str | Path) -> GGUFInfo:
-    """Parse and validate a GGUF file's header and tensor table without loading tensor data."""
+def read_gguf_info(path: str | Path, arrays: tuple[str, ...] = ()) -> GGUFInfo:
+    """Parse and validate a GGUF file's header and tensor table without loading tensor data;
+    the metadata arrays named in ``arrays`` (e.g. the vocabulary) keep their values."""
     p = Path(path)
     size = p.stat().st_size
     with p.open("rb") as f:
@@ -130,7 +140,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         meta: dict[str, object] = {}
         for _ in range(n_kv):
             key = r.string()
-            meta[key] = r.value(r.unpack("<I"), keep=key == "tokenizer.ggml.tokens")
+            meta[key] = r.value(r.unpack("<I"), keep=key == "tokenizer.ggml.tokens", collect=key in arrays)
         tensors = []
         for _ in range(n_tensors):
             name = r.string()

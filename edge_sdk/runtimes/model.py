@@ -26,13 +26,13 @@ from .base import BACKENDS, Backend, Session
 
 # Backend modules, imported on first use; each registers its backends (in preference order).
 _BACKEND_MODULES = ("edge_sdk.runtimes.ort", "edge_sdk.runtimes.tflite", "edge_sdk.runtimes.coreml",
-                    "edge_sdk.runtimes.llama")
+                    "edge_sdk.runtimes.llama", "edge_sdk.runtimes.edge_llm")
 
 
 MAX_THREADS_PER_CORE = 4  # beyond this, backends thrash (and some crash on absurd counts)
 
 # Preference order: for a format, the first installed backend in this list is chosen.
-PREFERENCE = ("onnxruntime", "litert", "tflite-runtime", "coreml", "llama.cpp")
+PREFERENCE = ("onnxruntime", "litert", "tflite-runtime", "coreml", "llama.cpp", "edge")
 
 
 def backends() -> dict[str, Backend]:
@@ -184,9 +184,16 @@ def load(path: str | Path, backend: str = "auto", threads: int | None = None, *,
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= limit):
         raise InvalidOptionError(f"threads must be an integer from 1 to {limit} (this machine has "
                                  f"{os.cpu_count()} cores), got {threads!r}")
+    if memory_budget is not None and fmt is ModelFormat.GGUF:
+        if backend not in ("auto", "edge"):
+            raise InvalidOptionError("memory_budget for GGUF models streams weights in the edge engine: "
+                                     "use backend='edge'")
+        b = choose_backend(fmt, "edge")  # weights streamed from storage under the budget (FlashWeights)
+        return Model(b.open(p, threads, memory_budget=memory_budget, **options), b.name, p, fmt)
     if memory_budget is not None:
         if fmt is not ModelFormat.ONNX or b.name != "onnxruntime":
-            raise InvalidOptionError("memory_budget (patch-based inference) works on ONNX models with onnxruntime")
+            raise InvalidOptionError("memory_budget works on ONNX models (patch-based inference, onnxruntime) "
+                                     "and GGUF models (flash offloading, backend='edge')")
         from .patch import open_patched
 
         session, plan = open_patched(p, memory_budget, threads, **options)
