@@ -193,11 +193,12 @@ def run(
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Text to complete (GGUF models)."),
     max_tokens: int = typer.Option(32, "--max-tokens", "-n", help="Tokens to generate with --prompt."),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context length for GGUF models (default 512)."),
-    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, litert, tflite-runtime, coreml, llama.cpp."),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, litert, tflite-runtime, coreml, llama.cpp, edge."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Intra-op threads."),
     save: Optional[Path] = typer.Option(None, "--save", help="Write the outputs to OUT.npz."),
     memory_budget: Optional[str] = typer.Option(
-        None, "--memory-budget", help="Activation-memory budget (256KB, 1.5MB, 2MiB): run ONNX CNNs patch by patch to fit."),
+        None, "--memory-budget", help="Memory budget (256KB, 1.5MB, 2MiB): ONNX CNNs run patch by patch to fit their "
+                                      "activations; GGUF models (--backend edge) stream weights from storage to fit."),
 ) -> None:
     """Run a model once and summarize its outputs (or complete a prompt with a GGUF model)."""
     import io
@@ -232,6 +233,13 @@ def run(
                 for piece in pieces:
                     console.print(escape(piece), end="", highlight=False)
                 console.print()
+                st = getattr(m.session, "last_stats", None)
+                if st is not None:
+                    err_console.print(
+                        f"TTFT {st.ttft_s * 1e3:.0f} ms, prefill {st.prefill_tokens_per_s:.1f} tok/s, decode "
+                        f"{st.decode_tokens_per_s:.1f} tok/s; read {st.bytes_read / 1e6:.1f} MB from storage, peak "
+                        f"resident weights {st.peak_resident_weight_bytes / 1e6:.1f} MB; I/O wait {st.io_wait_s:.2f} s, "
+                        f"compute {st.compute_s:.2f} s", highlight=False)
                 return
             if input is not None:
                 arrays, _ = read_npz(input)
