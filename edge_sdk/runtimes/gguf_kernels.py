@@ -19,9 +19,27 @@ from ..errors import ModelFormatError
 F16 = np.float16
 
 
+class Nibbles:
+    """4-bit levels still packed: element j in the low nibble of byte j, element j + 16 in the high one."""
+
+    def __init__(self, packed: np.ndarray, bias: int = 0) -> None:
+        self.packed, self.bias = packed, bias
+        self.shape = (*packed.shape[:-1], 32)
+
+    def dot(self, xs: np.ndarray) -> np.ndarray:
+        """Per-group sums of level * x, (n, rows, groups), from the two nibble planes (no unpacked copy)."""
+        p = self.packed
+        y = np.einsum("rgk,ngk->nrg", p & 15, xs[..., :16]) + np.einsum("rgk,ngk->nrg", p >> 4, xs[..., 16:])
+        return y - self.bias * xs.sum(-1)[:, None, :] if self.bias else y
+
+    def levels(self) -> np.ndarray:
+        q = np.concatenate([self.packed & 15, self.packed >> 4], axis=-1)
+        return q.view(np.int8) - np.int8(self.bias) if self.bias else q
+
+
 @dataclass
 class Groups:
-    q: np.ndarray  # (rows, groups, size) int8/uint8 levels
+    q: "np.ndarray | Nibbles"  # (rows, groups, size) int8/uint8 levels, or packed 4-bit ones
     scale: np.ndarray  # (rows, groups) float32
     offset: np.ndarray | None  # (rows, groups) float32, for affine types
 
@@ -43,25 +61,27 @@ def _half(b: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(b).view(F16).astype(np.float32)[..., 0]
 
 
+_Q4_1 = np.dtype([("d", "<f2"), ("m", "<f2"), ("qs", "u1", (16,))])
+_Q4_0 = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])
+_Q8_0 = np.dtype([("d", "<f2"), ("qs", "i1", (32,))])
+
+
 @kernel("Q8_0")
 def _q8_0(raw, rows):
-    b = raw.reshape(rows, -1, 34)
-    return Groups(b[..., 2:].view(np.int8), _half(b[..., :2]), None)
+    b = raw.view(_Q8_0).reshape(rows, -1)
+    return Groups(b["qs"], b["d"].astype(np.float32), None)
 
 
 @kernel("Q4_0")
 def _q4_0(raw, rows):
-    b = raw.reshape(rows, -1, 18)
-    p = b[..., 2:]
-    q = np.concatenate([p & 15, p >> 4], axis=-1).view(np.int8) - np.int8(8)  # element j low, j+16 high
-    return Groups(q, _half(b[..., :2]), None)
+    b = raw.view(_Q4_0).reshape(rows, -1)
+    return Groups(Nibbles(b["qs"], bias=8), b["d"].astype(np.float32), None)
 
 
 @kernel("Q4_1")
 def _q4_1(raw, rows):
-    b = raw.reshape(rows, -1, 20)
-    p = b[..., 4:]
-    return Groups(np.concatenate([p & 15, p >> 4], axis=-1), _half(b[..., :2]), _half(b[..., 2:4]))
+    b = raw.view(_Q4_1).reshape(rows, -1)
+    return Groups(Nibbles(b["qs"]), b["d"].astype(np.float32), b["m"].astype(np.float32))
 
 
 def _q5(b, head):
@@ -152,7 +172,8 @@ def matvec(raw: np.ndarray, ggml_type: str, shape: tuple[int, int], x: np.ndarra
     size = g.q.shape[-1]
     x = quantize_activations(np.asarray(x, np.float32), ACTIVATION_BLOCK[ggml_type])
     xs = np.atleast_2d(x).reshape(-1, cols // size, size)
-    y = np.einsum("rgk,ngk->nrg", g.q, xs, optimize=False) * g.scale
+    dots = g.q.dot(xs) if isinstance(g.q, Nibbles) else np.einsum("rgk,ngk->nrg", g.q, xs, optimize=False)
+    y = dots * g.scale
     if g.offset is not None:
         y += g.offset * xs.sum(-1)[:, None, :]
     out = y.sum(-1)
@@ -169,7 +190,8 @@ def rows_of(raw: np.ndarray, ggml_type: str, shape: tuple[int, int], index: np.n
     if ggml_type == "F16":
         return sel.view(F16).astype(np.float32).reshape(len(index), cols)
     g = groups_of(np.ascontiguousarray(sel).reshape(-1), ggml_type, len(index))
-    w = g.q.astype(np.float32) * g.scale[..., None]
+    q = g.q.levels() if isinstance(g.q, Nibbles) else g.q
+    w = q.astype(np.float32) * g.scale[..., None]
     if g.offset is not None:
         w += g.offset[..., None]
     return w.reshape(len(index), cols)
