@@ -320,3 +320,26 @@ def read_onnx_graph(data: bytes) -> OnnxGraph:
     inputs = [vi for vi in (_value_info(v) for n, wt, v in g if n == GRAPH_INPUT and wt == 2) if vi.name not in inits]
     outputs = [_value_info(v) for n, wt, v in g if n == GRAPH_OUTPUT and wt == 2]
     return OnnxGraph(nodes, inits, inputs, outputs, [f for f in model if f[0] != MODEL_GRAPH])
+
+
+def tensor_initializer(name: str, array) -> Initializer:
+    """An initializer holding ``array`` (numpy) as raw little-endian data."""
+    import numpy as np
+
+    a = np.ascontiguousarray(array)
+    dtype = str(a.dtype)
+    fields: list[Field] = [(TENSOR_DIMS, 0, int(d)) for d in a.shape]
+    fields += [(TENSOR_TYPE, 0, ELEM_CODES[dtype]), (TENSOR_NAME, 2, name.encode()), (TENSOR_RAW, 2, a.tobytes())]
+    return Initializer(name, tuple(a.shape), dtype, encode(fields))
+
+
+def model_bytes(nodes: list[Node], inputs: list[ValueInfo], outputs: list[ValueInfo], initializers: list[Initializer],
+                opsets: dict[str, int], ir_version: int = 10, name: str = "g") -> bytes:
+    """A complete ModelProto, written without the onnx package (device side)."""
+    g: list[Field] = [(GRAPH_NODE, 2, n.encode()) for n in nodes]
+    g.append((GRAPH_NAME, 2, name.encode()))
+    g += [(GRAPH_INIT, 2, t.raw) for t in initializers]
+    g += [(GRAPH_INPUT, 2, v.encode()) for v in inputs]
+    g += [(GRAPH_OUTPUT, 2, v.encode()) for v in outputs]
+    ops = [(MODEL_OPSET, 2, encode([(1, 2, d.encode()), (2, 0, v)])) for d, v in opsets.items()]
+    return encode([(1, 0, ir_version), *ops, (MODEL_GRAPH, 2, encode(g))])

@@ -20,7 +20,7 @@ from ..core.gguf import read_gguf_info
 from ..core.tensors import TensorSpec
 from ..errors import InputMismatchError, InvalidOptionError, ModelFormatError
 from .base import Session, register_backend
-from .gguf_kernels import matvec, rows_of
+from .gguf_kernels import rows_of
 from .gguf_tokenizer import tokenizer_from_gguf
 from .weights import FlashWeights, ResidentWeights, WeightStore
 
@@ -101,9 +101,8 @@ class LlamaEngine:
         self.k_cache, self.v_cache = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         self.shapes = {u.name: {t.name: t for t in u.tensors} for u in store.units}
 
-    def _mv(self, w: dict[str, np.ndarray], unit: str, name: str, x: np.ndarray) -> np.ndarray:
-        t = self.shapes[unit][name]
-        y = matvec(w[name], t.ggml_type, t.shape, x)
+    def _mv(self, w: dict, unit: str, name: str, x: np.ndarray) -> np.ndarray:
+        y = w[name](x)  # a prepared kernel on the quantized blocks
         bias = w.get(name.replace(".weight", ".bias"))  # Qwen2's q/k/v biases (F32)
         return y if bias is None else y + bias.view(np.float32)
 
@@ -140,8 +139,7 @@ class LlamaEngine:
         for u in self.store.units:                                             # the output matrix, chunk by chunk
             if u.rows is not None:
                 w = self.store.get(u.name)
-                t = u.tensors[0]
-                logits[:, u.rows[0]:u.rows[1]] = matvec(w[t.name], t.ggml_type, t.shape, h)
+                logits[:, u.rows[0]:u.rows[1]] = w[u.tensors[0].name](h)
                 self.store.done(u.name)
         return logits
 
@@ -154,16 +152,17 @@ class EdgeLlmSession(Session):
     """GGUF models run by the edge engine; ``memory_budget`` streams weights (``FlashWeights``)."""
 
     def __init__(self, path: Path, n_ctx: int = 512, memory_budget=None, drop_cache: bool = True,
-                 prefetch: bool = True) -> None:
+                 prefetch: bool = True, kernels: str = "ort") -> None:
         info = read_gguf_info(path, arrays=("tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
                                             "tokenizer.ggml.merges"))
         self.tokenizer = tokenizer_from_gguf(info.metadata)
         if memory_budget is None:
-            self.store: WeightStore = ResidentWeights(path, info)
+            self.store: WeightStore = ResidentWeights(path, info, kernels)
         else:
             from .memory import parse_budget
 
-            self.store = FlashWeights(path, info, parse_budget(memory_budget), drop_cache=drop_cache, prefetch=prefetch)
+            self.store = FlashWeights(path, info, parse_budget(memory_budget), drop_cache=drop_cache, prefetch=prefetch,
+                                      kernels=kernels)
         self.hp = HParams.from_gguf(info.metadata, len(self.tokenizer.tokens), n_ctx)
         self.engine = LlamaEngine(self.store, self.hp)
         self.n_vocab, self.n_ctx = self.hp.n_vocab, self.hp.n_ctx
@@ -257,7 +256,11 @@ def sample(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng
 
 @register_backend("edge", formats=(ModelFormat.GGUF,), package="numpy", extra="")
 def open_edge(path: Path, threads: int | None, *, n_ctx: int = 512, memory_budget=None, logits_all: bool = True,
-              embedding: bool = False, drop_cache: bool = True, prefetch: bool = True) -> EdgeLlmSession:
+              embedding: bool = False, drop_cache: bool = True, prefetch: bool = True,
+              kernels: str = "ort") -> EdgeLlmSession:
+    """``kernels``: "ort" (ONNX Runtime's MatMulNBits for Q4_0/Q4_1/Q8_0/Q4_K, numpy for the rest) or "numpy"."""
     if embedding:
         raise InvalidOptionError("the edge engine runs decoder language models; use backend='llama.cpp' for embeddings")
-    return EdgeLlmSession(Path(path), n_ctx, memory_budget, drop_cache, prefetch)
+    if kernels not in ("ort", "numpy"):
+        raise InvalidOptionError(f"kernels must be 'ort' or 'numpy', got {kernels!r}")
+    return EdgeLlmSession(Path(path), n_ctx, memory_budget, drop_cache, prefetch, kernels)

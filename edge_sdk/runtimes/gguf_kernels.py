@@ -195,3 +195,78 @@ def rows_of(raw: np.ndarray, ggml_type: str, shape: tuple[int, int], index: np.n
     if g.offset is not None:
         w += g.offset[..., None]
     return w.reshape(len(index), cols)
+
+
+# --- ONNX Runtime's MatMulNBits: the 4-bit / 8-bit block kernels MLAS runs with int8 activations --------
+
+ORT_TYPES = ("Q4_0", "Q4_1", "Q8_0", "Q4_K")
+ACCURACY_LEVEL = 4  # MatMulNBits: int8 activations per block (4), or fp32 compute on dequantized blocks (0)
+
+
+class OrtMatVec:
+    """One weight matrix as a single-node ONNX Runtime session (MatMulNBits, block 32, accuracy_level 4:
+    activations quantized to int8 per block, as llama.cpp does). Affine types (Q4_1, Q4_K) keep the
+    symmetric kernel (levels - 8, the default zero point) and add ``offset + 8 * scale`` times the
+    activations' block sums here."""
+
+    def __init__(self, raw: np.ndarray, ggml_type: str, shape: tuple[int, int]) -> None:
+        import onnxruntime as ort
+
+        from ..core.onnx_proto import Node, ValueInfo, model_bytes, tensor_initializer
+
+        rows, cols = shape
+        g = groups_of(raw, ggml_type, rows)
+        q = g.q.levels() if isinstance(g.q, Nibbles) else g.q
+        size = q.shape[-1]
+        bits = 8 if ggml_type == "Q8_0" else 4
+        blocks = cols // 32
+        if bits == 8:  # int8 levels -> uint8 with MatMulNBits' default zero point 128
+            b = (q.astype(np.int16) + 128).astype(np.uint8).reshape(rows, blocks, 32)
+        else:  # 4-bit levels (0..15, or -8..7 for Q4_0 with the default zero point 8): pairs 2i, 2i+1 per byte
+            u = (q.astype(np.int16) + (8 if ggml_type == "Q4_0" else 0)).astype(np.uint8).reshape(rows, blocks, 32)
+            b = (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
+        scale = np.repeat(g.scale, 32 // size, axis=1) if size < 32 else g.scale  # groups are 32 wide here
+        inits = [tensor_initializer("B", b), tensor_initializer("scales", scale.reshape(-1).astype(np.float32))]
+        inputs = ["A", "B", "scales"]
+        attrs = {k: _int_attr(k, v) for k, v in (("K", cols), ("N", rows), ("bits", bits), ("block_size", 32),
+                                                  ("accuracy_level", ACCURACY_LEVEL))}
+        node = Node("MatMulNBits", "mm", inputs, ["Y"], "com.microsoft", attrs)
+        data = model_bytes([node], [ValueInfo("A", "float32", ("n", cols))], [ValueInfo("Y", "float32", ("n", rows))],
+                           inits, {"": 21, "com.microsoft": 1})
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        self.offset = None if g.offset is None else np.ascontiguousarray((g.offset + 8 * g.scale).astype(np.float32))
+        self.group = size
+        self.nbytes = raw.nbytes
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x2 = np.atleast_2d(np.asarray(x, np.float32))
+        y = self.session.run(None, {"A": x2})[0]
+        if self.offset is not None:  # llama.cpp's Q8_1 block sums: d * sum(q), stored in fp16
+            xq = quantize_activations(x2, 32).reshape(x2.shape[0], -1, 32).sum(-1).astype(F16).astype(np.float32)
+            y += xq @ self.offset.T
+        return y[0] if np.ndim(x) == 1 else y
+
+
+def _int_attr(name: str, value: int):
+    from ..core.onnx_proto import ATTR_I, ATTR_NAME, ATTR_TYPE, Attribute, encode
+
+    return Attribute(name, value, encode([(ATTR_NAME, 2, name.encode()), (ATTR_I, 0, value), (ATTR_TYPE, 0, 2)]))
+
+
+class NumpyMatVec:
+    """The numpy path, for the types MatMulNBits cannot express exactly (Q5_x, Q6_K, F16, F32)."""
+
+    def __init__(self, raw: np.ndarray, ggml_type: str, shape: tuple[int, int]) -> None:
+        self.raw, self.ggml_type, self.shape, self.nbytes = raw, ggml_type, shape, raw.nbytes
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return matvec(self.raw, self.ggml_type, self.shape, x)
+
+
+def prepare_matvec(raw: np.ndarray, ggml_type: str, shape: tuple[int, int], kernels: str = "ort"):
+    if kernels == "ort" and ggml_type in ORT_TYPES and shape[1] % 32 == 0:
+        return OrtMatVec(raw, ggml_type, shape)
+    return NumpyMatVec(raw, ggml_type, shape)

@@ -46,6 +46,16 @@ class Unit:
     def slices(self, buf: np.ndarray) -> dict[str, np.ndarray]:
         return {t.name: buf[t.offset - self.start:t.offset - self.start + t.nbytes] for t in self.tensors}
 
+    def prepare(self, buf: np.ndarray, kernels: str) -> dict:
+        """Matrices as ready-to-call matrix-vector kernels, vectors (norms, biases) as raw bytes."""
+        from .gguf_kernels import prepare_matvec
+
+        out = {}
+        for t in self.tensors:
+            raw = buf[t.offset - self.start:t.offset - self.start + t.nbytes]
+            out[t.name] = prepare_matvec(raw, t.ggml_type, t.shape, kernels) if len(t.shape) == 2 else raw
+        return out
+
 
 @dataclass
 class StoreStats:
@@ -108,8 +118,8 @@ def _pread(fd: int, offset: int, nbytes: int) -> np.ndarray:
 class WeightStore:
     """Units by name; ``get`` blocks until a unit is resident, ``done`` says it may be released."""
 
-    def __init__(self, path: Path, info: GGUFInfo) -> None:
-        self.path, self.info = Path(path), info
+    def __init__(self, path: Path, info: GGUFInfo, kernels: str = "ort") -> None:
+        self.path, self.info, self.kernels = Path(path), info, kernels
         self.units, pinned_refs = plan_units(info)
         self.order = [u.name for u in self.units]
         self._by_name = {u.name: u for u in self.units}
@@ -156,27 +166,27 @@ class WeightStore:
 
 
 class ResidentWeights(WeightStore):
-    """Every unit read once at load and kept."""
+    """Every unit read once at load and kept (as prepared kernels)."""
 
-    def __init__(self, path: Path, info: GGUFInfo) -> None:
-        super().__init__(path, info)
-        self._bufs = {}
+    def __init__(self, path: Path, info: GGUFInfo, kernels: str = "ort") -> None:
+        super().__init__(path, info, kernels)
+        self._units = {}
         for u in self.units:
-            self._bufs[u.name] = self._read(u.start, u.nbytes)
+            self._units[u.name] = u.prepare(self._read(u.start, u.nbytes), kernels)
             self._account(u.nbytes)
 
-    def get(self, name: str) -> dict[str, np.ndarray]:
-        u = self._by_name[name]
-        return u.slices(self._bufs[name])
+    def get(self, name: str) -> dict:
+        return self._units[name]
 
 
 class FlashWeights(WeightStore):
     """Units streamed under ``budget`` bytes of resident weights, read ahead on a background thread."""
 
-    def __init__(self, path: Path, info: GGUFInfo, budget: int, drop_cache: bool = True, prefetch: bool = True) -> None:
+    def __init__(self, path: Path, info: GGUFInfo, budget: int, drop_cache: bool = True, prefetch: bool = True,
+                 kernels: str = "ort") -> None:
         """``prefetch=False`` is the naive loader benchmarks compare with: each streamed unit is read
-        synchronously when the forward pass reaches it."""
-        super().__init__(path, info)
+        (and its kernels prepared) synchronously when the forward pass reaches it."""
+        super().__init__(path, info, kernels)
         self.budget = int(budget)
         self.prefetch = prefetch
         self.drop_cache = drop_cache and hasattr(os, "posix_fadvise")
@@ -212,11 +222,11 @@ class FlashWeights(WeightStore):
         if self.streamed and prefetch:
             self._thread.start()
 
-    def _load(self, u: Unit) -> np.ndarray:
+    def _load(self, u: Unit) -> dict:
         buf = self._read(u.start, u.nbytes)
         if self.drop_cache:
             os.posix_fadvise(self._fd, u.start, u.nbytes, os.POSIX_FADV_DONTNEED)
-        return buf
+        return u.prepare(buf, self.kernels)
 
     def _prefetch(self) -> None:
         """Read streamed units in forward order (wrapping to the next token) while the budget has room."""
@@ -236,10 +246,10 @@ class FlashWeights(WeightStore):
                 self._next += 1
                 self._cv.notify_all()
 
-    def get(self, name: str) -> dict[str, np.ndarray]:
-        u = self._by_name[name]
+    def get(self, name: str) -> dict:
         if name in self.permanent:
-            return u.slices(self._bufs[name])
+            return self._bufs[name]
+        u = self._by_name[name]
         t0 = time.perf_counter()
         if not self.prefetch:  # synchronous: read now, in the forward pass's time
             with self._cv:
@@ -250,7 +260,7 @@ class FlashWeights(WeightStore):
             self._cv.wait_for(lambda: name in self._bufs)
             buf = self._bufs[name]
         self.stats.wait_seconds += time.perf_counter() - t0
-        return u.slices(buf)
+        return buf
 
     def done(self, name: str) -> None:
         if name in self.permanent:
