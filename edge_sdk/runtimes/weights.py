@@ -226,7 +226,9 @@ class FlashWeights(WeightStore):
         buf = self._read(u.start, u.nbytes)
         if self.drop_cache:
             os.posix_fadvise(self._fd, u.start, u.nbytes, os.POSIX_FADV_DONTNEED)
-        return u.prepare(buf, self.kernels)
+        # streamed units compute with the numpy kernels: they work on the bytes as read, where an ONNX
+        # Runtime kernel would first repack them (~1 ms per matrix, more than the matrix's compute)
+        return u.prepare(buf, self.kernels if u.name in self.permanent else "numpy")
 
     def _prefetch(self) -> None:
         """Read streamed units in forward order (wrapping to the next token) while the budget has room."""
