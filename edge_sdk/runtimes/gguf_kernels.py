@@ -236,6 +236,8 @@ class OrtMatVec:
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.log_severity_level = 3
+        so.enable_cpu_mem_arena = False  # hundreds of one-node sessions: no per-session arena to keep
+        so.enable_mem_pattern = False
         self.session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         self.offset = None if g.offset is None else np.ascontiguousarray((g.offset + 8 * g.scale).astype(np.float32))
         self.group = size

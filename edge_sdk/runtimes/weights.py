@@ -53,7 +53,8 @@ class Unit:
         out = {}
         for t in self.tensors:
             raw = buf[t.offset - self.start:t.offset - self.start + t.nbytes]
-            out[t.name] = prepare_matvec(raw, t.ggml_type, t.shape, kernels) if len(t.shape) == 2 else raw
+            # vectors are copied out so the read buffer can go once ONNX Runtime holds the matrices
+            out[t.name] = prepare_matvec(raw, t.ggml_type, t.shape, kernels) if len(t.shape) == 2 else raw.copy()
         return out
 
 
