@@ -204,10 +204,10 @@ ACCURACY_LEVEL = 4  # MatMulNBits: int8 activations per block (4), or fp32 compu
 
 
 class OrtMatVec:
-    """One weight matrix as a single-node ONNX Runtime session (MatMulNBits, block 32, accuracy_level 4:
+    """One weight matrix as a small ONNX Runtime session (MatMulNBits, block 32, accuracy_level 4:
     activations quantized to int8 per block, as llama.cpp does). Affine types (Q4_1, Q4_K) keep the
     symmetric kernel (levels - 8, the default zero point) and add ``offset + 8 * scale`` times the
-    activations' block sums here."""
+    activations' block sums in the same graph."""
 
     def __init__(self, raw: np.ndarray, ggml_type: str, shape: tuple[int, int]) -> None:
         import onnxruntime as ort
@@ -230,8 +230,17 @@ class OrtMatVec:
         inputs = ["A", "B", "scales"]
         attrs = {k: _int_attr(k, v) for k, v in (("K", cols), ("N", rows), ("bits", bits), ("block_size", 32),
                                                   ("accuracy_level", ACCURACY_LEVEL))}
-        node = Node("MatMulNBits", "mm", inputs, ["Y"], "com.microsoft", attrs)
-        data = model_bytes([node], [ValueInfo("A", "float32", ("n", cols))], [ValueInfo("Y", "float32", ("n", rows))],
+        nodes = [Node("MatMulNBits", "mm", inputs, ["Y" if g.offset is None else "Yq"], "com.microsoft", attrs)]
+        if g.offset is not None:  # affine types: + block sums of A times (offset + 8 * scale), in the same call
+            offset = (g.offset + 8 * g.scale).astype(np.float32)
+            inits += [tensor_initializer("blocks", np.array([-1, blocks, 32], np.int64)),
+                      tensor_initializer("axes", np.array([-1], np.int64)),
+                      tensor_initializer("offsetT", np.ascontiguousarray(offset.T))]
+            nodes += [Node("Reshape", "rs", ["A", "blocks"], ["Ab"], "", {}),
+                      Node("ReduceSum", "sum", ["Ab", "axes"], ["S"], "", {"keepdims": _int_attr("keepdims", 0)}),
+                      Node("MatMul", "off", ["S", "offsetT"], ["Yo"], "", {}),
+                      Node("Add", "add", ["Yq", "Yo"], ["Y"], "", {})]
+        data = model_bytes(nodes, [ValueInfo("A", "float32", ("n", cols))], [ValueInfo("Y", "float32", ("n", rows))],
                            inits, {"": 21, "com.microsoft": 1})
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
@@ -239,16 +248,10 @@ class OrtMatVec:
         so.enable_cpu_mem_arena = False  # hundreds of one-node sessions: no per-session arena to keep
         so.enable_mem_pattern = False
         self.session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-        self.offset = None if g.offset is None else np.ascontiguousarray((g.offset + 8 * g.scale).astype(np.float32))
-        self.group = size
         self.nbytes = raw.nbytes
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x2 = np.atleast_2d(np.asarray(x, np.float32))
-        y = self.session.run(None, {"A": x2})[0]
-        if self.offset is not None:  # llama.cpp's Q8_1 block sums: d * sum(q), stored in fp16
-            xq = quantize_activations(x2, 32).reshape(x2.shape[0], -1, 32).sum(-1).astype(F16).astype(np.float32)
-            y += xq @ self.offset.T
+        y = self.session.run(None, {"A": np.atleast_2d(np.asarray(x, np.float32))})[0]
         return y[0] if np.ndim(x) == 1 else y
 
 
