@@ -174,6 +174,11 @@ class Node:
         return encode(f)
 
 
+def int_attribute(name: str, value: int) -> Attribute:
+    """An INT attribute (e.g. Concat's axis, MatMulNBits' K/N/bits)."""
+    return Attribute(name, value, encode([(ATTR_NAME, 2, name.encode()), (ATTR_I, 0, value), (ATTR_TYPE, 0, 2)]))
+
+
 def _attribute(raw: bytes) -> Attribute:
     f = parse(raw)
     name = _str(f, ATTR_NAME)

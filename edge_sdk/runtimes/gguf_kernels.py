@@ -212,7 +212,7 @@ class OrtMatVec:
     def __init__(self, raw: np.ndarray, ggml_type: str, shape: tuple[int, int]) -> None:
         import onnxruntime as ort
 
-        from ..core.onnx_proto import Node, ValueInfo, model_bytes, tensor_initializer
+        from ..core.onnx_proto import Node, ValueInfo, int_attribute, model_bytes, tensor_initializer
 
         rows, cols = shape
         g = groups_of(raw, ggml_type, rows)
@@ -228,7 +228,7 @@ class OrtMatVec:
         scale = np.repeat(g.scale, 32 // size, axis=1) if size < 32 else g.scale  # groups are 32 wide here
         inits = [tensor_initializer("B", b), tensor_initializer("scales", scale.reshape(-1).astype(np.float32))]
         inputs = ["A", "B", "scales"]
-        attrs = {k: _int_attr(k, v) for k, v in (("K", cols), ("N", rows), ("bits", bits), ("block_size", 32),
+        attrs = {k: int_attribute(k, v) for k, v in (("K", cols), ("N", rows), ("bits", bits), ("block_size", 32),
                                                   ("accuracy_level", ACCURACY_LEVEL))}
         nodes = [Node("MatMulNBits", "mm", inputs, ["Y" if g.offset is None else "Yq"], "com.microsoft", attrs)]
         if g.offset is not None:  # affine types: + block sums of A times (offset + 8 * scale), in the same call
@@ -237,7 +237,7 @@ class OrtMatVec:
                       tensor_initializer("axes", np.array([-1], np.int64)),
                       tensor_initializer("offsetT", np.ascontiguousarray(offset.T))]
             nodes += [Node("Reshape", "rs", ["A", "blocks"], ["Ab"], "", {}),
-                      Node("ReduceSum", "sum", ["Ab", "axes"], ["S"], "", {"keepdims": _int_attr("keepdims", 0)}),
+                      Node("ReduceSum", "sum", ["Ab", "axes"], ["S"], "", {"keepdims": int_attribute("keepdims", 0)}),
                       Node("MatMul", "off", ["S", "offsetT"], ["Yo"], "", {}),
                       Node("Add", "add", ["Yq", "Yo"], ["Y"], "", {})]
         data = model_bytes(nodes, [ValueInfo("A", "float32", ("n", cols))], [ValueInfo("Y", "float32", ("n", rows))],
@@ -253,12 +253,6 @@ class OrtMatVec:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         y = self.session.run(None, {"A": np.atleast_2d(np.asarray(x, np.float32))})[0]
         return y[0] if np.ndim(x) == 1 else y
-
-
-def _int_attr(name: str, value: int):
-    from ..core.onnx_proto import ATTR_I, ATTR_NAME, ATTR_TYPE, Attribute, encode
-
-    return Attribute(name, value, encode([(ATTR_NAME, 2, name.encode()), (ATTR_I, 0, value), (ATTR_TYPE, 0, 2)]))
 
 
 class NumpyMatVec:

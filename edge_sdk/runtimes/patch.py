@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.onnx_proto import Node, OnnxGraph, int64_initializer
+from ..core.onnx_proto import Node, OnnxGraph, int64_initializer, int_attribute
 from ..errors import InvalidOptionError
 from .base import Session
 from .memory import ELEMENTWISE, MemoryPlan, Op, human_bytes, simulate
@@ -367,9 +367,9 @@ class PatchedSession(Session):
         pieces = []
         for r0, names in sorted(rows.items()):
             row = f"{plan.split}__row{r0}"
-            nodes.append(Node("Concat", row, names, [row], "", {"axis": _int_attr("axis", 3)}))
+            nodes.append(Node("Concat", row, names, [row], "", {"axis": int_attribute("axis", 3)}))
             pieces.append(row)
-        nodes.append(Node("Concat", plan.split, pieces, [plan.split], "", {"axis": _int_attr("axis", 2)}))
+        nodes.append(Node("Concat", plan.split, pieces, [plan.split], "", {"axis": int_attribute("axis", 2)}))
         nodes += [graph.nodes[i] for i in plan.tail_nodes]
         return graph.submodel(nodes, list(graph.inputs), list(graph.outputs), "patched", extra)
 
@@ -379,12 +379,6 @@ class PatchedSession(Session):
     def close(self) -> None:
         if self.session is not None:
             self.session.close()
-
-
-def _int_attr(name: str, value: int):
-    from ..core.onnx_proto import ATTR_I, ATTR_NAME, ATTR_TYPE, Attribute, encode
-
-    return Attribute(name, value, encode([(ATTR_NAME, 2, name.encode()), (ATTR_I, 0, value), (ATTR_TYPE, 0, 2)]))
 
 
 def open_patched(path, budget, threads: int | None = None, **options) -> tuple[Session, PatchPlan | None]:

@@ -43,9 +43,6 @@ class Unit:
     nbytes: int
     rows: tuple[int, int] | None = None  # for row chunks of one matrix: the rows held
 
-    def slices(self, buf: np.ndarray) -> dict[str, np.ndarray]:
-        return {t.name: buf[t.offset - self.start:t.offset - self.start + t.nbytes] for t in self.tensors}
-
     def prepare(self, buf: np.ndarray, kernels: str) -> dict:
         """Matrices as ready-to-call matrix-vector kernels, vectors (norms, biases) as raw bytes."""
         from .gguf_kernels import prepare_matvec

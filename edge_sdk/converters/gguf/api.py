@@ -64,7 +64,7 @@ def convert_gguf(source: str | Path, *, quantize: Iterable[str], out: str | Path
                 if extra.get("tokenizer_agreement", 1.0) < 1.0:
                     warnings.append("llama.cpp tokenizes the check texts differently from the Hugging Face tokenizer")
             details = {"file_type": ft.name, "general.file_type": ft.ftype, "tensor_types": type_histogram(wf.tensor_types),
-                       "bits_per_weight": round(bits_per_weight(wf.path, src, wf.tensor_types), 4),
+                       "bits_per_weight": round(bits_per_weight(src, wf.tensor_types), 4),
                        "type_changes": wf.reasons, "write_seconds": round(wf.seconds, 3),
                        "check_seconds": round(time.perf_counter() - t_check, 3), **extra}
             artifacts.append(Artifact(

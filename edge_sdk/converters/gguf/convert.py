@@ -181,7 +181,7 @@ def type_histogram(types: dict[str, str]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def bits_per_weight(path: Path, src: GGUFSource, types: dict[str, str]) -> float:
+def bits_per_weight(src: GGUFSource, types: dict[str, str]) -> float:
     """Stored bits per parameter over the tensors (metadata excluded), as llama.cpp reports BPW."""
     stored = sum(qtypes.nbytes(types[t.name], t.shape) for t in src.tensors)
     return 8.0 * stored / max(1, src.parameters)
