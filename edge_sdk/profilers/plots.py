@@ -10,6 +10,7 @@ from xml.sax.saxutils import escape
 
 from ..core.atomic import atomic_write_text
 from ..errors import InvalidOptionError, MissingDependencyError
+from ..runtimes.memory import human_bytes as _short
 
 
 def bar_chart_svg(values: list[float], labels: list[str], *, title: str, y_label: str, highlight: int | None = None,
@@ -48,13 +49,6 @@ def bar_chart_svg(values: list[float], labels: list[str], *, title: str, y_label
                      f'{escape(name)} {_short(v)}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
-
-
-def _short(v: float) -> str:
-    for unit, size in (("MB", 1e6), ("KB", 1e3)):
-        if v >= size:
-            return f"{v / size:.1f}{unit}"
-    return f"{v:.0f}B"
 
 
 def memory_profile_plot(plan, path: str | Path, *, budget: int | None = None, patched_peak: int | None = None) -> Path:
