@@ -5,8 +5,8 @@ Files: the registry's Q4_1 GGUF, and a Q8_0 written from it by our GGUF converte
 - decode tokens/s of the edge engine vs llama.cpp on the same file, 2 threads each, one token per step
   after the same prompt (target >= 0.5x);
 - with budgets of 50% and 25% of the weight bytes: decode tokens/s vs the engine with resident weights
-  (target >= 0.5x at 50%) and vs a naive loader that reads each streamed unit synchronously when the
-  forward pass reaches it (target >= 2x). Storage reads are real: before each run the file's pages are
+  (target >= 0.5x at 50%) and vs a naive loader that keeps nothing resident and reads each block
+  synchronously when the forward pass reaches it (target >= 2x). Storage reads are real: before each run the file's pages are
   dropped (posix_fadvise DONTNEED over the whole file) and FlashWeights drops each unit's pages after
   reading it, so no read is served from the page cache;
 - peak RSS of a process generating under each budget (VmHWM, fresh process per case) against the
@@ -36,9 +36,9 @@ _CHILD = r"""
 import json, os, re, sys, time
 import numpy as np
 import edge_sdk
-path, budget, prefetch, steps = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
+path, budget, naive, steps = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
 fd = os.open(path, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
-m = edge_sdk.load(path, backend="edge", memory_budget=None if budget == "none" else int(budget), prefetch=prefetch)
+m = edge_sdk.load(path, backend="edge", memory_budget=None if budget == "none" else int(budget), naive=naive)
 eng = m.session.engine
 ids = m.tokenize(sys.argv[5], add_bos=False).tolist()
 logits = eng.forward(ids, 0)[-1]
@@ -55,8 +55,8 @@ print(json.dumps({"tps": steps / dt, "hwm": hwm, "peak_weights": st.peak_residen
 """
 
 
-def edge_run(path: Path, budget, prefetch: bool = True) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(budget), "1" if prefetch else "0", str(STEPS),
+def edge_run(path: Path, budget, naive: bool = False) -> dict:
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(budget), "1" if naive else "0", str(STEPS),
                           PROMPT], capture_output=True, text=True, check=True, cwd=ROOT,
                          env={**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -100,7 +100,7 @@ def main() -> None:
             for frac in (0.5, 0.25):
                 budget = int(total * frac)
                 flash = edge_run(path, budget)
-                naive = edge_run(path, budget, prefetch=False)
+                naive = edge_run(path, budget, naive=True)
                 tag = f"{name}.budget_{int(frac * 100)}"
                 result(f"{tag}.decode_tps_vs_resident", flash["tps"], "tok/s", ours["tps"])
                 result(f"{tag}.decode_tps_vs_naive", flash["tps"], "tok/s", naive["tps"])

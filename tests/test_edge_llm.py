@@ -157,3 +157,14 @@ def test_flash_peak_rss_follows_the_budget(smollm2_gguf):
     total = 96_576_768  # SmolLM2-135M Q4_1: bytes of weights
     resident, flash = peak("none"), peak(total // 4)
     assert resident - flash > 0.5 * (total - total // 4), (resident, flash)
+
+
+def test_naive_loader_reads_every_block_every_pass(smollm2_gguf):
+    """The benchmark's baseline: nothing resident, each block read when reached; same arithmetic."""
+    with edge_sdk.load(smollm2_gguf, backend="edge", memory_budget="30MB", naive=True, kernels="numpy") as m, \
+            edge_sdk.load(smollm2_gguf, backend="edge", memory_budget="30MB", kernels="numpy") as f:
+        st = m.session.store
+        ids = m.tokenize("Hello", add_bos=False)
+        np.testing.assert_array_equal(m.run(ids)["logits"], f.run(ids)["logits"])
+        assert not st.permanent and st.read_order == st.order  # one pass: every unit, in forward order
+        assert st.stats.peak_resident_bytes <= st.pinned_bytes + max(u.nbytes for u in st.units)

@@ -152,7 +152,7 @@ class EdgeLlmSession(Session):
     """GGUF models run by the edge engine; ``memory_budget`` streams weights (``FlashWeights``)."""
 
     def __init__(self, path: Path, n_ctx: int = 512, memory_budget=None, drop_cache: bool = True,
-                 prefetch: bool = True, kernels: str = "ort") -> None:
+                 prefetch: bool = True, kernels: str = "ort", naive: bool = False) -> None:
         info = read_gguf_info(path, arrays=("tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
                                             "tokenizer.ggml.merges"))
         self.tokenizer = tokenizer_from_gguf(info.metadata)
@@ -162,7 +162,7 @@ class EdgeLlmSession(Session):
             from .memory import parse_budget
 
             self.store = FlashWeights(path, info, parse_budget(memory_budget), drop_cache=drop_cache, prefetch=prefetch,
-                                      kernels=kernels)
+                                      kernels=kernels, naive=naive)
         self.hp = HParams.from_gguf(info.metadata, len(self.tokenizer.tokens), n_ctx)
         self.engine = LlamaEngine(self.store, self.hp)
         self.n_vocab, self.n_ctx = self.hp.n_vocab, self.hp.n_ctx
@@ -257,10 +257,10 @@ def sample(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng
 @register_backend("edge", formats=(ModelFormat.GGUF,), package="numpy", extra="")
 def open_edge(path: Path, threads: int | None, *, n_ctx: int = 512, memory_budget=None, logits_all: bool = True,
               embedding: bool = False, drop_cache: bool = True, prefetch: bool = True,
-              kernels: str = "ort") -> EdgeLlmSession:
+              kernels: str = "ort", naive: bool = False) -> EdgeLlmSession:
     """``kernels``: "ort" (ONNX Runtime's MatMulNBits for Q4_0/Q4_1/Q8_0/Q4_K, numpy for the rest) or "numpy"."""
     if embedding:
         raise InvalidOptionError("the edge engine runs decoder language models; use backend='llama.cpp' for embeddings")
     if kernels not in ("ort", "numpy"):
         raise InvalidOptionError(f"kernels must be 'ort' or 'numpy', got {kernels!r}")
-    return EdgeLlmSession(Path(path), n_ctx, memory_budget, drop_cache, prefetch, kernels)
+    return EdgeLlmSession(Path(path), n_ctx, memory_budget, drop_cache, prefetch, kernels, naive)

@@ -181,12 +181,12 @@ class FlashWeights(WeightStore):
     """Units streamed under ``budget`` bytes of resident weights, read ahead on a background thread."""
 
     def __init__(self, path: Path, info: GGUFInfo, budget: int, drop_cache: bool = True, prefetch: bool = True,
-                 kernels: str = "ort") -> None:
-        """``prefetch=False`` is the naive loader benchmarks compare with: each streamed unit is read
-        (and its kernels prepared) synchronously when the forward pass reaches it."""
+                 kernels: str = "ort", naive: bool = False) -> None:
+        """``naive=True`` is the loader benchmarks compare with: nothing kept resident, no read-ahead,
+        every unit read synchronously when the forward pass reaches it."""
         super().__init__(path, info, kernels)
         self.budget = int(budget)
-        self.prefetch = prefetch
+        self.prefetch = prefetch and not naive
         self.drop_cache = drop_cache and hasattr(os, "posix_fadvise")
         largest = max(u.nbytes for u in self.units)
         minimum = self.pinned_bytes + largest
@@ -206,6 +206,8 @@ class FlashWeights(WeightStore):
             kept += u.nbytes
         if sum(u.nbytes for u in self.units) <= free:
             self.permanent = {u.name for u in self.units}
+        if naive:
+            self.permanent = set()
         self.streamed = [n for n in self.order if n not in self.permanent]
         self._bufs: dict[str, np.ndarray] = {}
         self._cv = threading.Condition()
@@ -217,7 +219,7 @@ class FlashWeights(WeightStore):
             self._bufs[name] = self._load(u)
             self._account(u.nbytes)
         self._thread = threading.Thread(target=self._prefetch, name="edge-flash-prefetch", daemon=True)
-        if self.streamed and prefetch:
+        if self.streamed and self.prefetch:
             self._thread.start()
 
     def _load(self, u: Unit) -> dict:
