@@ -200,6 +200,7 @@ def rows_of(raw: np.ndarray, ggml_type: str, shape: tuple[int, int], index: np.n
 # --- ONNX Runtime's MatMulNBits: the 4-bit / 8-bit block kernels MLAS runs with int8 activations --------
 
 ORT_TYPES = ("Q4_0", "Q4_1", "Q8_0", "Q4_K")
+ORT_THREADS = 1  # one per session: hundreds of sessions with 2-thread pools spin against each other (0.4 tok/s)
 ACCURACY_LEVEL = 4  # MatMulNBits: int8 activations per block (4), or fp32 compute on dequantized blocks (0)
 
 
@@ -243,7 +244,7 @@ class OrtMatVec:
         data = model_bytes(nodes, [ValueInfo("A", "float32", ("n", cols))], [ValueInfo("Y", "float32", ("n", rows))],
                            inits, {"": 21, "com.microsoft": 1})
         so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
+        so.intra_op_num_threads = ORT_THREADS
         so.log_severity_level = 3
         so.enable_cpu_mem_arena = False  # hundreds of one-node sessions: no per-session arena to keep
         so.enable_mem_pattern = False
