@@ -235,6 +235,7 @@ def run(
                 console.print()
                 st = getattr(m.session, "last_stats", None)
                 if st is not None:
+                    console.file.flush()  # the completion's newline before the stats on stderr
                     err_console.print(
                         f"TTFT {st.ttft_s * 1e3:.0f} ms, prefill {st.prefill_tokens_per_s:.1f} tok/s, decode "
                         f"{st.decode_tokens_per_s:.1f} tok/s; read {st.bytes_read / 1e6:.1f} MB from storage, peak "

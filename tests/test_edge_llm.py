@@ -168,3 +168,19 @@ def test_naive_loader_reads_every_block_every_pass(smollm2_gguf):
         np.testing.assert_array_equal(m.run(ids)["logits"], f.run(ids)["logits"])
         assert not st.permanent and st.read_order == st.order  # one pass: every unit, in forward order
         assert st.stats.peak_resident_bytes <= st.pinned_bytes + max(u.nbytes for u in st.units)
+
+
+def test_cli_run_streams_under_a_budget(smollm2_gguf):
+    from typer.testing import CliRunner
+
+    from edge_sdk.cli import app
+
+    res = CliRunner().invoke(app, ["run", str(smollm2_gguf), "--backend", "edge", "--memory-budget", "40MB",
+                                   "--prompt", "The capital of France is", "-n", "4"])
+    assert res.exit_code == 0, res.output
+    assert "Paris" in res.output and "peak resident weights" in res.output
+    peak_mb = float(res.output.split("peak resident weights")[1].split("MB")[0])
+    assert 0 < peak_mb <= 40.0
+    res = CliRunner().invoke(app, ["run", str(smollm2_gguf), "--backend", "edge", "--memory-budget", "1MB",
+                                   "--prompt", "Hi"])
+    assert res.exit_code == 2 and "below the minimum" in res.output
