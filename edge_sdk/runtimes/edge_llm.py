@@ -94,7 +94,7 @@ def rope(x: np.ndarray, pos: np.ndarray, base: float, neox: bool, factors: np.nd
 class LlamaEngine:
     def __init__(self, store: WeightStore, hp: HParams) -> None:
         self.store, self.hp = store, hp
-        self.pinned = {name: raw.view(np.float32) if store_type(store, name) == "F32" else raw
+        self.pinned = {name: raw.view(np.float32) if store.refs[name].ggml_type == "F32" else raw
                        for name, raw in store.pinned.items()}
         self.rope_factors = self.pinned.get("rope_freqs.weight")
         shape = (hp.n_layer, hp.n_ctx, hp.n_head_kv, hp.head_dim)
@@ -142,10 +142,6 @@ class LlamaEngine:
                 logits[:, u.rows[0]:u.rows[1]] = w[u.tensors[0].name](h)
                 self.store.done(u.name)
         return logits
-
-
-def store_type(store: WeightStore, name: str) -> str:
-    return next(t.type_name for t in store.info.tensors if t.name == name)
 
 
 class EdgeLlmSession(Session):

@@ -45,8 +45,6 @@ class Groups:
 
 
 KERNELS: dict[str, Callable[[np.ndarray, int], Groups]] = {}
-BLOCK = {"Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
-         "Q4_K": (256, 144), "Q6_K": (256, 210)}
 
 
 def kernel(name: str):

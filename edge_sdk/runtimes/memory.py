@@ -72,6 +72,10 @@ class MemoryPlan:
     quantized: bool
     nodes_of: dict[str, list[int]] = field(default_factory=dict)  # logical output -> graph node indices
     dtypes: dict[str, str] = field(default_factory=dict)
+    constants: set[str] = field(default_factory=set)  # weights and what is computed from them alone
+
+    def is_activation(self, t: str) -> bool:
+        return bool(t) and t not in self.constants and t in self.shapes
 
     @property
     def peak_bytes(self) -> int:
@@ -194,7 +198,7 @@ def plan_memory(model: str | Path | bytes | OnnxGraph, batch: int = 1,
             sizes[t] = int(np.prod(shape)) * np.dtype(dtype).itemsize
     plan = MemoryPlan(ops, sizes, {t: s for t, (s, _) in shapes.items()}, graph_inputs,
                       [resolve(v.name) for v in graph.outputs], quantized, nodes_of,
-                      {t: d for t, (_, d) in shapes.items()})
+                      {t: d for t, (_, d) in shapes.items()}, const)
     simulate(plan.ops, plan.sizes, plan.graph_outputs)
     return plan
 

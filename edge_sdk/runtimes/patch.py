@@ -127,10 +127,8 @@ class HeadGraph:
     """The graph facts patch planning needs: producers, consumers, the spatial prefix."""
 
     def __init__(self, graph: OnnxGraph, plan: MemoryPlan) -> None:
-        from .memory import constant_tensors
-
         self.graph, self.plan = graph, plan
-        self.const = constant_tensors(graph)
+        self.const = plan.constants  # computed once by the memory planner
         self.producer = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs}
         self.consumers: dict[str, list[int]] = {}
         for i, n in enumerate(graph.nodes):
@@ -146,7 +144,7 @@ class HeadGraph:
         self.spatial = self._spatial_nodes()
 
     def act(self, t: str) -> bool:
-        return bool(t) and t not in self.const and t in self.plan.shapes
+        return self.plan.is_activation(t)
 
     def _spatial_nodes(self) -> set[int]:
         """Nodes computed from the image by spatially local ops only (the possible head)."""

@@ -65,12 +65,15 @@ class StoreStats:
     peak_resident_bytes: int = 0
 
 
+def tensor_refs(info: GGUFInfo) -> dict[str, TensorRef]:
+    """Every tensor of a GGUF file by name: type, numpy-order shape, absolute offset, size."""
+    return {t.name: TensorRef(t.name, t.type_name, tuple(reversed(t.shape)), info.data_offset + t.offset, t.nbytes)
+            for t in info.tensors}
+
+
 def plan_units(info: GGUFInfo, chunk_bytes: int | None = None) -> tuple[list[Unit], list[TensorRef]]:
     """(streamable units in forward order, pinned small tensors) of a GGUF file."""
-    refs = []
-    for t in info.tensors:
-        shape = tuple(reversed(t.shape))
-        refs.append(TensorRef(t.name, t.type_name, shape, info.data_offset + t.offset, t.nbytes))
+    refs = list(tensor_refs(info).values())
     blocks: dict[int, list[TensorRef]] = {}
     pinned, big = [], []
     for r in refs:
@@ -126,8 +129,8 @@ class WeightStore:
         self.pinned = {r.name: self._read(r.offset, r.nbytes) for r in pinned_refs}
         self._account(sum(r.nbytes for r in pinned_refs))
         self.pinned_bytes = sum(r.nbytes for r in pinned_refs)
-        self.embedding = next((TensorRef(t.name, t.type_name, tuple(reversed(t.shape)), info.data_offset + t.offset,
-                                         t.nbytes) for t in info.tensors if t.name == "token_embd.weight"), None)
+        self.refs = tensor_refs(info)
+        self.embedding = self.refs.get("token_embd.weight")
 
     def _account(self, delta: int) -> None:
         self.stats.resident_bytes += delta
@@ -147,9 +150,6 @@ class WeightStore:
         per_row = e.nbytes // e.shape[0]
         rows = [self._read(e.offset + int(i) * per_row, per_row) for i in ids]
         return np.concatenate(rows), e.ggml_type, e.shape[1]
-
-    def unit(self, name: str) -> Unit:
-        return self._by_name[name]
 
     def get(self, name: str) -> dict[str, np.ndarray]:
         raise NotImplementedError
