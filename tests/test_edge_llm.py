@@ -56,6 +56,25 @@ def test_logits_and_greedy_text_agree_with_llama_cpp(models, smollm2_gguf):
         assert a[:4] == b[:4], prompt
 
 
+def test_ffn_activation_hook_sees_every_layer_without_changing_the_output(models):
+    """The hook sparsity studies use (benchmarks/ffn_sparsity.py) gets each layer's SwiGLU activation,
+    shaped (tokens, n_ff), and a SiLU model's activations are dense: no neuron is exactly zero."""
+    _, ours = models
+    eng = ours.session.engine
+    ids = np.arange(200, 206, dtype=np.int32)
+    plain = ours.run(ids)["logits"]
+    seen = {}
+    eng.on_ffn_activation = lambda layer, a: seen.setdefault(layer, a.copy())
+    try:
+        hooked = ours.run(ids)["logits"]
+    finally:
+        eng.on_ffn_activation = None
+    assert sorted(seen) == list(range(eng.hp.n_layer))
+    assert all(a.shape == (6, 1536) for a in seen.values())
+    assert np.array_equal(plain, hooked)
+    assert np.mean([np.mean(a == 0) for a in seen.values()]) < 0.01
+
+
 def test_numpy_and_ort_kernels_agree(smollm2_gguf):
     """The two kernel paths (MatMulNBits with int8 activations, numpy with llama.cpp's Q8 activations)
     compute the same model: logits within a few percent, same top-1 at almost every position."""

@@ -100,6 +100,7 @@ class LlamaEngine:
         shape = (hp.n_layer, hp.n_ctx, hp.n_head_kv, hp.head_dim)
         self.k_cache, self.v_cache = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         self.shapes = {u.name: {t.name: t for t in u.tensors} for u in store.units}
+        self.on_ffn_activation = None  # optional callback(layer, (n, n_ff) array): what sparsity studies read
 
     def _mv(self, w: dict, unit: str, name: str, x: np.ndarray) -> np.ndarray:
         y = w[name](x)  # a prepared kernel on the quantized blocks
@@ -132,7 +133,10 @@ class LlamaEngine:
             x = x + self._mv(w, unit, p + "attn_output.weight", att)
             h = rms_norm(x, w[p + "ffn_norm.weight"].view(np.float32), hp.eps)
             gate = self._mv(w, unit, p + "ffn_gate.weight", h)
-            x = x + self._mv(w, unit, p + "ffn_down.weight", gate / (1 + np.exp(-gate)) * self._mv(w, unit, p + "ffn_up.weight", h))
+            act = gate / (1 + np.exp(-gate)) * self._mv(w, unit, p + "ffn_up.weight", h)   # SwiGLU
+            if self.on_ffn_activation is not None:
+                self.on_ffn_activation(i, act)
+            x = x + self._mv(w, unit, p + "ffn_down.weight", act)
             self.store.done(unit)
         h = rms_norm(x, self.pinned["output_norm.weight"], hp.eps)
         logits = np.empty((n, hp.n_vocab), np.float32)
