@@ -10,7 +10,7 @@ LLAMA_VERSION := 0.3.36
 WHEELS := $(HOME)/.cache/edge-sdk/wheels
 LLAMA_WHEEL = $(firstword $(wildcard $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl))
 
-.PHONY: demo test bench clean llama-wheel
+.PHONY: demo test bench clean llama-wheel chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,9 +34,21 @@ demo: $(STAMP)
 		--calibration $(DEMO)/calib.npz --validation $(DEMO)/val.npz --out build/demo
 	$(BIN)/edge inspect build/demo/digits.int8.onnx
 	$(BIN)/edge run build/demo/digits.int8.onnx --input $(DEMO)/val.npz
+	for m in fp32 fp16 int8 int4; do \
+		$(BIN)/edge profile build/demo/digits.$$m.onnx --runs 300 --idle 1 --input $(DEMO)/val.npz \
+			--json build/demo/profile.$$m.json --html build/demo/profile.$$m.html || exit 1; \
+	done
+	$(BIN)/edge report build/demo/profile.fp32.json build/demo/profile.fp16.json build/demo/profile.int8.json \
+		build/demo/profile.int4.json --html build/demo/compare.html --markdown build/demo/compare.md
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# headless Chromium renders the HTML reports in the tests (Debian's package; root can install it)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q --no-install-recommends chromium; \
+		else echo "chromium is not installed and this is not root: the HTML rendering test will skip"; fi; }
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/onnx_quant.py

@@ -332,6 +332,147 @@ def plan(
     if save_model is not None:
         console.print(f"patched model: {escape(str(save_model))}", highlight=False)
 
+@app.command()
+def profile(
+    model: Optional[Path] = typer.Argument(None, help="A model file: .onnx, .tflite, .gguf, .mlpackage."),
+    runs: int = typer.Option(100, "--runs", "-r", help="Measured runs (GGUF: see --repetitions)."),
+    warmup: int = typer.Option(10, "--warmup", help="Unmeasured runs first."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Time budget in seconds instead of --runs."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Intra-op threads."),
+    batch: int = typer.Option(1, "--batch", "-b", help="Batch size where the batch axis is dynamic."),
+    sweep: list[str] = typer.Option([], "--sweep", help="Profile several settings: threads=1,2,4 or batch=1,8 (repeatable)."),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, litert, tflite-runtime, coreml, llama.cpp, edge."),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="FILE.npz: real inputs instead of random ones."),
+    power: str = typer.Option("auto", "--power", help="Power source: auto, none, or a name (edge profile --list-power)."),
+    power_rate: float = typer.Option(10.0, "--power-rate", help="Power samples per second."),
+    idle: float = typer.Option(2.0, "--idle", help="Seconds of idle power baseline before the runs."),
+    per_op: bool = typer.Option(True, "--per-op/--no-per-op", help="Per-op time from the backend's profiler."),
+    top: int = typer.Option(10, "--top", help="Slowest nodes to list."),
+    n_prompt: int = typer.Option(128, "-p", "--n-prompt", help="GGUF: prompt tokens (llama-bench -p)."),
+    n_gen: int = typer.Option(64, "-n", "--n-gen", help="GGUF: generated tokens (llama-bench -n)."),
+    repetitions: int = typer.Option(3, "--repetitions", help="GGUF: repetitions of the -p/-n test."),
+    accuracy: Optional[float] = typer.Option(None, "--accuracy", help="Model accuracy to carry into the report (Pareto plots)."),
+    label: Optional[str] = typer.Option(None, "--label", help="Name of this model in comparisons (default: file name)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON (schema edge-sdk/profile v1)."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the report as Markdown."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report with plots."),
+    list_power: bool = typer.Option(False, "--list-power", help="List the power sources and which are present, then exit."),
+) -> None:
+    """Latency, memory, per-op time, LLM token rates, power and energy of a model on this device."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .errors import InvalidOptionError
+    from .profilers.profile import ProfileOptions, parse_sweep
+    from .profilers.profile import profile as run_profile
+
+    if list_power:
+        from .profilers.power import POWER_SOURCES, DeviceEnv
+
+        env = DeviceEnv()
+        for name, cls in POWER_SOURCES.items():
+            src = cls.detect(env)
+            console.print(f"{name:18} {'present: ' + escape(src.describe()) if src else 'absent'}", highlight=False)
+            if src is not None:
+                src.close()
+        return
+    try:
+        if model is None:
+            raise InvalidOptionError("give the model to profile: edge profile MODEL (or --list-power)")
+        opts = ProfileOptions(runs=runs, warmup=warmup, duration_s=duration, threads=threads, batch=batch,
+                              backend=backend, per_op=per_op, top=top, power=power, power_rate_hz=power_rate,
+                              idle_s=idle, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, input=input,
+                              accuracy=accuracy)
+        grid = parse_sweep(sweep)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+            tasks: dict[str, int] = {}
+
+            def on_progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total or None)
+                bar.update(tasks[stage], completed=done, total=total or None)
+                if done == total:
+                    bar.remove_task(tasks.pop(stage))
+
+            report = run_profile(model, opts, sweep=grid, progress=on_progress)
+        if label:
+            report.doc["model"]["label"] = label
+        written = []
+        for path, write in ((json_out, report.write_json), (markdown, report.write_markdown), (html, report.write_html)):
+            if path is not None:
+                written.append(str(write(path)))
+    except EdgeError as e:
+        _fail(e)
+    print_profile(report.doc)
+    for w in written:
+        console.print(f"wrote {escape(w)}", highlight=False)
+
+
+def print_profile(doc: dict) -> None:
+    m, d = doc["model"], doc["device"]
+    table = Table(box=box.SIMPLE_HEAD, title=escape(f"{m['name']} ({m['format']}, {_human_bytes(m['size_bytes'])}) "
+                                                    f"on {d.get('model') or d.get('hostname')}"))
+    unit = doc["runs"][0].get("latency_unit", "inference")
+    for col in ("setting", "backend", "mean ms", "median", "p90", "p99", "cv", f"{unit}s/s", "load ms", "first ms",
+                "peak RSS", "energy/run"):
+        table.add_column(col, justify="left" if col in ("setting", "backend") else "right", no_wrap=True)
+    for r in doc["runs"]:
+        lat, p = r["latency"], r["power"]
+        cv = f"{lat['cv']:.1%}" + (" [yellow]![/]" if lat["unreliable"] else "")
+        energy = "n/a" if not p.get("available") else f"{p['energy_per_inference_j'] * 1e3:.2f} mJ"
+        rss = r["memory"]["peak_rss_inference_bytes"]
+        table.add_row(escape(r["label"]), r["backend"], *(f"{lat[k] / 1e6:.3f}" for k in ("avg_ns", "median_ns", "p90_ns", "p99_ns")),
+                      cv, f"{lat['throughput_per_s']:.1f}", f"{r['load_ns'] / 1e6:.1f}", f"{r['first_ns'] / 1e6:.2f}",
+                      "n/a" if rss is None else _human_bytes(rss), energy)
+    console.print(table)
+    for r in doc["runs"]:
+        if r.get("llm"):
+            q = r["llm"]
+            console.print(f"{escape(r['label'])}: pp{q['n_prompt']} {q['pp_avg_ts']:.1f} ± {q['pp_stddev_ts']:.1f} tok/s, "
+                          f"tg{q['n_gen']} {q['tg_avg_ts']:.1f} ± {q['tg_stddev_ts']:.1f} tok/s, TTFT {q['ttft_ms']:.1f} ms, "
+                          f"{q['tpot_ms']:.2f} ms/token", highlight=False)
+        if r.get("ops"):
+            top = ", ".join(f"{o['op_type']} {o['percent']:.0f}%" for o in r["ops"]["by_type"][:5])
+            console.print(f"{escape(r['label'])}: time by op type: {escape(top)}", highlight=False)
+    for w in doc.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+
+
+@app.command()
+def report(
+    reports: list[Path] = typer.Argument(..., help="Profile reports written by edge profile --json."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write the comparison as one self-contained HTML file."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the comparison as Markdown."),
+) -> None:
+    """Compare profiles (formats, quantizations, devices) side by side: table and Pareto plot."""
+    from .core.atomic import atomic_write_text
+    from .profilers.html import comparison_rows
+    from .profilers.report import comparison_markdown, load_report
+
+    try:
+        docs = [load_report(p) for p in reports]
+        if html is not None:
+            from .profilers.html import render_comparison_html
+
+            atomic_write_text(html, render_comparison_html(docs))
+        if markdown is not None:
+            atomic_write_text(markdown, comparison_markdown(docs))
+    except EdgeError as e:
+        _fail(e)
+    table = Table(box=box.SIMPLE_HEAD, title="profile comparison")
+    for col in ("model", "format", "backend", "device", "mean ms", "p99 ms", "size", "peak RSS", "energy/run", "accuracy"):
+        table.add_column(col, justify="left" if col in ("model", "format", "backend", "device") else "right")
+    for r in comparison_rows(docs):
+        table.add_row(escape(r["label"]) + (" [yellow](partial)[/]" if r["partial"] else ""), r["format"], r["backend"],
+                      escape(str(r["device"])), f"{r['mean_ns'] / 1e6:.3f}", f"{r['p99_ns'] / 1e6:.3f}",
+                      _human_bytes(r["size_bytes"]), "n/a" if r["peak_rss_bytes"] is None else _human_bytes(r["peak_rss_bytes"]),
+                      "n/a" if r["energy_j"] is None else f"{r['energy_j'] * 1e3:.2f} mJ",
+                      "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}")
+    console.print(table)
+    for path in (html, markdown):
+        if path is not None:
+            console.print(f"wrote {escape(str(path))}", highlight=False)
+
 
 def main() -> None:
     try:

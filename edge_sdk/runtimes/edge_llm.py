@@ -169,6 +169,7 @@ class EdgeLlmSession(Session):
         self.inputs = [TensorSpec("tokens", (None,), "int32")]
         self.outputs = [TensorSpec("logits", (None, self.n_vocab), "float32")]
         self.last_stats: RunStats | None = None
+        self._pos = 0  # tokens in the KV cache (eval_tokens)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Logits for every position of ``tokens`` (a fresh sequence: the KV cache restarts)."""
@@ -179,6 +180,15 @@ class EdgeLlmSession(Session):
         if bad:
             raise InputMismatchError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.n_vocab})")
         return {"logits": self.engine.forward(ids, 0)}
+
+    def eval_tokens(self, ids: list[int], reset: bool = False) -> np.ndarray:
+        """Extend the sequence by ``ids`` (restart it with ``reset``); the last position's logits."""
+        pos = 0 if reset else self._pos
+        if pos + len(ids) > self.n_ctx:
+            raise InvalidOptionError(f"the sequence would reach {pos + len(ids)} tokens; the context holds {self.n_ctx}")
+        logits = self.engine.forward([int(t) for t in ids], pos)[-1]
+        self._pos = pos + len(ids)
+        return logits
 
     def tokenize(self, text: str, add_bos: bool = True) -> np.ndarray:
         return np.asarray(self.tokenizer.encode(text, add_bos=add_bos and self.tokenizer.add_bos), np.int32)

@@ -77,6 +77,17 @@ class LlamaSession(Session):
         rows = self.llm.scores[: len(ids)] if self.logits_all else self.llm.scores[len(ids) - 1 : len(ids)]
         return {"logits": np.array(rows, dtype=np.float32, copy=True)}
 
+    def eval_tokens(self, ids: list[int], reset: bool = False) -> np.ndarray:
+        """Extend the sequence by ``ids`` (restart it with ``reset``); the last position's logits.
+        The step API the profiler times: prompt processing is one call, generation one call per token."""
+        if reset:
+            self.llm.reset()
+        self.llm.eval([int(t) for t in ids])
+        if self.logits_all:
+            return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+        # without logits_all llama-cpp-python keeps no scores: the context holds the last row only
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,)).astype(np.float32)
+
     def tokenize(self, text: str, add_bos: bool = True) -> np.ndarray:
         return np.asarray(self.llm.tokenize(text.encode(), add_bos=add_bos, special=True), dtype=np.int32)
 

@@ -48,7 +48,9 @@ class OrtSession(Session):
         providers: list[str] | None = None,
         optimization: str = "all",
         arena: bool = True,
+        profile_prefix: str | None = None,
     ) -> None:
+        """``profile_prefix``: record ONNX Runtime's per-node trace (``end_profiling`` returns its file)."""
         import onnxruntime as ort
 
         if optimization not in OPTIMIZATION_LEVELS:
@@ -69,6 +71,9 @@ class OrtSession(Session):
         if threads:
             so.intra_op_num_threads = threads
         so.enable_cpu_mem_arena = arena
+        if profile_prefix is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = profile_prefix
         if not arena:  # no arena: every tensor is its own allocation, freed when it dies (no run-wide block)
             so.enable_mem_pattern = False
         so.graph_optimization_level = {
@@ -96,6 +101,10 @@ class OrtSession(Session):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
 
+    def end_profiling(self) -> str:
+        """Stop recording and return the trace file (Chrome trace JSON, one event per node run)."""
+        return self.session.end_profiling()
+
     def close(self) -> None:
         self.session = None  # ORT frees the session when the last reference goes
 
@@ -105,7 +114,8 @@ class OrtSession(Session):
 
 @register_backend("onnxruntime", formats=(ModelFormat.ONNX,), package="onnxruntime", extra="")
 def open_onnxruntime(path: Path, threads: int | None, *, providers: list[str] | None = None,
-                     optimization: str = "all", arena: bool = True) -> OrtSession:
-    return OrtSession(path, threads, providers=providers, optimization=optimization, arena=arena)
+                     optimization: str = "all", arena: bool = True, profile_prefix: str | None = None) -> OrtSession:
+    return OrtSession(path, threads, providers=providers, optimization=optimization, arena=arena,
+                      profile_prefix=profile_prefix)
 
 

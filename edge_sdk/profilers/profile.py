@@ -1,0 +1,401 @@
+"""``edge profile``: measure a model on this device through the runtime layer, one report for all of it.
+
+Per setting of a sweep (threads, batch) the order is: load (timed, peak RSS sampled), first inference
+(timed apart: it pays lazy initialisation), warm-up runs, an idle power baseline, the measured runs
+(latency per run; RSS and power sampled on background threads), then a separate pass with the
+backend's op profiler on (tracing would distort the latency runs). GGUF language models are measured
+as llama-bench does: ``n_prompt`` random tokens processed at once, then ``n_gen`` tokens one by one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import itertools
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import __version__
+from ..core.formats import ModelFormat, detect_format
+from ..errors import InvalidOptionError
+from .rss import RssSampler, current_rss
+from .stats import LatencyStats, rate_stats
+
+SCHEMA = "edge-sdk/profile"
+SCHEMA_VERSION = 1
+SWEEPABLE = ("threads", "batch")
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class ProfileOptions:
+    """What to measure. ``duration_s`` (a time budget) replaces ``runs`` when given."""
+
+    runs: int = 100
+    warmup: int = 10
+    duration_s: float | None = None
+    threads: int | None = None
+    batch: int = 1
+    backend: str = "auto"
+    per_op: bool = True
+    top: int = 10
+    power: str = "auto"
+    power_rate_hz: float = 10.0
+    idle_s: float = 2.0
+    n_prompt: int = 128
+    n_gen: int = 64
+    repetitions: int = 3
+    seed: int = 0
+    input: Path | None = None  # FILE.npz: its first ``batch`` samples instead of random inputs
+    accuracy: float | None = None  # carried into the report for Pareto plots (e.g. from a parity report)
+    load_options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.runs < 1 or self.warmup < 0 or self.batch < 1 or self.repetitions < 1:
+            raise InvalidOptionError("runs, batch and repetitions must be >= 1 and warmup >= 0")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise InvalidOptionError(f"the time budget must be positive, got {self.duration_s} s")
+        if self.n_prompt < 1 or self.n_gen < 1:
+            raise InvalidOptionError(f"-p and -n must be >= 1, got {self.n_prompt} and {self.n_gen}")
+        if not 0 < self.power_rate_hz <= 1000:
+            raise InvalidOptionError(f"the power sampling rate must be in (0, 1000] Hz, got {self.power_rate_hz}")
+        if self.idle_s < 0:
+            raise InvalidOptionError(f"the idle baseline must be >= 0 s, got {self.idle_s}")
+
+
+def parse_sweep(specs: list[str]) -> dict[str, list[int]]:
+    """``["threads=1,2,4", "batch=1,8"]`` -> {"threads": [1, 2, 4], "batch": [1, 8]}."""
+    out: dict[str, list[int]] = {}
+    for spec in specs:
+        key, _, values = spec.partition("=")
+        key = key.strip()
+        if key not in SWEEPABLE or not values:
+            raise InvalidOptionError(f"--sweep {spec!r}: write NAME=V1,V2 with NAME one of {', '.join(SWEEPABLE)}")
+        try:
+            vals = [int(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise InvalidOptionError(f"--sweep {spec!r}: values must be integers") from None
+        if not vals or min(vals) < 1:
+            raise InvalidOptionError(f"--sweep {spec!r}: values must be integers >= 1")
+        out[key] = vals
+    return out
+
+
+def model_size(path: Path) -> int:
+    """Bytes on disk; a directory model (.mlpackage) counts every file in it."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def accuracy_from_conversion(path: Path) -> float | None:
+    """The artifact's accuracy from the ``conversion.json`` that ``edge convert`` wrote beside it, if any:
+    comparisons then plot latency against accuracy without the user copying numbers around."""
+    report = path.parent / "conversion.json"
+    try:
+        doc = json.loads(report.read_text())
+        for a in doc.get("artifacts", []):
+            if Path(a.get("path", "")).name == path.name:
+                acc = (a.get("parity") or {}).get("accuracy")
+                return float(acc) if acc is not None else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return None
+
+
+def backend_versions() -> dict[str, str]:
+    out = {}
+    for dist in ("onnxruntime", "ai-edge-litert", "tflite-runtime", "coremltools", "llama-cpp-python", "numpy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _feeds(model, opts: ProfileOptions, batch: int) -> dict[str, np.ndarray]:
+    from ..core.tensors import random_input_set, read_npz, validate_inputs
+
+    first = model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else None
+    if isinstance(first, int) and first != batch:
+        if batch != 1:
+            raise InvalidOptionError(f"{model.path.name} has a fixed batch of {first}; it cannot run batch {batch}")
+        batch = first
+    if opts.input is not None:
+        arrays, _ = read_npz(opts.input)
+        arrays, _ = validate_inputs(arrays, None, model.inputs, str(opts.input))
+        n = next(iter(arrays.values())).shape[0]
+        idx = np.arange(batch) % n
+        return {k: v[idx] for k, v in arrays.items()}
+    return random_input_set(model.inputs, batch, seed=opts.seed).arrays
+
+
+def _time_runs(fn: Callable[[], object], opts: ProfileOptions, progress: Progress | None, stage: str,
+               min_s: float = 0.0):
+    """(samples_ns, start offsets in s) of ``opts.runs`` calls, or as many as fit in the time budget.
+    ``min_s``: keep running at least this long (a power sampler needs several periods per window)."""
+    samples, starts = [], []
+    total = opts.runs if opts.duration_s is None and not min_s else 0
+    deadline = time.perf_counter() + (opts.duration_s if opts.duration_s is not None else min_s)
+    t_first = time.perf_counter_ns()
+    while True:
+        t0 = time.perf_counter_ns()
+        fn()
+        t1 = time.perf_counter_ns()
+        samples.append(t1 - t0)
+        starts.append((t0 - t_first) / 1e9)
+        if progress is not None:
+            progress(stage, len(samples), total)
+        enough = opts.duration_s is not None or len(samples) >= opts.runs
+        if enough and time.perf_counter() >= deadline:
+            return samples, starts
+
+
+class _Power:
+    """The idle baseline and the measured window of one setting, from one power source (or none)."""
+
+    MIN_SAMPLES = 10  # a measured window shorter than this many sample periods is extended (runs continue)
+
+    def __init__(self, source, rate_hz: float) -> None:
+        self.source, self.rate_hz = source, rate_hz
+        self.min_window_s = self.MIN_SAMPLES / rate_hz if source is not None else 0.0
+
+    def measure(self, idle_s: float, work: Callable[[], Any]):
+        """``work()`` inside the measured phase, after ``idle_s`` of idle baseline; (result, sampler)."""
+        if self.source is None:
+            return work(), None
+        from .power import PowerSampler
+
+        sampler = PowerSampler(self.source, rate_hz=self.rate_hz).start()
+        try:
+            with sampler.phase("idle"):
+                time.sleep(idle_s)
+            with sampler.phase("measured"):
+                out = work()
+        finally:
+            sampler.stop()
+        return out, sampler
+
+
+def _power_section(power: _Power, sampler, reason: str | None, units: float, tokens: float | None) -> dict:
+    if sampler is None:
+        return {"available": False, "reason": reason}
+    from .power import summarize_power
+
+    idle = sampler.phase_trace("idle")
+    s = summarize_power(sampler.phase_trace("measured"), idle if len(idle) else None,
+                        duration_s=sampler.phase_duration("measured"))
+    if s.avg_w is None:
+        return {"available": False, "reason": f"{power.source.name} gave no readings during the measured runs "
+                                              f"({sampler.errors} read errors)"}
+    full = sampler.trace()
+    m = sampler.marks
+    phase = ["idle" if t < m["measured.start"] else "measured" for t in full.t_s]
+    t0 = m["idle.start"]
+    per = lambda e: None if e is None else e / units  # noqa: E731
+    per_tok = lambda e: None if e is None or not tokens else e / tokens  # noqa: E731
+    return {"available": True, "source": power.source.name, "description": power.source.describe(),
+            "rate_hz": power.rate_hz, "reason": None, "idle_w": s.idle_w, "avg_w": s.avg_w, "peak_w": s.peak_w,
+            "energy_j": s.energy_j, "energy_above_idle_j": s.energy_above_idle_j,
+            "energy_per_inference_j": per(s.energy_j), "energy_per_inference_above_idle_j": per(s.energy_above_idle_j),
+            "energy_per_token_j": per_tok(s.energy_j), "energy_per_token_above_idle_j": per_tok(s.energy_above_idle_j),
+            "n_samples": s.samples, "measured_s": s.duration_s,
+            "timeline": {"t_s": [t - t0 for t in full.t_s], "w": list(full.watts), "phase": phase}}
+
+
+def _llm_run(model, opts: ProfileOptions, progress: Progress | None) -> tuple[dict, list[int], list[float], int]:
+    """llama-bench's pp/tg tests: (llm section, per-token decode samples, their offsets, tokens run)."""
+    rng = np.random.default_rng(opts.seed)
+    n_vocab = model.outputs[0].shape[-1]
+    pp_ns, tg_ns, ttft_ns, tok_ns, tok_t = [], [], [], [], []
+    t_first = time.perf_counter_ns()
+    for r in range(opts.repetitions):
+        prompt = rng.integers(0, n_vocab, opts.n_prompt).tolist()
+        t0 = time.perf_counter_ns()
+        logits = model.eval_tokens(prompt, reset=True)
+        tok = int(np.argmax(logits))
+        t1 = time.perf_counter_ns()
+        pp_ns.append(t1 - t0)
+        for _ in range(opts.n_gen):
+            a = time.perf_counter_ns()
+            tok = int(np.argmax(model.eval_tokens([tok])))
+            b = time.perf_counter_ns()
+            tok_ns.append(b - a)
+            tok_t.append((a - t_first) / 1e9)
+        tg_ns.append(time.perf_counter_ns() - t1)
+        ttft_ns.append(t1 - t0 + tok_ns[-opts.n_gen])  # prompt processed and the first token out
+        if progress is not None:
+            progress("llm", r + 1, opts.repetitions)
+    pp_avg, pp_std = rate_stats(pp_ns, opts.n_prompt)
+    tg_avg, tg_std = rate_stats(tg_ns, opts.n_gen)
+    llm = {"n_prompt": opts.n_prompt, "n_gen": opts.n_gen, "repetitions": opts.repetitions,
+           "ttft_ms": float(np.mean(ttft_ns)) / 1e6, "pp_avg_ts": pp_avg, "pp_stddev_ts": pp_std,
+           "tg_avg_ts": tg_avg, "tg_stddev_ts": tg_std, "tpot_ms": float(np.mean(tg_ns)) / opts.n_gen / 1e6,
+           "pp_samples_ns": [int(x) for x in pp_ns], "tg_samples_ns": [int(x) for x in tg_ns]}
+    return llm, tok_ns, tok_t, opts.repetitions * opts.n_gen
+
+
+def _op_profile(path: Path, fmt: ModelFormat, backend: str, feeds, opts: ProfileOptions, threads) -> tuple[dict | None, str | None]:
+    if not opts.per_op:
+        return None, "per-op profiling was turned off"
+    if fmt is ModelFormat.ONNX and backend == "onnxruntime" and not opts.load_options.get("memory_budget"):
+        from ..runtimes.model import load
+        from .perop import from_ort_trace, read_ort_trace
+
+        with tempfile.TemporaryDirectory() as tmp:
+            with load(path, backend="onnxruntime", threads=threads, profile_prefix=str(Path(tmp) / "ort"),
+                      **{k: v for k, v in opts.load_options.items() if k != "memory_budget"}) as m:
+                for _ in range(min(opts.runs, 50)):
+                    m.run(feeds)
+                trace = m.session.end_profiling()
+            return from_ort_trace(read_ort_trace(trace), top=opts.top).to_dict(), None
+    if fmt is ModelFormat.TFLITE:
+        return None, "LiteRT's Python API has no op profiler: profile on the device with benchmark_model --enable_op_profiling"
+    if fmt is ModelFormat.GGUF:
+        return None, "per-op time is not recorded for GGUF models (llama.cpp exposes no per-op timing)"
+    return None, f"per-op time is not available for {fmt.value} models on {backend}"
+
+
+def _profile_setting(path: Path, fmt: ModelFormat, opts: ProfileOptions, params: dict, power: _Power,
+                     power_reason: str | None, preprocess, postprocess, progress: Progress | None) -> dict:
+    from ..runtimes.model import load
+
+    threads, batch = params.get("threads", opts.threads), params.get("batch", opts.batch)
+    is_llm = fmt is ModelFormat.GGUF
+    load_options = dict(opts.load_options)
+    if is_llm:
+        load_options.setdefault("n_ctx", opts.n_prompt + opts.n_gen + 8)
+        if opts.backend in ("auto", "llama.cpp"):
+            load_options.setdefault("logits_all", False)
+    rss0 = current_rss()
+    with RssSampler() as load_rss:
+        t0 = time.perf_counter_ns()
+        model = load(path, backend=opts.backend, threads=threads, **load_options)
+        load_ns = time.perf_counter_ns() - t0
+    out: dict[str, Any] = {"label": " ".join(f"{k}={v}" for k, v in params.items()) or "default",
+                           "params": {"threads": threads, "batch": None if is_llm else batch},
+                           "backend": model.backend, "load_ns": load_ns,
+                           "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in model.inputs]}
+    with model:
+        with RssSampler() as run_rss:
+            if is_llm:
+                t0 = time.perf_counter_ns()
+                model.eval_tokens([0], reset=True)
+                out["first_ns"] = time.perf_counter_ns() - t0
+                (llm, samples, starts, tokens), sampler = power.measure(opts.idle_s, lambda: _llm_run(model, opts, progress))
+                out["llm"], units = llm, opts.repetitions
+                end_to_end = None
+            else:
+                feeds = _feeds(model, opts, batch)
+                batch = next(iter(feeds.values())).shape[0] if feeds else batch
+                out["params"]["batch"] = batch
+                t0 = time.perf_counter_ns()
+                model.run(feeds)  # checks the feeds against the signature once...
+                out["first_ns"] = time.perf_counter_ns() - t0
+                run = model.session.run  # ...then the backend is timed alone, as benchmark_model times Invoke
+                for i in range(opts.warmup):
+                    run(feeds)
+                    if progress is not None:
+                        progress("warmup", i + 1, opts.warmup)
+                (samples, starts), sampler = power.measure(
+                    opts.idle_s, lambda: _time_runs(lambda: run(feeds), opts, progress, "runs", power.min_window_s))
+                out["llm"], units, tokens = None, len(samples), None
+                end_to_end = None
+                if preprocess is not None or postprocess is not None:
+                    pre = preprocess or (lambda f: f)
+                    post = postprocess or (lambda o: o)
+                    e2e, e2e_t = _time_runs(lambda: post(run(pre(feeds))), opts, progress, "end-to-end")
+                    end_to_end = LatencyStats.from_samples(e2e, batch=batch, t_offsets_s=e2e_t).to_dict()
+        lat = LatencyStats.from_samples(samples, batch=1 if is_llm else batch, t_offsets_s=starts)
+        out["latency"] = lat.to_dict()
+        out["latency_unit"] = "token" if is_llm else "inference"
+        out["end_to_end"] = end_to_end
+        out["memory"] = {"rss_before_load_bytes": rss0, "peak_rss_load_bytes": load_rss.peak,
+                         "peak_rss_inference_bytes": run_rss.peak}
+        out["power"] = _power_section(power, sampler, power_reason, units, tokens)
+        if is_llm:
+            out["ops"], out["ops_unavailable"] = _op_profile(path, fmt, model.backend, None, opts, threads)
+        else:
+            out["ops"], out["ops_unavailable"] = _op_profile(path, fmt, model.backend, feeds, opts, threads)
+    return out
+
+
+def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: dict[str, list[int]] | None = None,
+            preprocess: Callable | None = None, postprocess: Callable | None = None,
+            progress: Progress | None = None, power_env=None) -> "ProfileReport":
+    """Profile ``model`` on this device; one run entry per combination of the ``sweep`` values.
+
+    ``preprocess(feeds) -> feeds`` and ``postprocess(outputs) -> any`` are timed end to end with the
+    model in a second loop (the model-only figures stay clean). ``power_env`` points the power
+    sources and device identity at another root (tests replay device trees through it).
+    """
+    from .device import device_identity
+    from .power import DeviceEnv, detect_power_source, POWER_SOURCES
+    from .report import ProfileReport
+
+    opts = options or ProfileOptions()
+    opts.check()
+    path = Path(model)
+    fmt = detect_format(path)
+    sweep = sweep or {}
+    unknown = set(sweep) - set(SWEEPABLE)
+    if unknown:
+        raise InvalidOptionError(f"cannot sweep {sorted(unknown)}; sweepable: {', '.join(SWEEPABLE)}")
+    if fmt is ModelFormat.GGUF and "batch" in sweep:
+        raise InvalidOptionError("GGUF language models have no batch to sweep: use -p/-n for the prompt and generation")
+    env = power_env or DeviceEnv()
+    source, reason = None, None
+    if opts.power == "none":
+        reason = "power sampling was turned off (--power none)"
+    else:
+        source = detect_power_source(env, opts.power)
+        if source is None:
+            reason = f"no power source found on this device (looked for: {', '.join(POWER_SOURCES)})"
+    power = _Power(source, opts.power_rate_hz)
+    settings = [dict(zip(sweep, combo)) for combo in itertools.product(*sweep.values())] or [{}]
+    runs, warnings = [], []
+    try:
+        for params in settings:
+            runs.append(_profile_setting(path, fmt, opts, params, power, reason, preprocess, postprocess, progress))
+    finally:
+        if source is not None:
+            source.close()
+    inputs = [r.pop("inputs") for r in runs][0]
+    device = device_identity(env).to_dict()
+    device["backends"] = backend_versions()
+    for r in runs:
+        lat = r["latency"]
+        if lat["unreliable"]:
+            warnings.append(f"{r['label']}: latency spread is high (cv {lat['cv']:.0%} > 10%): the mean is unreliable; "
+                            "close other programs, fix the CPU governor to 'performance', or run longer")
+    if reason is not None:
+        warnings.append(f"power: {reason}")
+    gov = device.get("cpu_governor")
+    if gov and gov != "performance":
+        warnings.append(f"the CPU governor is '{gov}': frequency scaling can add latency spread")
+    throttling = device.get("throttling") or {}
+    if isinstance(throttling, dict) and throttling.get("flags"):
+        warnings.append(f"the device reports throttling: {', '.join(throttling['flags'])}")
+    doc = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edge_sdk_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "partial": False,
+        "device": device,
+        "model": {"path": str(path), "name": path.name, "label": path.name, "format": fmt.value,
+                  "backend": runs[0]["backend"], "size_bytes": model_size(path), "inputs": inputs,
+                  "accuracy": opts.accuracy if opts.accuracy is not None else accuracy_from_conversion(path)},
+        "options": {"runs": opts.runs, "warmup": opts.warmup, "duration_s": opts.duration_s,
+                    "power": opts.power, "power_rate_hz": opts.power_rate_hz, "idle_s": opts.idle_s,
+                    "n_prompt": opts.n_prompt if fmt is ModelFormat.GGUF else None,
+                    "n_gen": opts.n_gen if fmt is ModelFormat.GGUF else None, "sweep": sweep},
+        "runs": runs,
+        "warnings": warnings,
+    }
+    return ProfileReport(doc)
+

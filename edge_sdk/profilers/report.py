@@ -1,0 +1,157 @@
+"""Profile reports: the versioned JSON document, and the Markdown and HTML views of one or many.
+
+The JSON is the source of truth (``schemas/profile.schema.json``); Markdown and HTML are rendered
+from it, so ``edge report`` can compare runs made on other devices from their JSON files alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..core.atomic import atomic_write_text
+from ..errors import ModelFormatError
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "profile.schema.json"
+
+
+class ProfileReport:
+    """One profile (``doc``: the JSON document) with its writers."""
+
+    def __init__(self, doc: dict) -> None:
+        self.doc = doc
+
+    @property
+    def runs(self) -> list[dict]:
+        return self.doc["runs"]
+
+    def to_json(self) -> str:
+        return json.dumps(self.doc, indent=1) + "\n"
+
+    def write_json(self, path: str | Path) -> Path:
+        return atomic_write_text(Path(path), self.to_json())
+
+    def to_markdown(self) -> str:
+        return profile_markdown(self.doc)
+
+    def write_markdown(self, path: str | Path) -> Path:
+        return atomic_write_text(Path(path), self.to_markdown())
+
+    def write_html(self, path: str | Path) -> Path:
+        from .html import render_profile_html
+
+        return atomic_write_text(Path(path), render_profile_html(self.doc))
+
+
+def load_report(path: str | Path) -> dict:
+    """A profile JSON written by ``edge profile --json``, checked against its schema version."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ModelFormatError(f"{p}: no such report; write one with edge profile MODEL --json {p.name}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFormatError(f"{p} is not a profile report (not JSON: {e})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != "edge-sdk/profile":
+        raise ModelFormatError(f"{p} is not an edge-sdk profile report (no 'schema': 'edge-sdk/profile')")
+    if doc.get("schema_version") != 1:
+        raise ModelFormatError(f"{p} has profile schema version {doc.get('schema_version')}; this edge-sdk reads 1")
+    if not isinstance(doc.get("runs"), list) or not doc["runs"]:
+        raise ModelFormatError(f"{p} has no runs")
+    return doc
+
+
+# ---- Markdown -------------------------------------------------------------------------------------------
+
+def _ms(ns) -> str:
+    return "n/a" if ns is None else f"{ns / 1e6:.3f}"
+
+
+def _mib(b) -> str:
+    return "n/a" if b is None else f"{b / 2**20:.1f}"
+
+
+def _j(x) -> str:
+    return "n/a" if x is None else (f"{x * 1e3:.3f} mJ" if abs(x) < 1 else f"{x:.3f} J")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def profile_markdown(doc: dict) -> str:
+    d, m = doc["device"], doc["model"]
+    lines = [f"# {m['name']} on {d.get('model') or d.get('hostname') or 'this device'}", "",
+             f"{m['format']} model, {m['size_bytes'] / 1e6:.2f} MB on disk, backend {m['backend']}; "
+             f"edge-sdk {doc['edge_sdk_version']}, {doc['created']}" + (" — **partial results**" if doc.get("partial") else ""),
+             "", "## Device", ""]
+    temps = ", ".join(f"{k} {v:.1f} °C" for k, v in (d.get("temperatures_c") or {}).items()) or "n/a"
+    thr = d.get("throttling")
+    lines += _table(["field", "value"], [
+        ["model", str(d.get("model"))], ["SoC / CPU", str(d.get("soc"))], ["OS", f"{d.get('os')} ({d.get('kernel')})"],
+        ["cores", str(d.get("cpu_count"))], ["memory", _mib(d.get("memory_total_bytes")) + " MiB"],
+        ["CPU governor", str(d.get("cpu_governor") or "n/a")], ["temperature", temps],
+        ["throttling", "n/a" if not thr else (", ".join(thr.get("flags") or []) or "none") + f" ({thr.get('raw')})"],
+        ["backends", ", ".join(f"{k} {v}" for k, v in (d.get("backends") or {}).items())]])
+    lines += ["", "## Latency", ""]
+    rows = []
+    for r in doc["runs"]:
+        lat, mem = r["latency"], r["memory"]
+        rows.append([r["label"], str(lat["n_samples"]), _ms(lat["avg_ns"]), _ms(lat["median_ns"]), _ms(lat["p90_ns"]),
+                     _ms(lat["p95_ns"]), _ms(lat["p99_ns"]), _ms(lat["stddev_ns"]),
+                     f"{lat['cv']:.1%}" + (" ⚠" if lat["unreliable"] else ""), f"{lat['throughput_per_s']:.1f}",
+                     _ms(r["load_ns"]), _ms(r["first_ns"]), _mib(mem["peak_rss_inference_bytes"])])
+    unit = doc["runs"][0].get("latency_unit", "inference")
+    lines += _table(["setting", "runs", "mean ms", "median", "p90", "p95", "p99", "std", "cv",
+                     f"{unit}s/s", "load ms", "first ms", "peak RSS MiB"], rows)
+    llm = [r for r in doc["runs"] if r.get("llm")]
+    if llm:
+        lines += ["", "## Language model (llama-bench style)", ""]
+        lines += _table(["setting", "pp tok/s", "tg tok/s", "TTFT ms", "ms/token"], [
+            [r["label"], f"{r['llm']['pp_avg_ts']:.1f} ± {r['llm']['pp_stddev_ts']:.1f}",
+             f"{r['llm']['tg_avg_ts']:.1f} ± {r['llm']['tg_stddev_ts']:.1f}", f"{r['llm']['ttft_ms']:.1f}",
+             f"{r['llm']['tpot_ms']:.2f}"] for r in llm])
+        lines += ["", f"-p {llm[0]['llm']['n_prompt']} -n {llm[0]['llm']['n_gen']}, "
+                      f"{llm[0]['llm']['repetitions']} repetitions"]
+    lines += ["", "## Power and energy", ""]
+    for r in doc["runs"]:
+        p = r["power"]
+        if not p.get("available"):
+            lines.append(f"- {r['label']}: not measured — {p.get('reason')}")
+            continue
+        per_token = "" if p.get("energy_per_token_j") is None else \
+            f", {_j(p['energy_per_token_j'])}/token ({_j(p['energy_per_token_above_idle_j'])} above idle)"
+        lines.append(f"- {r['label']}: {p['source']} at {p['rate_hz']:g} Hz, {p['n_samples']} samples — idle "
+                     f"{p['idle_w']:.2f} W, average {p['avg_w']:.2f} W, peak {p['peak_w']:.2f} W; "
+                     f"{_j(p['energy_per_inference_j'])} per inference ({_j(p['energy_per_inference_above_idle_j'])} "
+                     f"above idle){per_token}")
+    for r in doc["runs"]:
+        ops = r.get("ops")
+        lines += ["", f"## Per-op time ({r['label']})", ""]
+        if not ops:
+            lines.append(f"n/a: {r.get('ops_unavailable')}")
+            continue
+        lines += _table(["op type", "avg ms", "%", "cumulative %", "times called"], [
+            [o["op_type"], f"{o['avg_ms']:.4f}", f"{o['percent']:.1f}", f"{o['cumulative_percent']:.1f}", f"{o['calls']:g}"]
+            for o in ops["by_type"]])
+        lines += ["", f"Top {len(ops['top_nodes'])} nodes:", ""]
+        lines += _table(["node", "op type", "avg ms", "%"], [
+            [n["name"], n["op_type"], f"{n['avg_ms']:.4f}", f"{n['percent']:.1f}"] for n in ops["top_nodes"]])
+    if doc.get("warnings"):
+        lines += ["", "## Warnings", "", *(f"- {w}" for w in doc["warnings"])]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_markdown(docs: list[dict]) -> str:
+    from .html import comparison_rows
+
+    rows = comparison_rows(docs)
+    lines = ["# Profile comparison", ""]
+    lines += _table(["model", "format", "backend", "device", "mean ms", "p99 ms", "per s", "size MB",
+                     "peak RSS MiB", "energy/inference", "accuracy"], [
+        [r["label"] + (" (partial)" if r["partial"] else ""), r["format"], r["backend"], str(r["device"]),
+         _ms(r["mean_ns"]), _ms(r["p99_ns"]), f"{r['throughput']:.1f}", f"{r['size_bytes'] / 1e6:.2f}",
+         _mib(r["peak_rss_bytes"]), _j(r["energy_j"]),
+         "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}"] for r in rows])
+    return "\n".join(lines) + "\n"
