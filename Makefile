@@ -10,7 +10,7 @@ LLAMA_VERSION := 0.3.36
 WHEELS := $(HOME)/.cache/edge-sdk/wheels
 LLAMA_WHEEL = $(firstword $(wildcard $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl))
 
-.PHONY: demo test bench clean llama-wheel chromium
+.PHONY: demo test bench clean llama-wheel system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,14 +41,17 @@ demo: $(STAMP)
 	$(BIN)/edge report build/demo/profile.fp32.json build/demo/profile.fp16.json build/demo/profile.int8.json \
 		build/demo/profile.int4.json --html build/demo/compare.html --markdown build/demo/compare.md
 
-test: $(STAMP) chromium
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# headless Chromium renders the HTML reports in the tests (Debian's package; root can install it)
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q --no-install-recommends chromium; \
-		else echo "chromium is not installed and this is not root: the HTML rendering test will skip"; fi; }
+# Debian packages the tests use: headless Chromium renders the HTML reports, an OpenSSH server on 127.0.0.1
+# is the "device" of the remote-profiling tests (root installs them; otherwise those tests skip and say why)
+SYSTEM_PACKAGES := chromium openssh-server
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 || ! test -x /usr/sbin/sshd; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends $(SYSTEM_PACKAGES); \
+		else echo "not root: install $(SYSTEM_PACKAGES) for the HTML-rendering and SSH tests (they skip)"; fi; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/onnx_quant.py

@@ -352,11 +352,23 @@ def profile(
     n_gen: int = typer.Option(64, "-n", "--n-gen", help="GGUF: generated tokens (llama-bench -n)."),
     repetitions: int = typer.Option(3, "--repetitions", help="GGUF: repetitions of the -p/-n test."),
     accuracy: Optional[float] = typer.Option(None, "--accuracy", help="Model accuracy to carry into the report (Pareto plots)."),
+    memory_budget: Optional[str] = typer.Option(
+        None, "--memory-budget", help="Profile under a memory budget: ONNX CNNs patch by patch, GGUF (--backend edge) with weights streamed."),
     label: Optional[str] = typer.Option(None, "--label", help="Name of this model in comparisons (default: file name)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON (schema edge-sdk/profile v1)."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the report as Markdown."),
     html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report with plots."),
     list_power: bool = typer.Option(False, "--list-power", help="List the power sources and which are present, then exit."),
+    device: list[str] = typer.Option([], "--device", "-d", help="Profile there: local, ssh://user@host[:port], adb://SERIAL (repeatable: a fleet)."),
+    devices: Optional[Path] = typer.Option(None, "--devices", help="fleet.toml: [[device]] url = ... entries, profiled concurrently."),
+    device_binary: Optional[Path] = typer.Option(None, "--device-binary", help="adb: benchmark_model or llama-bench built for Android."),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh: a config file instead of ~/.ssh/config."),
+    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help="ssh: trust a host key seen for the first time (recorded in known_hosts)."),
+    install: bool = typer.Option(False, "--install", help="ssh: pip install edge-sdk into a venv on the device when it is missing."),
+    remote_python: str = typer.Option("python3", "--remote-python", help="ssh: the device's Python."),
+    remote_cache: str = typer.Option("~/.cache/edge-sdk", "--remote-cache", help="ssh: where models are cached on the device."),
+    jobs: int = typer.Option(4, "--jobs", help="Devices profiled at once (fleet)."),
+    stream_results: bool = typer.Option(False, "--stream-results", hidden=True, help="Print each run as a JSON line (remote runs)."),
 ) -> None:
     """Latency, memory, per-op time, LLM token rates, power and energy of a model on this device."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -378,10 +390,31 @@ def profile(
     try:
         if model is None:
             raise InvalidOptionError("give the model to profile: edge profile MODEL (or --list-power)")
+        if device or devices is not None:
+            from .profilers.targets.cli import profile_on_devices
+
+            if input is not None:
+                raise InvalidOptionError("--input is not sent to devices yet: profile remote devices with random inputs")
+            forwarded = ["--runs", str(runs), "--warmup", str(warmup), "--batch", str(batch), "--backend", backend,
+                         "--power", power, "--power-rate", str(power_rate), "--idle", str(idle), "--top", str(top),
+                         "-p", str(n_prompt), "-n", str(n_gen), "--repetitions", str(repetitions),
+                         "--per-op" if per_op else "--no-per-op"]
+            forwarded += [x for s_ in sweep for x in ("--sweep", s_)]
+            forwarded += [] if duration is None else ["--duration", str(duration)]
+            forwarded += [] if threads is None else ["--threads", str(threads)]
+            forwarded += [] if accuracy is None else ["--accuracy", str(accuracy)]
+            forwarded += [] if memory_budget is None else ["--memory-budget", memory_budget]
+            profile_on_devices(console, err_console, model, device, devices, forwarded, dict(
+                device_binary=device_binary, ssh_config=ssh_config, accept_new_host_key=accept_new_host_key,
+                install=install, remote_python=remote_python, remote_cache=remote_cache, jobs=jobs, json_out=json_out, markdown=markdown,
+                html=html, label=label, threads=threads, runs=runs, warmup=warmup, n_prompt=n_prompt, n_gen=n_gen,
+                power_rate=power_rate, idle=idle))
+            return
         opts = ProfileOptions(runs=runs, warmup=warmup, duration_s=duration, threads=threads, batch=batch,
                               backend=backend, per_op=per_op, top=top, power=power, power_rate_hz=power_rate,
                               idle_s=idle, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, input=input,
-                              accuracy=accuracy)
+                              accuracy=accuracy,
+                              load_options={} if memory_budget is None else {"memory_budget": memory_budget})
         grid = parse_sweep(sweep)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
@@ -394,6 +427,15 @@ def profile(
                 if done == total:
                     bar.remove_task(tasks.pop(stage))
 
+            if stream_results:  # the device side of a remote run: machine-readable lines on stdout
+                import json as _json
+
+                def emit(run: dict) -> None:
+                    print("@@edge-run " + _json.dumps(run), flush=True)
+
+                report = run_profile(model, opts, sweep=grid, on_run=emit)
+                print("@@edge-report " + _json.dumps(report.doc), flush=True)
+                return
             report = run_profile(model, opts, sweep=grid, progress=on_progress)
         if label:
             report.doc["model"]["label"] = label
@@ -421,8 +463,9 @@ def print_profile(doc: dict) -> None:
         cv = f"{lat['cv']:.1%}" + (" [yellow]![/]" if lat["unreliable"] else "")
         energy = "n/a" if not p.get("available") else f"{p['energy_per_inference_j'] * 1e3:.2f} mJ"
         rss = r["memory"]["peak_rss_inference_bytes"]
-        table.add_row(escape(r["label"]), r["backend"], *(f"{lat[k] / 1e6:.3f}" for k in ("avg_ns", "median_ns", "p90_ns", "p99_ns")),
-                      cv, f"{lat['throughput_per_s']:.1f}", f"{r['load_ns'] / 1e6:.1f}", f"{r['first_ns'] / 1e6:.2f}",
+        ms = lambda ns, digits=3: "n/a" if ns is None else f"{ns / 1e6:.{digits}f}"  # noqa: E731 - phones report fewer
+        table.add_row(escape(r["label"]), r["backend"], *(ms(lat[k]) for k in ("avg_ns", "median_ns", "p90_ns", "p99_ns")),
+                      cv, f"{lat['throughput_per_s']:.1f}", ms(r.get("load_ns"), 1), ms(r.get("first_ns"), 2),
                       "n/a" if rss is None else _human_bytes(rss), energy)
     console.print(table)
     for r in doc["runs"]:
@@ -472,6 +515,27 @@ def report(
     for path in (html, markdown):
         if path is not None:
             console.print(f"wrote {escape(str(path))}", highlight=False)
+
+
+@app.command()
+def devices(
+    device: list[str] = typer.Option([], "--device", "-d", help="local, ssh://user@host[:port], adb://SERIAL (repeatable)."),
+    devices_file: Optional[Path] = typer.Option(None, "--devices", help="fleet.toml with [[device]] url = ... entries."),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh: a config file instead of ~/.ssh/config."),
+    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help="ssh: trust a host key seen for the first time."),
+    remote_python: str = typer.Option("python3", "--remote-python", help="ssh: the device's Python."),
+) -> None:
+    """List configured devices: reachable or not, model, OS, Python, edge-sdk and backends, free memory."""
+    from .profilers.targets.base import RemoteOptions
+    from .profilers.targets.cli import list_devices
+
+    try:
+        failed = list_devices(console, device, devices_file, RemoteOptions(
+            ssh_config=ssh_config, accept_new_host_key=accept_new_host_key, remote_python=remote_python))
+    except EdgeError as e:
+        _fail(e)
+    if failed:
+        raise typer.Exit(code=2)
 
 
 def main() -> None:

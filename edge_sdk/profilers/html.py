@@ -558,12 +558,14 @@ def _comparison_table(rows: list[dict[str, Any]], front: set[int]) -> str:
     return grid_table(header, body, numeric=[False] * 5 + [True] * 7)
 
 
-def render_comparison_html(docs: Sequence[Doc], *, pareto_x: str = "latency", pareto_y: str | None = None) -> str:
+def render_comparison_html(docs: Sequence[Doc], *, pareto_x: str = "latency", pareto_y: str | None = None,
+                           failures: Sequence[tuple[str, str]] = ()) -> str:
     """One page comparing profiles: a row per (model, setting), a Pareto plot and the mean latencies.
 
     ``pareto_x`` is minimized (latency, p99, size, rss, energy); ``pareto_y`` defaults to accuracy
     when every document has one, else size on disk; accuracy and throughput are maximized, the rest
     minimized. Rows missing either value are left off the plot, and the page says how many.
+    ``failures``: (device, error) of devices in a fleet run that gave no profile, listed as failed.
     """
     rows = comparison_rows(docs)
     px, py = _pick_metrics(rows, pareto_x, pareto_y)
@@ -576,6 +578,10 @@ def render_comparison_html(docs: Sequence[Doc], *, pareto_x: str = "latency", pa
             f"{_e(mx.title)} against {_e(my.title)}</p></header>"]
     if any(r["partial"] for r in rows):
         body.append('<div class="banner error"><strong>Partial data.</strong> Some profiles were interrupted.</div>')
+    if failures:
+        items = "".join(f"<li><strong>{_e(name)}</strong>: {_e(err)}</li>" for name, err in failures)
+        body.append(f'<div class="banner error"><strong>{len(failures)} device{"s" if len(failures) != 1 else ""} '
+                    f"failed.</strong><ul>{items}</ul></div>")
     body.append(f"<section><h2>Summary</h2>{_comparison_table(rows, front)}</section>")
     scatter = svg.scatter_svg(plotted, title=f"{my.title} vs {mx.title}", x_label=mx.title, y_label=my.title,
                               pareto=True, minimize_y=not my.maximize)

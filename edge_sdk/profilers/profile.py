@@ -183,7 +183,9 @@ class _Power:
         return out, sampler
 
 
-def _power_section(power: _Power, sampler, reason: str | None, units: float, tokens: float | None) -> dict:
+def power_section(source, rate_hz: float, sampler, reason: str | None, units: float, tokens: float | None) -> dict:
+    """The report's power entry from a sampler that ran an "idle" then a "measured" phase (or none:
+    then ``reason`` says why). ``units``: runs in the measured phase; ``tokens``: tokens generated."""
     if sampler is None:
         return {"available": False, "reason": reason}
     from .power import summarize_power
@@ -192,7 +194,7 @@ def _power_section(power: _Power, sampler, reason: str | None, units: float, tok
     s = summarize_power(sampler.phase_trace("measured"), idle if len(idle) else None,
                         duration_s=sampler.phase_duration("measured"))
     if s.avg_w is None:
-        return {"available": False, "reason": f"{power.source.name} gave no readings during the measured runs "
+        return {"available": False, "reason": f"{source.name} gave no readings during the measured runs "
                                               f"({sampler.errors} read errors)"}
     full = sampler.trace()
     m = sampler.marks
@@ -200,8 +202,8 @@ def _power_section(power: _Power, sampler, reason: str | None, units: float, tok
     t0 = m["idle.start"]
     per = lambda e: None if e is None else e / units  # noqa: E731
     per_tok = lambda e: None if e is None or not tokens else e / tokens  # noqa: E731
-    return {"available": True, "source": power.source.name, "description": power.source.describe(),
-            "rate_hz": power.rate_hz, "reason": None, "idle_w": s.idle_w, "avg_w": s.avg_w, "peak_w": s.peak_w,
+    return {"available": True, "source": source.name, "description": source.describe(),
+            "rate_hz": rate_hz, "reason": None, "idle_w": s.idle_w, "avg_w": s.avg_w, "peak_w": s.peak_w,
             "energy_j": s.energy_j, "energy_above_idle_j": s.energy_above_idle_j,
             "energy_per_inference_j": per(s.energy_j), "energy_per_inference_above_idle_j": per(s.energy_above_idle_j),
             "energy_per_token_j": per_tok(s.energy_j), "energy_per_token_above_idle_j": per_tok(s.energy_above_idle_j),
@@ -290,6 +292,11 @@ def _profile_setting(path: Path, fmt: ModelFormat, opts: ProfileOptions, params:
                 out["first_ns"] = time.perf_counter_ns() - t0
                 (llm, samples, starts, tokens), sampler = power.measure(opts.idle_s, lambda: _llm_run(model, opts, progress))
                 out["llm"], units = llm, opts.repetitions
+                store = getattr(model.session, "store", None)  # the edge engine: what streaming weights cost
+                if store is not None:
+                    llm["weights"] = {"store": type(store).__name__, "budget_bytes": getattr(store, "budget", None),
+                                      "bytes_read": store.stats.bytes_read, "io_wait_s": store.stats.wait_seconds,
+                                      "peak_resident_bytes": store.stats.peak_resident_bytes}
                 end_to_end = None
             else:
                 feeds = _feeds(model, opts, batch)
@@ -318,7 +325,7 @@ def _profile_setting(path: Path, fmt: ModelFormat, opts: ProfileOptions, params:
         out["end_to_end"] = end_to_end
         out["memory"] = {"rss_before_load_bytes": rss0, "peak_rss_load_bytes": load_rss.peak,
                          "peak_rss_inference_bytes": run_rss.peak}
-        out["power"] = _power_section(power, sampler, power_reason, units, tokens)
+        out["power"] = power_section(power.source, power.rate_hz, sampler, power_reason, units, tokens)
         if is_llm:
             out["ops"], out["ops_unavailable"] = _op_profile(path, fmt, model.backend, None, opts, threads)
         else:
@@ -328,12 +335,15 @@ def _profile_setting(path: Path, fmt: ModelFormat, opts: ProfileOptions, params:
 
 def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: dict[str, list[int]] | None = None,
             preprocess: Callable | None = None, postprocess: Callable | None = None,
-            progress: Progress | None = None, power_env=None) -> "ProfileReport":
+            progress: Progress | None = None, power_env=None,
+            on_run: Callable[[dict], None] | None = None) -> "ProfileReport":
     """Profile ``model`` on this device; one run entry per combination of the ``sweep`` values.
 
     ``preprocess(feeds) -> feeds`` and ``postprocess(outputs) -> any`` are timed end to end with the
     model in a second loop (the model-only figures stay clean). ``power_env`` points the power
     sources and device identity at another root (tests replay device trees through it).
+    ``on_run(run)`` gets each setting's entry as soon as it is measured (remote runs stream them, so a
+    dropped connection still leaves the settings already done).
     """
     from .device import device_identity
     from .power import DeviceEnv, detect_power_source, POWER_SOURCES
@@ -363,6 +373,8 @@ def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: 
     try:
         for params in settings:
             runs.append(_profile_setting(path, fmt, opts, params, power, reason, preprocess, postprocess, progress))
+            if on_run is not None:
+                on_run({k: v for k, v in runs[-1].items() if k != "inputs"})
     finally:
         if source is not None:
             source.close()

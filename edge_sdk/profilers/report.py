@@ -114,6 +114,13 @@ def profile_markdown(doc: dict) -> str:
              f"{r['llm']['tpot_ms']:.2f}"] for r in llm])
         lines += ["", f"-p {llm[0]['llm']['n_prompt']} -n {llm[0]['llm']['n_gen']}, "
                       f"{llm[0]['llm']['repetitions']} repetitions"]
+        for r in llm:
+            w = r["llm"].get("weights")
+            if w:
+                budget = "no budget" if w["budget_bytes"] is None else f"budget {w['budget_bytes'] / 1e6:.1f} MB"
+                lines.append(f"- {r['label']}: weights {w['store']} ({budget}): peak resident "
+                             f"{w['peak_resident_bytes'] / 1e6:.1f} MB, read {w['bytes_read'] / 1e6:.1f} MB from "
+                             f"storage, I/O wait {w['io_wait_s']:.2f} s")
     lines += ["", "## Power and energy", ""]
     for r in doc["runs"]:
         p = r["power"]
@@ -143,7 +150,7 @@ def profile_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def comparison_markdown(docs: list[dict]) -> str:
+def comparison_markdown(docs: list[dict], failures: list[tuple[str, str]] = ()) -> str:
     from .html import comparison_rows
 
     rows = comparison_rows(docs)
@@ -154,4 +161,6 @@ def comparison_markdown(docs: list[dict]) -> str:
          _ms(r["mean_ns"]), _ms(r["p99_ns"]), f"{r['throughput']:.1f}", f"{r['size_bytes'] / 1e6:.2f}",
          _mib(r["peak_rss_bytes"]), _j(r["energy_j"]),
          "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}"] for r in rows])
+    if failures:
+        lines += ["", "## Failed devices", "", *(f"- **{name}**: {err}" for name, err in failures)]
     return "\n".join(lines) + "\n"

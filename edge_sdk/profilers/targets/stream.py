@@ -1,0 +1,85 @@
+"""Reading a device's ``edge profile --stream-results`` output: runs as they finish, the report at the end.
+
+A connection that drops (or Ctrl-C) after some runs still gives a report: the runs received, marked
+``partial`` with the reason. The device-side runner stops the measurement when our end goes away.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+from pathlib import Path
+
+from ..._version import __version__
+from .base import DeviceUnreachableError, OnLine, RemoteRunError
+
+RUN, REPORT = "@@edge-run ", "@@edge-report "
+
+
+def partial_report(url: str, model: Path, identity: dict, runs: list[dict], why: str) -> dict:
+    """The report of an interrupted run: what was measured, marked partial, with the reason."""
+    from ...core.formats import detect_format
+    from ..profile import SCHEMA, SCHEMA_VERSION, model_size
+
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edge_sdk_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "partial": True, "device": {**identity, "url": url},
+            "model": {"path": str(model), "name": model.name, "label": model.name, "format": detect_format(model).value,
+                      "backend": runs[0]["backend"] if runs else "n/a", "size_bytes": model_size(model),
+                      "accuracy": None},
+            "options": {}, "runs": runs, "warnings": [f"partial results: {why}"]}
+
+
+def run_streaming(cmd: list[str], url: str, model: Path, identity: dict, on_line: OnLine | None) -> dict:
+    """Run ``cmd`` (ssh ... runner, or the runner itself), relay its lines, and assemble the report."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs: list[dict] = []
+    report, tail = None, []
+    try:
+        for line in proc.stdout:
+            if line.startswith(RUN):
+                runs.append(json.loads(line[len(RUN):]))
+                if on_line is not None:
+                    on_line(f"measured {runs[-1]['label']}")
+            elif line.startswith(REPORT):
+                report = json.loads(line[len(REPORT):])
+            else:
+                tail = (tail + [line.rstrip()])[-20:]
+                if on_line is not None and line.strip():
+                    on_line(line.rstrip())
+        code = proc.wait()
+    except KeyboardInterrupt:
+        _close(proc)
+        if not runs:
+            raise
+        return partial_report(url, model, identity, runs, "interrupted (Ctrl-C); the device run was stopped")
+    finally:
+        _close(proc)
+    if report is not None and code == 0:
+        report["device"] = {**report["device"], **{k: v for k, v in identity.items() if k not in report["device"]},
+                            "url": url}
+        return report
+    err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
+    why = next((ln for ln in reversed(err + tail) if ln.strip()), f"exit code {code}")
+    if runs:
+        return partial_report(url, model, identity, runs, f"the run on {url} ended early ({why})")
+    if code == 255:  # ssh's own failure: the connection, not the measurement
+        raise DeviceUnreachableError(f"{url}: connection lost or refused ({why})")
+    raise RemoteRunError(f"edge profile failed on {url}: {why}")
+
+
+def _close(proc: subprocess.Popen) -> None:
+    """End our side: closing stdin tells the device's runner to stop; then the local process goes."""
+    try:
+        if proc.stdin and not proc.stdin.closed:
+            proc.stdin.close()
+    except OSError:
+        pass
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,211 @@
+"""Remote profiling over SSH against a real OpenSSH server started on 127.0.0.1 by the tests (Debian's
+openssh-server, installed by `make test`), with a throwaway host key and user key in a temp dir. The "device"
+is this machine: the remote side runs this checkout's Python, so the whole flow is real — key auth,
+known_hosts checking, upload into the device cache, the device-side runner, streamed results."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_sdk.profilers.targets.base import DeviceUnreachableError, RemoteOptions, parse_target
+
+SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+pytestmark = pytest.mark.skipif(SSHD is None or shutil.which("ssh-keygen") is None or os.geteuid() != 0,
+                                reason="needs openssh-server (make test installs it) and root for sshd's privilege separation")
+PROFILE_ARGS = ["--runs", "20", "--warmup", "2", "--idle", "0", "--power", "none", "--no-per-op"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sshd:
+    """A throwaway sshd: host key, user key, known_hosts and a client config, all under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, _free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        for name in ("host_key", "id_ed25519"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
+        (root / "authorized_keys").write_text((root / "id_ed25519.pub").read_text())
+        os.chmod(root / "authorized_keys", 0o600)
+        host_pub = (root / "host_key.pub").read_text().split()
+        (root / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        (root / "sshd_config").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\nPidFile {root / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {root / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "PubkeyAuthentication yes\nPermitRootLogin yes\nStrictModes no\nUsePAM no\n")
+        self.config = self.client_config(root / "known_hosts", "ssh_config")
+        Path("/run/sshd").mkdir(exist_ok=True)
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start")
+
+    def client_config(self, known_hosts: Path, name: str) -> Path:
+        path = self.root / name
+        path.write_text(f"Host edge-test\n  HostName 127.0.0.1\n  Port {self.port}\n  User root\n"
+                        f"Host *\n  IdentityFile {self.root / 'id_ed25519'}\n  IdentitiesOnly yes\n"
+                        f"  UserKnownHostsFile {known_hosts}\n  GlobalKnownHostsFile /dev/null\n  LogLevel ERROR\n")
+        return path
+
+    def options(self, config: Path | None = None, **kw) -> RemoteOptions:
+        return RemoteOptions(profile_args=PROFILE_ARGS, ssh_config=config or self.config, remote_python=sys.executable,
+                             remote_cache=str(self.root / "device-cache"), **kw)
+
+    def kill(self) -> None:
+        """Kill the server and every session process under it, as a crash or a pulled cable would."""
+        for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
+            if any(s in _cmdline(pid) for s in ("sshd",)):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.proc.wait(5)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _remote_processes(marker: str) -> list[str]:
+    return [c for d in Path("/proc").iterdir() if d.name.isdigit() and marker in (c := _cmdline(int(d.name)))
+            and "pytest" not in c]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = Sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(digits_result) -> Path:
+    return Path(digits_result.artifact("int8").path)
+
+
+def test_profile_over_ssh_end_to_end_and_cache_hit(sshd, int8_onnx, tmp_path):
+    from edge_sdk.cli import app
+
+    runner = CliRunner()
+    args = ["profile", str(int8_onnx), "--device", "ssh://edge-test", "--ssh-config", str(sshd.config),
+            "--remote-python", sys.executable, "--remote-cache", str(sshd.root / "device-cache"),
+            "--runs", "15", "--warmup", "1", "--idle", "0", "--power", "none", "--json", str(tmp_path / "r.json")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["partial"] is False and doc["device"]["url"] == "ssh://edge-test"
+    assert doc["remote"]["uploaded"] is True
+    assert doc["model"]["name"] == int8_onnx.name and doc["runs"][0]["latency"]["n_samples"] == 15
+    assert doc["device"]["edge_sdk"] and doc["device"]["hostname"]
+    cached = list((sshd.root / "device-cache" / "models").glob(f"*/{int8_onnx.name}"))
+    assert len(cached) == 1 and cached[0].read_bytes() == int8_onnx.read_bytes()
+    mtime = cached[0].stat().st_mtime_ns
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["remote"]["uploaded"] is False and cached[0].stat().st_mtime_ns == mtime  # cache hit: no re-upload
+
+
+def test_unknown_host_key_is_refused_unless_accepted_explicitly(sshd):
+    empty = sshd.root / "empty_known_hosts"
+    empty.write_text("")
+    target = parse_target("ssh://edge-test")
+    with pytest.raises(DeviceUnreachableError, match="host key"):
+        target.configure(sshd.options(sshd.client_config(empty, "cfg_unknown"))).identity()
+    assert empty.read_text() == ""  # nothing was recorded
+    ident = target.configure(sshd.options(sshd.root / "cfg_unknown", accept_new_host_key=True)).identity()
+    assert ident["edge_sdk"] and str(sshd.port) in empty.read_text()  # trusted on first use, now recorded
+
+
+def test_dropped_connection_gives_a_partial_marked_report_and_no_stray_process(int8_onnx, tmp_path):
+    server = Sshd(tmp_path / "sshd")
+    target = parse_target("ssh://edge-test")
+    opts = server.options()
+    opts.profile_args = ["--duration", "2", "--sweep", "threads=1,2,1,2", "--warmup", "1", "--idle", "0",
+                         "--power", "none", "--no-per-op"]
+    lines, out = [], {}
+    thread = threading.Thread(target=lambda: out.update(doc=target.profile(int8_onnx, opts, lines.append)))
+    thread.start()
+    deadline = time.time() + 60
+    while not any(ln.startswith("measured") for ln in lines) and time.time() < deadline:
+        time.sleep(0.05)
+    assert any(ln.startswith("measured") for ln in lines), lines
+    server.kill()
+    thread.join(30)
+    doc = out["doc"]
+    assert doc["partial"] is True and 1 <= len(doc["runs"]) < 4
+    assert "partial results" in doc["warnings"][0]
+    marker = str(server.root / "device-cache")
+    deadline = time.time() + 10
+    while _remote_processes(marker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _remote_processes(marker) == []
+
+
+def test_fleet_with_an_unreachable_device(sshd, int8_onnx, tmp_path):
+    from edge_sdk.cli import app
+
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(f'[[device]]\nname = "pi-a"\nurl = "ssh://edge-test"\n\n[[device]]\nname = "pi-b"\n'
+                     f'url = "ssh://root@127.0.0.1:{sshd.port}"\n\n[[device]]\nname = "gone"\nurl = "ssh://root@127.0.0.1:{_free_port()}"\n')
+    res = CliRunner().invoke(app, [
+        "profile", str(int8_onnx), "--devices", str(fleet), "--ssh-config", str(sshd.config), "--remote-python",
+        sys.executable, "--remote-cache", str(sshd.root / "device-cache"), "--runs", "10", "--warmup", "1", "--idle", "0",
+        "--power", "none", "--no-per-op", "--json", str(tmp_path / "f.json"), "--markdown", str(tmp_path / "cmp.md"),
+        "--html", str(tmp_path / "cmp.html")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "cmp.md").read_text()
+    table = [ln for ln in md.splitlines() if ln.startswith(f"| {int8_onnx.name}")]
+    assert len(table) == 2
+    assert "## Failed devices" in md and "**gone**" in md and "pi-a" not in md.split("## Failed devices")[1]
+    assert sorted(p.name for p in tmp_path.glob("f.*.json")) == ["f.pi-a.json", "f.pi-b.json"]
+    assert "1 device failed" in (tmp_path / "cmp.html").read_text()
+
+
+def test_bad_device_urls():
+    from edge_sdk.errors import InvalidOptionError
+
+    for bad in ("ftp://x", "ssh://", "pi.local"):
+        with pytest.raises(InvalidOptionError):
+            parse_target(bad)
