@@ -209,3 +209,35 @@ def test_bad_device_urls():
     for bad in ("ftp://x", "ssh://", "pi.local"):
         with pytest.raises(InvalidOptionError):
             parse_target(bad)
+
+
+def test_ctrl_c_stops_the_device_run_and_keeps_the_partial_report(sshd, int8_onnx):
+    import _thread
+
+    target = parse_target("ssh://edge-test")
+    opts = sshd.options()
+    opts.profile_args = ["--duration", "2", "--sweep", "threads=1,2,1", "--warmup", "1", "--idle", "0",
+                         "--power", "none", "--no-per-op"]
+
+    def on_line(line: str) -> None:
+        if line.startswith("measured"):
+            _thread.interrupt_main()  # the user presses Ctrl-C after the first setting
+
+    doc = target.profile(int8_onnx, opts, on_line)
+    assert doc["partial"] is True and len(doc["runs"]) == 1 and "Ctrl-C" in doc["warnings"][0]
+    marker = str(sshd.root / "device-cache")
+    deadline = time.time() + 10
+    while _remote_processes(marker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _remote_processes(marker) == []
+
+
+def test_edge_devices_lists_identity_and_unreachable(sshd):
+    from edge_sdk.cli import app
+
+    res = CliRunner().invoke(app, ["devices", "--device", "ssh://edge-test", "--device", f"ssh://root@127.0.0.1:{_free_port()}",
+                                   "--ssh-config", str(sshd.config), "--remote-python", sys.executable])
+    assert res.exit_code == 2  # one device could not be reached
+    ok = next(ln for ln in res.output.splitlines() if "ssh://edge-test" in ln)
+    assert "ok" in ok and sys.version.split()[0] in ok
+    assert "unreachable" in next(ln for ln in res.output.splitlines() if "127.0.0.1" in ln)
