@@ -51,14 +51,17 @@ def test_parse_sweep():
 
 
 def test_rss_sampler_sees_a_short_lived_allocation():
+    import mmap
+
     with RssSampler(period_s=0.001) as s:
         base = s.peak
-        block = np.ones(64 << 20, np.uint8)  # 64 MiB, touched
+        block = mmap.mmap(-1, 64 << 20)  # fresh anonymous pages: malloc could hand back already-resident ones
+        np.frombuffer(block, np.uint8)[:] = 1  # touched: now resident
         seen = s.samples
         deadline = time.time() + 5
         while s.samples < seen + 3 and time.time() < deadline:  # held until the thread has looked (busy hosts)
             time.sleep(0.01)
-        del block
+        block.close()
     assert s.peak - base > 60 << 20
 
 
