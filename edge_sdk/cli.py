@@ -507,8 +507,8 @@ def report(
         table.add_column(col, justify="left" if col in ("model", "format", "backend", "device") else "right")
     for r in comparison_rows(docs):
         table.add_row(escape(r["label"]) + (" [yellow](partial)[/]" if r["partial"] else ""), r["format"], r["backend"],
-                      escape(str(r["device"])), f"{r['mean_ns'] / 1e6:.3f}", f"{r['p99_ns'] / 1e6:.3f}",
-                      _human_bytes(r["size_bytes"]), "n/a" if r["peak_rss_bytes"] is None else _human_bytes(r["peak_rss_bytes"]),
+                      escape(str(r["device"])), *("n/a" if r[k] is None else f"{r[k] / 1e6:.3f}" for k in ("mean_ns", "p99_ns")),
+                      "n/a" if r["size_bytes"] is None else _human_bytes(r["size_bytes"]), "n/a" if r["peak_rss_bytes"] is None else _human_bytes(r["peak_rss_bytes"]),
                       "n/a" if r["energy_j"] is None else f"{r['energy_j'] * 1e3:.2f} mJ",
                       "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}")
     console.print(table)

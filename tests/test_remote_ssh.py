@@ -203,14 +203,6 @@ def test_fleet_with_an_unreachable_device(sshd, int8_onnx, tmp_path):
     assert "1 device failed" in (tmp_path / "cmp.html").read_text()
 
 
-def test_bad_device_urls():
-    from edge_sdk.errors import InvalidOptionError
-
-    for bad in ("ftp://x", "ssh://", "pi.local"):
-        with pytest.raises(InvalidOptionError):
-            parse_target(bad)
-
-
 def test_ctrl_c_stops_the_device_run_and_keeps_the_partial_report(sshd, int8_onnx):
     import _thread
 
@@ -223,7 +215,15 @@ def test_ctrl_c_stops_the_device_run_and_keeps_the_partial_report(sshd, int8_onn
         if line.startswith("measured"):
             _thread.interrupt_main()  # the user presses Ctrl-C after the first setting
 
-    doc = target.profile(int8_onnx, opts, on_line)
+    # a shell's background job starts with SIGINT ignored, and interrupt_main() then does nothing
+    from edge_sdk.profilers.targets.fleet import profile_fleet
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:  # through profile_fleet, as the CLI calls it: one device runs in the main thread, where Ctrl-C lands
+        [result] = profile_fleet([("pi", "ssh://edge-test")], int8_onnx, opts, on_line=on_line)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    doc = result.doc
     assert doc["partial"] is True and len(doc["runs"]) == 1 and "Ctrl-C" in doc["warnings"][0]
     marker = str(sshd.root / "device-cache")
     deadline = time.time() + 10

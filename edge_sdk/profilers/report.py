@@ -158,7 +158,8 @@ def comparison_markdown(docs: list[dict], failures: list[tuple[str, str]] = ()) 
     lines += _table(["model", "format", "backend", "device", "mean ms", "p99 ms", "per s", "size MB",
                      "peak RSS MiB", "energy/inference", "accuracy"], [
         [r["label"] + (" (partial)" if r["partial"] else ""), r["format"], r["backend"], str(r["device"]),
-         _ms(r["mean_ns"]), _ms(r["p99_ns"]), f"{r['throughput']:.1f}", f"{r['size_bytes'] / 1e6:.2f}",
+         _ms(r["mean_ns"]), _ms(r["p99_ns"]), "n/a" if r["throughput"] is None else f"{r['throughput']:.1f}",
+         "n/a" if r["size_bytes"] is None else f"{r['size_bytes'] / 1e6:.2f}",
          _mib(r["peak_rss_bytes"]), _j(r["energy_j"]),
          "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}"] for r in rows])
     if failures:

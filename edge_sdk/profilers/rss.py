@@ -2,8 +2,8 @@
 
 ``VmHWM`` cannot say *when* the peak happened, and resetting it needs ``/proc/self/clear_refs``
 (not always writable); a sampler gives the peak per phase (load, inference) and works the same on
-every Linux device. ``VmHWM`` is also read at the end, so a peak shorter than the period is not lost
-for the whole run.
+every Linux device. A peak shorter than the period can be missed; ``high_water_mark()`` gives the
+process-wide peak for a check.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ class RemoteOptions:
     device_binary: Path | None = None  # adb: benchmark_model or llama-bench built for Android
     accept_new_host_key: bool = False  # ssh: trust a host key seen for the first time (never silently)
     install: bool = False  # ssh: pip install edge-sdk into a venv on the device when missing
+    install_extras: tuple[str, ...] = ()  # ...with these extras (the model's backend: "tflite", "llama")
     power_rate_hz: float = 10.0
     idle_s: float | None = None  # seconds of idle power baseline (None: the target's default)
     ssh_config: Path | None = None  # ssh: -F FILE instead of ~/.ssh/config

@@ -20,9 +20,21 @@ def device_list(device: list[str], devices: Path | None) -> list[tuple[str, str]
     return out
 
 
-def _suffixed(path: Path, name: str) -> Path:
+def _suffixed(path: Path, name: str, taken: set[Path]) -> Path:
+    """``r.json`` -> ``r.<name>.json``; names that clean up alike ("pi a", "pi_a") get a counter."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return path.with_name(f"{path.stem}.{safe}{path.suffix}")
+    out, k = path.with_name(f"{path.stem}.{safe}{path.suffix}"), 2
+    while out in taken:
+        out, k = path.with_name(f"{path.stem}.{safe}-{k}{path.suffix}"), k + 1
+    taken.add(out)
+    return out
+
+
+def _extras_for(model: Path) -> tuple[str, ...]:
+    """The pip extra a device needs to run ``model`` (ONNX Runtime is in the base install)."""
+    from ...core.formats import ModelFormat, detect_format
+
+    return {ModelFormat.TFLITE: ("tflite",), ModelFormat.GGUF: ("llama",)}.get(detect_format(model), ())
 
 
 def profile_on_devices(console, err_console, model: Path | None, device: list[str], devices: Path | None,
@@ -43,7 +55,8 @@ def profile_on_devices(console, err_console, model: Path | None, device: list[st
                             warmup=extra["warmup"], n_prompt=extra["n_prompt"], n_gen=extra["n_gen"],
                             device_binary=extra["device_binary"], accept_new_host_key=extra["accept_new_host_key"],
                             install=extra["install"], power_rate_hz=extra["power_rate"], ssh_config=extra["ssh_config"],
-                            remote_python=extra["remote_python"], remote_cache=extra["remote_cache"], idle_s=extra["idle"])
+                            remote_python=extra["remote_python"], remote_cache=extra["remote_cache"], idle_s=extra["idle"],
+                            install_extras=_extras_for(Path(model)))
     results = profile_fleet(targets, Path(model), options, jobs=extra["jobs"],
                             on_line=lambda s: err_console.print(escape(s), highlight=False))
     failures = [(r.name, r.error) for r in results if r.error]
@@ -70,9 +83,10 @@ def profile_on_devices(console, err_console, model: Path | None, device: list[st
                 written.append(write(path))
     else:
         if extra["json_out"] is not None:
+            taken: set[Path] = set()
             for r in results:
                 if r.doc is not None:
-                    written.append(ProfileReport(r.doc).write_json(_suffixed(extra["json_out"], r.name)))
+                    written.append(ProfileReport(r.doc).write_json(_suffixed(extra["json_out"], r.name, taken)))
         if extra["markdown"] is not None:
             written.append(atomic_write_text(extra["markdown"], comparison_markdown(docs, failures)))
         if extra["html"] is not None:

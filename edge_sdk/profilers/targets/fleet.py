@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import EdgeError, InvalidOptionError
-from .base import DeviceTarget, OnLine, RemoteOptions, parse_target
+from .base import DeviceTarget, OnLine, RemoteOptions, RemoteRunError, parse_target
 
 
 @dataclass
@@ -53,12 +54,18 @@ def profile_fleet(devices: list[tuple[str, str]], model: Path, options: RemoteOp
         name, url, target, error = item
         if target is None:
             return FleetResult(url, name, error=str(error), exc=error)
-        try:
-            doc = target.profile(model, options, None if on_line is None else lambda s: on_line(f"[{name}] {s}"))
+        say = None if on_line is None else (on_line if len(targets) == 1 else lambda s: on_line(f"[{name}] {s}"))
+        try:  # each device gets its own options: an --install changes that device's interpreter only
+            doc = target.profile(model, dataclasses.replace(options), say)
             doc["device"]["name"] = name
             return FleetResult(url, name, doc=doc)
         except EdgeError as e:
             return FleetResult(url, name, error=" ".join(str(e).split()), exc=e)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a device answering garbage fails alone
+            err = RemoteRunError(f"{url}: unexpected answer from the device ({type(e).__name__}: {e})")
+            return FleetResult(url, name, error=str(err), exc=err)
 
-    with ThreadPoolExecutor(max_workers=min(jobs, max(1, len(targets)))) as pool:
+    if len(targets) == 1:  # in the main thread: Ctrl-C reaches the stream reader, which keeps partial results
+        return [one(targets[0])]
+    with ThreadPoolExecutor(max_workers=min(jobs, len(targets))) as pool:
         return list(pool.map(one, targets))

@@ -1,19 +1,23 @@
 """The device side of a remote profile: ``python -m edge_sdk.profilers.targets.runner ARGS``.
 
 It runs ``edge profile ARGS`` in its own process group and relays its output. When the connection
-goes (its stdin reaches EOF: the workstation pressed Ctrl-C, or the SSH session died) or it is told to
-stop (SIGTERM/SIGHUP), it stops the whole group, so no measurement keeps running on the device.
+goes — its stdin reaches EOF (the workstation pressed Ctrl-C, or the SSH session closed) or the
+workstation's once-a-second heartbeat stops (a network that dropped without closing anything) — or it
+is told to stop (SIGTERM/SIGHUP), it stops the whole group, so no measurement keeps running on the device.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
 
 GRACE_S = 3.0
+# the workstation writes a heartbeat every second; this long without one: it is gone
+SILENCE_S = float(os.environ.get("EDGE_RUNNER_SILENCE_S", "15"))
 
 
 def _stop(child: subprocess.Popen) -> None:
@@ -33,9 +37,12 @@ def main(args: list[str]) -> int:
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, text=True)
 
     def watch_stdin() -> None:
-        while sys.stdin.buffer.read(1 << 12):
-            pass
-        _stop(child)  # EOF: the workstation is gone
+        fd = sys.stdin.fileno()
+        while True:  # EOF (Ctrl-C, closed session) or silence (a network that dropped without closing)
+            ready, _, _ = select.select([fd], [], [], SILENCE_S)
+            if not ready or not os.read(fd, 1 << 12):
+                break
+        _stop(child)
 
     threading.Thread(target=watch_stdin, daemon=True).start()
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):

@@ -21,7 +21,7 @@ from .base import DeviceTarget, DeviceUnreachableError, OnLine, RemoteOptions, R
 from .stream import run_streaming
 
 CONNECT_TIMEOUT_S = 10
-_URL = re.compile(r"^ssh://(?:(?P<user>[^@/:]+)@)?(?P<host>[^@/:]+)(?::(?P<port>\d+))?/?$")
+_URL = re.compile(r"^ssh://(?:(?P<user>[^@/:\s-][^@/:\s]*)@)?(?P<host>[^@/:\s-][^@/:\s]*)(?::(?P<port>\d+))?/?$")
 
 IDENTITY_SCRIPT = r"""
 import json, sys
@@ -63,7 +63,8 @@ class SshTarget(DeviceTarget):
     def from_url(cls, url: str) -> "SshTarget":
         m = _URL.match(url)
         if not m:
-            raise InvalidOptionError(f"device {url!r}: write ssh://user@host or ssh://user@host:port")
+            raise InvalidOptionError(f"device {url!r}: write ssh://user@host or ssh://user@host:port "
+                                     "(user and host may not start with '-')")
         return cls(url, m.group("user"), m.group("host"), int(m.group("port")) if m.group("port") else None)
 
     def configure(self, options: RemoteOptions) -> "SshTarget":
@@ -112,7 +113,7 @@ class SshTarget(DeviceTarget):
         return self.options.remote_python
 
     def identity(self) -> dict:
-        out = self._call(f"{shlex.quote(self.python)} -c {shlex.quote(IDENTITY_SCRIPT)}")
+        out = self._call(f"{_remote_path(self.python)} -c {shlex.quote(IDENTITY_SCRIPT)}")
         try:
             return json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -128,8 +129,11 @@ class SshTarget(DeviceTarget):
         from ... import __version__
 
         venv = f"{self.options.remote_cache}/venv"
-        self._call(f"{shlex.quote(self.python)} -m venv {venv} && {venv}/bin/pip install -q "
-                   f"{shlex.quote(f'edge-sdk=={__version__}')}", timeout=1800)
+        py = _remote_path(f"{venv}/bin/python")
+        extras = ",".join(sorted(self.options.install_extras))
+        package = f"edge-sdk[{extras}]=={__version__}" if extras else f"edge-sdk=={__version__}"
+        self._call(f"test -x {py} || {_remote_path(self.python)} -m venv {_remote_path(venv)}; "
+                   f"{py} -m pip install -q {shlex.quote(package)}", timeout=1800)
         self.options.remote_python = f"{venv}/bin/python"
         return self.identity()
 
@@ -141,8 +145,9 @@ class SshTarget(DeviceTarget):
         q = _remote_path(remote)
         if self._call(f"test -f {q} && echo cached || true").strip() == "cached":
             return remote, False
-        with open(model, "rb") as f:
-            self._call(f"mkdir -p $(dirname {q}) && cat > {q}.part && mv {q}.part {q}", stdin=f, timeout=3600)
+        parent = _remote_path(remote.rsplit("/", 1)[0])
+        with open(model, "rb") as f:  # a part file per upload: two fleet entries on one host must not mix
+            self._call(f"mkdir -p {parent} && cat > {q}.part.$$ && mv -f {q}.part.$$ {q}", stdin=f, timeout=3600)
         return remote, True
 
     def profile(self, model: Path, options: RemoteOptions, on_line: OnLine | None = None) -> dict:
@@ -152,11 +157,15 @@ class SshTarget(DeviceTarget):
         if on_line is not None:
             on_line(f"{'uploaded' if uploaded else 'cached on the device:'} {model.name}")
         args = [self.python, "-m", "edge_sdk.profilers.targets.runner", remote, *options.profile_args, "--stream-results"]
-        cmd = " ".join(_remote_path(a) if a == remote else shlex.quote(a) for a in args)
+        cmd = " ".join(_remote_path(a) if a in (remote, self.python) else shlex.quote(a) for a in args)
         doc = run_streaming(self._ssh(cmd), self.url, model, ident, on_line)
         doc["model"].update(path=str(model), name=model.name, label=model.name if doc["model"].get("label") in
                             (None, Path(remote).name) else doc["model"]["label"])
         doc.setdefault("remote", {})["uploaded"] = uploaded
+        if doc["model"].get("accuracy") is None:  # the conversion report lives beside the model, here
+            from ..profile import accuracy_from_conversion
+
+            doc["model"]["accuracy"] = accuracy_from_conversion(model)
         return doc
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+import threading
 from pathlib import Path
 
 from ..._version import __version__
 from .base import DeviceUnreachableError, OnLine, RemoteRunError
 
 RUN, REPORT = "@@edge-run ", "@@edge-report "
+HEARTBEAT_S = 1.0  # a byte on the device's stdin this often: the runner stops the run when they cease
 
 
 def partial_report(url: str, model: Path, identity: dict, runs: list[dict], why: str) -> dict:
@@ -31,36 +33,62 @@ def partial_report(url: str, model: Path, identity: dict, runs: list[dict], why:
             "options": {}, "runs": runs, "warnings": [f"partial results: {why}"]}
 
 
+def _parse(line: str, prefix: str) -> dict | None:
+    """A result line, or None when the connection cut it short (then it is just output)."""
+    try:
+        value = json.loads(line[len(prefix):])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _heartbeat(proc: subprocess.Popen, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        except (OSError, ValueError):
+            return
+
+
 def run_streaming(cmd: list[str], url: str, model: Path, identity: dict, on_line: OnLine | None) -> dict:
     """Run ``cmd`` (ssh ... runner, or the runner itself), relay its lines, and assemble the report."""
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr: list[str] = []
+    drain = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)  # a full pipe would block ssh
+    drain.start()
+    stop = threading.Event()
+    threading.Thread(target=_heartbeat, args=(proc, stop), daemon=True).start()
     runs: list[dict] = []
     report, tail = None, []
     try:
         for line in proc.stdout:
-            if line.startswith(RUN):
-                runs.append(json.loads(line[len(RUN):]))
+            if line.startswith(RUN) and (run := _parse(line, RUN)) is not None:
+                runs.append(run)
                 if on_line is not None:
-                    on_line(f"measured {runs[-1]['label']}")
-            elif line.startswith(REPORT):
-                report = json.loads(line[len(REPORT):])
+                    on_line(f"measured {run.get('label')}")
+            elif line.startswith(REPORT) and (doc := _parse(line, REPORT)) is not None:
+                report = doc
             else:
-                tail = (tail + [line.rstrip()])[-20:]
-                if on_line is not None and line.strip():
+                tail = (tail + [line.rstrip()[:300]])[-20:]
+                if on_line is not None and line.strip() and not line.startswith("@@"):
                     on_line(line.rstrip())
         code = proc.wait()
     except KeyboardInterrupt:
+        stop.set()
         _close(proc)
         if not runs:
             raise
         return partial_report(url, model, identity, runs, "interrupted (Ctrl-C); the device run was stopped")
     finally:
+        stop.set()
         _close(proc)
+    drain.join(5)
     if report is not None and code == 0:
         report["device"] = {**report["device"], **{k: v for k, v in identity.items() if k not in report["device"]},
                             "url": url}
         return report
-    err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
+    err = [ln.rstrip() for ln in stderr]
     why = next((ln for ln in reversed(err + tail) if ln.strip()), f"exit code {code}")
     if runs:
         return partial_report(url, model, identity, runs, f"the run on {url} ended early ({why})")

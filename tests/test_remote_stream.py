@@ -1,0 +1,56 @@
+"""The transport-independent parts of remote profiling, without a device: target URLs, the result stream
+(a line cut by a dropped connection), and the device-side runner stopping when the workstation goes silent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_sdk.errors import InvalidOptionError
+from edge_sdk.profilers.targets.base import parse_target
+from edge_sdk.profilers.targets.stream import run_streaming
+
+
+def test_bad_device_urls():
+    for bad in ("ftp://x", "ssh://", "pi.local", "ssh://-oProxyCommand=x", "ssh://-x@host", "ssh://user@-host"):
+        with pytest.raises(InvalidOptionError):
+            parse_target(bad)
+    t = parse_target("ssh://pi@raspberrypi.local:2222")
+    assert (t.user, t.host, t.port) == ("pi", "raspberrypi.local", 2222)
+
+
+def test_a_line_cut_by_a_dropped_connection_keeps_the_runs_before_it(digits_result):
+    model = Path(digits_result.artifact("int8").path)
+    run = {"label": "threads=1", "backend": "onnxruntime", "latency": {"avg_ns": 1.0}}
+    script = (f"import sys; print('@@edge-run ' + {json.dumps(json.dumps(run))}, flush=True); "
+              "print('@@edge-report {\"schema\": \"edge-sd', flush=True); sys.exit(255)")
+    lines = []
+    doc = run_streaming([sys.executable, "-c", script], "ssh://pi", model, {"hostname": "pi"}, lines.append)
+    assert doc["partial"] is True and doc["runs"] == [run] and doc["device"]["url"] == "ssh://pi"
+    assert "ended early" in doc["warnings"][0] and lines[0] == "measured threads=1"
+
+
+def test_runner_stops_the_run_when_the_heartbeat_stops(digits_result):
+    """A network that drops without closing the session leaves the device's stdin open but silent: the
+    runner must stop the measurement by itself (here after 1.5 s of silence instead of 15 s)."""
+    model = Path(digits_result.artifact("int8").path)
+    env = {**os.environ, "EDGE_RUNNER_SILENCE_S": "1.5"}
+    proc = subprocess.Popen([sys.executable, "-m", "edge_sdk.profilers.targets.runner", str(model), "--duration", "60",
+                             "--idle", "0", "--power", "none", "--no-per-op", "--stream-results"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    t0 = time.time()
+    try:
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdin.close()
+    assert code != 0 and time.time() - t0 < 20  # stopped long before its 60 s budget
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert not [ln for ln in out.splitlines() if "--duration 60" in ln and "edge_sdk.cli" in ln]
