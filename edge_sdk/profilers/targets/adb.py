@@ -53,7 +53,8 @@ from .android_output import (
     parse_run_stats,
     split_pp_tg,
 )
-from .base import DeviceTarget, DeviceUnreachableError, OnLine, RemoteOptions, RemoteRunError, register_target
+from .base import (DeviceTarget, DeviceUnreachableError, OnLine, RemoteOptions, RemoteRunError, register_target,
+                   terminate)
 
 _URL = re.compile(r"^adb://(?P<serial>[A-Za-z0-9._:\-]*)/?$")
 # adb's own errors (as opposed to the remote command's): the phone is gone, locked out or ambiguous
@@ -187,13 +188,7 @@ def _visible(on_line: OnLine | None) -> Callable[[str], None]:
 
 def _kill(proc: subprocess.Popen) -> None:
     """Stop our adb client; adbd then hangs up the remote process (it loses its session)."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    terminate(proc)
 
 
 # ---- the report ---------------------------------------------------------------------------------------

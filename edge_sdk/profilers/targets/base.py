@@ -8,6 +8,7 @@ identity in it. A run that is cut short (Ctrl-C, a dropped connection) returns w
 
 from __future__ import annotations
 
+import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,17 @@ class RemoteOptions:
 
 
 OnLine = Callable[[str], None]  # progress lines streamed from the device
+
+
+def terminate(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """Stop a local client process (ssh, adb): politely, then for good; the device side notices it go."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class DeviceTarget(ABC):

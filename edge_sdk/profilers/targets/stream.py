@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from ..._version import __version__
-from .base import DeviceUnreachableError, OnLine, RemoteRunError
+from .base import DeviceUnreachableError, OnLine, RemoteRunError, terminate
 
 RUN, REPORT = "@@edge-run ", "@@edge-report "
 HEARTBEAT_S = 1.0  # a byte on the device's stdin this often: the runner stops the run when they cease
@@ -104,10 +104,4 @@ def _close(proc: subprocess.Popen) -> None:
             proc.stdin.close()
     except OSError:
         pass
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    terminate(proc)
