@@ -8,6 +8,8 @@ Public API::
     report = edge_sdk.inspect("out/model.int8.onnx")
     with edge_sdk.load("out/model.int8.onnx") as model:      # ONNX, TFLite, Core ML, GGUF
         outputs = model.run({"x": batch})
+    report = edge_sdk.profile("out/model.int8.onnx", edge_sdk.ProfileOptions(runs=200))
+    report.write_html("int8.html")
 
 ``import edge_sdk`` loads neither torch nor onnx: converters import them when called.
 """
@@ -23,9 +25,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .converters.api import convert
     from .converters.inspect import InspectReport, inspect
     from .converters.report import ConversionResult
+    from .profilers.profile import ProfileOptions, profile
     from .runtimes.model import Model, load
 
-__all__ = ["__version__", "errors", "convert", "inspect", "load", "Model", "ConversionResult", "InspectReport"]
+__all__ = ["__version__", "errors", "convert", "inspect", "load", "Model", "ConversionResult", "InspectReport",
+           "profile", "ProfileOptions"]
 
 _LAZY = {
     "convert": ("edge_sdk.converters.api", "convert"),
@@ -34,6 +38,8 @@ _LAZY = {
     "ConversionResult": ("edge_sdk.converters.report", "ConversionResult"),
     "load": ("edge_sdk.runtimes.model", "load"),
     "Model": ("edge_sdk.runtimes.model", "Model"),
+    "profile": ("edge_sdk.profilers.profile", "profile"),
+    "ProfileOptions": ("edge_sdk.profilers.profile", "ProfileOptions"),
 }
 
 

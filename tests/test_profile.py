@@ -43,6 +43,12 @@ def test_rate_stats_are_per_run_rates():
     assert avg == pytest.approx(75.0) and std == pytest.approx(np.std([100, 50], ddof=1))
 
 
+def test_profile_is_public_api():
+    import edge_sdk
+
+    assert edge_sdk.profile is profile and edge_sdk.ProfileOptions is ProfileOptions
+
+
 def test_parse_sweep():
     assert parse_sweep(["threads=1,2,4", "batch=8"]) == {"threads": [1, 2, 4], "batch": [8]}
     for bad in ("threads", "cores=1,2", "threads=a", "threads=0"):
