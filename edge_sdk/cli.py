@@ -354,6 +354,7 @@ def profile(
     accuracy: Optional[float] = typer.Option(None, "--accuracy", help="Model accuracy to carry into the report (Pareto plots)."),
     memory_budget: Optional[str] = typer.Option(
         None, "--memory-budget", help="Profile under a memory budget: ONNX CNNs patch by patch, GGUF (--backend edge) with weights streamed."),
+    benchmark_model: Optional[str] = typer.Option(None, "--benchmark-model", help=".tflite per-op time from LiteRT's benchmark_model (default: on PATH)."),
     label: Optional[str] = typer.Option(None, "--label", help="Name of this model in comparisons (default: file name)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON (schema edge-sdk/profile v1)."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the report as Markdown."),
@@ -413,7 +414,7 @@ def profile(
         opts = ProfileOptions(runs=runs, warmup=warmup, duration_s=duration, threads=threads, batch=batch,
                               backend=backend, per_op=per_op, top=top, power=power, power_rate_hz=power_rate,
                               idle_s=idle, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, input=input,
-                              accuracy=accuracy,
+                              accuracy=accuracy, benchmark_model=benchmark_model,
                               load_options={} if memory_budget is None else {"memory_budget": memory_budget})
         grid = parse_sweep(sweep)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -4,6 +4,7 @@ the JSON schema and the Markdown / CLI views, on models that really run here."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -259,10 +260,36 @@ def test_power_and_energy_from_a_replayed_rapl_counter(digits_result, tmp_path):
     assert "power:" not in " ".join(rep.doc["warnings"])
 
 
-def test_profile_tflite_says_why_there_is_no_op_table(digits_tflite):
+def test_profile_tflite_says_why_there_is_no_op_table(digits_tflite, monkeypatch):
     pytest.importorskip("ai_edge_litert")
+    monkeypatch.setenv("PATH", "/nonexistent")  # no benchmark_model to be found
     rep = profile(digits_tflite, ProfileOptions(**FAST))
     r = rep.runs[0]
     assert r["backend"] == "litert" and r["latency"]["n_samples"] == 20
     assert r["ops"] is None and "benchmark_model" in r["ops_unavailable"]
     assert rep.doc["model"]["format"] == "tflite" and rep.doc["model"]["accuracy"] is None
+
+
+def test_profile_tflite_op_table_from_benchmark_model(digits_tflite, tmp_path):
+    """benchmark_model is not installed here: a stand-in replays its documented --enable_op_profiling output
+    (the transcript of tests/test_remote_adb.py) after checking it was asked for the right graph and flags."""
+    pytest.importorskip("ai_edge_litert")
+    from tests.test_remote_adb import BENCH_OPS
+
+    fake = tmp_path / "benchmark_model"
+    transcript = tmp_path / "out.txt"
+    transcript.write_text(BENCH_OPS.replace("{runs}", "20"))
+    fake.write_text(f"#!{sys.executable}\nimport sys\nargs = sys.argv[1:]\n"
+                    f"assert '--graph={digits_tflite}' in args and '--enable_op_profiling=true' in args, args\n"
+                    f"assert '--num_threads=2' in args, args\n"
+                    f"print(open({str(transcript)!r}).read())\n")
+    fake.chmod(0o755)
+    rep = profile(digits_tflite, ProfileOptions(**{**FAST, "benchmark_model": str(fake), "threads": 2}))
+    ops = rep.runs[0]["ops"]
+    assert ops["source"] == "benchmark_model" and rep.runs[0]["ops_unavailable"] is None
+    assert ops["by_type"][0]["op_type"] == "CONV_2D" and ops["by_type"][-1]["cumulative_percent"] == pytest.approx(100, abs=0.01)
+    bad = tmp_path / "broken"
+    bad.write_text("#!/bin/sh\necho 'ERROR: Could not open graph' >&2\nexit 1\n")
+    bad.chmod(0o755)
+    rep = profile(digits_tflite, ProfileOptions(**{**FAST, "benchmark_model": str(bad)}))
+    assert rep.runs[0]["ops"] is None and "Could not open graph" in rep.runs[0]["ops_unavailable"]

@@ -54,6 +54,7 @@ class ProfileOptions:
     seed: int = 0
     input: Path | None = None  # FILE.npz: its first ``batch`` samples instead of random inputs
     accuracy: float | None = None  # carried into the report for Pareto plots (e.g. from a parity report)
+    benchmark_model: str | None = None  # .tflite per-op time: LiteRT's benchmark_model (default: on PATH)
     load_options: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -262,10 +263,36 @@ def _op_profile(path: Path, fmt: ModelFormat, backend: str, feeds, opts: Profile
                 trace = m.session.end_profiling()
             return from_ort_trace(read_ort_trace(trace), top=opts.top).to_dict(), None
     if fmt is ModelFormat.TFLITE:
-        return None, "LiteRT's Python API has no op profiler: profile on the device with benchmark_model --enable_op_profiling"
+        return _tflite_op_profile(path, opts, threads)
     if fmt is ModelFormat.GGUF:
         return None, "per-op time is not recorded for GGUF models (llama.cpp exposes no per-op timing)"
     return None, f"per-op time is not available for {fmt.value} models on {backend}"
+
+
+def _tflite_op_profile(path: Path, opts: ProfileOptions, threads) -> tuple[dict | None, str | None]:
+    """LiteRT's Python API has no op profiler; its ``benchmark_model`` tool has one. Run it when it is
+    here (``--benchmark-model PATH`` or on PATH) and read its "Summary by node type" table."""
+    import shutil
+    import subprocess
+
+    binary = opts.benchmark_model or shutil.which("benchmark_model")
+    if binary is None:
+        return None, ("LiteRT's Python API has no op profiler: put LiteRT's benchmark_model on PATH (or pass "
+                      "--benchmark-model PATH) for the per-op table, as edge profile does on phones")
+    from .targets.android_output import parse_op_profile
+
+    cmd = [binary, f"--graph={path}", f"--num_runs={min(opts.runs, 50)}", "--warmup_runs=5", "--enable_op_profiling=true"]
+    cmd += [f"--num_threads={threads}"] if threads else []
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"benchmark_model could not run ({e})"
+    ops = parse_op_profile(done.stdout + done.stderr, top=opts.top) if done.returncode == 0 else None
+    if ops is None:
+        last = ((done.stderr or done.stdout).strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return None, f"benchmark_model gave no op profile ({last})"
+    ops.source = "benchmark_model"
+    return ops.to_dict(), None
 
 
 def _profile_setting(path: Path, fmt: ModelFormat, opts: ProfileOptions, params: dict, power: _Power,
