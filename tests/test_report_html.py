@@ -159,6 +159,9 @@ def test_llm_ops_unavailable_and_sparse_documents():
     for text in ("Language model", "85.2 ms", "1,501.2 ± 12.3 tokens/s", "22.4 ± 0.8 tokens/s", "44.6 ms",
                  "210.000 mJ", "LiteRT&#x27;s Python API has no op profiler"):
         assert text in page, text
+    assert "per inference" in page and "per token" not in page
+    run["latency_unit"] = "token"  # GGUF runs: the distribution is per generated token
+    assert "per token" in render_profile_html(doc) and "tokens/s" in render_profile_html(doc)
     # a nearly empty document still renders, with n/a rather than numbers
     sparse = render_profile_html({"schema": "edge-sdk/profile", "runs": [{"label": "x", "latency": None}]})
     assert "n/a" in sparse and "0.000 ms" not in sparse

@@ -307,14 +307,16 @@ def _sweep_overview(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 def _latency_table(run: Mapping[str, Any]) -> str:
     lat, e2e = run.get("latency"), run.get("end_to_end")
     blocks = [lat] + ([e2e] if isinstance(e2e, Mapping) else [])
-    header = ["", "inference"] + (["end to end"] if len(blocks) > 1 else [])
+    unit = "token" if run.get("latency_unit") == "token" else "inference"
+    header = ["", f"per {unit}"] + (["end to end"] if len(blocks) > 1 else [])
     rows: list[list[Any]] = []
     for name, key in (("mean", "avg_ns"), ("median", "median_ns"), ("p90", "p90_ns"), ("p95", "p95_ns"),
                       ("p99", "p99_ns"), ("min", "min_ns"), ("max", "max_ns"), ("std", "stddev_ns")):
         rows.append([name] + [fmt_ms(_get(b, key)) for b in blocks])
     rows.append(["cv"] + [_warn_badge(b) for b in blocks])
     rows.append(["samples"] + [fmt_text(_get(b, "n_samples")) for b in blocks])
-    rows.append(["throughput"] + [fmt_rate(_get(b, "throughput_per_s"), "items/s") for b in blocks])
+    rows.append(["throughput"] + [fmt_rate(_get(b, "throughput_per_s"), "tokens/s" if unit == "token" else "items/s")
+                                   for b in blocks])
     return "<div><h3>Latency</h3>" + grid_table(header, rows, numeric=[False] + [True] * (len(header) - 1)) + "</div>"
 
 
