@@ -241,3 +241,19 @@ def test_edge_devices_lists_identity_and_unreachable(sshd):
     ok = next(ln for ln in res.output.splitlines() if "ssh://edge-test" in ln)
     assert "ok" in ok and sys.version.split()[0] in ok
     assert "unreachable" in next(ln for ln in res.output.splitlines() if "127.0.0.1" in ln)
+
+
+def test_device_without_edge_sdk_is_refused_with_the_way_out(sshd, int8_onnx):
+    """The device's system Python has no edge-sdk: without --install the run stops before uploading, with
+    a one-line error that names --install and --remote-python."""
+    from edge_sdk.profilers.targets.base import RemoteRunError
+
+    system = "/usr/bin/python3"
+    if subprocess.run([system, "-c", "import edge_sdk"], capture_output=True, cwd="/").returncode == 0:
+        pytest.skip("the system Python has edge-sdk")
+    opts = sshd.options()
+    opts.remote_python = system
+    with pytest.raises(RemoteRunError, match="--install") as e:
+        parse_target("ssh://edge-test").profile(int8_onnx, opts)
+    assert "\n" not in str(e.value)
+    assert not list((sshd.root / "device-cache" / "models").glob(f"*/{int8_onnx.name}.part*"))
