@@ -391,6 +391,16 @@ def profile(
     try:
         if model is None:
             raise InvalidOptionError("give the model to profile: edge profile MODEL (or --list-power)")
+        from .core.atomic import ensure_writable_dir
+        from .errors import OutputError
+
+        for out in (json_out, markdown, html):  # fail before minutes of measuring, not after
+            if out is not None:
+                if Path(out).is_dir():
+                    raise InvalidOptionError(f"{out} is a directory: give a file name for the report")
+                if not Path(out).parent.is_dir():
+                    raise OutputError(f"cannot write {out} (no such directory); choose another path")
+                ensure_writable_dir(Path(out).parent)
         if device or devices is not None:
             from .profilers.targets.cli import profile_on_devices
 

@@ -199,6 +199,15 @@ def test_cli_profile_and_report(digits_result, tmp_path):
     assert res.exit_code == 2 and "--sweep" in res.output
     res = runner.invoke(app, ["profile"])
     assert res.exit_code == 2 and "edge profile MODEL" in res.output
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    t0 = time.perf_counter()
+    res = runner.invoke(app, ["profile", str(digits_result.artifact("int8").path), "--duration", "30", "--json",
+                              str(blocker / "r.json")])
+    assert res.exit_code == 2 and "cannot write" in res.output and time.perf_counter() - t0 < 10  # checked first
+    res = runner.invoke(app, ["profile", str(digits_result.artifact("int8").path), "--duration", "30", "--html",
+                              str(tmp_path / "no-such-dir" / "r.html")])
+    assert res.exit_code == 2 and "no such directory" in res.output and not (tmp_path / "no-such-dir").exists()
     res = runner.invoke(app, ["profile", "--list-power"])
     assert res.exit_code == 0 and "rapl" in res.output and "jetson-ina3221" in res.output
     res = runner.invoke(app, ["profile", str(digits_result.artifact("int8").path), "--power", "no-such-meter",
