@@ -22,13 +22,13 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import __version__
+from ..core.atomic import path_size
 from ..core.formats import ModelFormat, detect_format
 from ..errors import InvalidOptionError
+from .report import SCHEMA, SCHEMA_VERSION, ProfileReport
 from .rss import RssSampler, current_rss
 from .stats import LatencyStats, rate_stats
 
-SCHEMA = "edge-sdk/profile"
-SCHEMA_VERSION = 1
 SWEEPABLE = ("threads", "batch")
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -88,11 +88,18 @@ def parse_sweep(specs: list[str]) -> dict[str, list[int]]:
     return out
 
 
-def model_size(path: Path) -> int:
-    """Bytes on disk; a directory model (.mlpackage) counts every file in it."""
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size
+def report_doc(path: Path, fmt: ModelFormat, backend: str, device: dict, runs: list[dict], warnings: list[str],
+               options: dict, *, accuracy: float | None, partial: bool = False, inputs: list | None = None) -> dict:
+    """The report document around measured runs: header, device, model entry. One frame for local runs,
+    phone runs and the partial reports of interrupted remote runs, so all read alike."""
+    model = {"path": str(path), "name": path.name, "label": path.name, "format": fmt.value, "backend": backend,
+             "size_bytes": path_size(path), "accuracy": accuracy}
+    if inputs is not None:
+        model["inputs"] = inputs
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edge_sdk_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "partial": partial, "device": device, "model": model, "options": options, "runs": runs,
+            "warnings": warnings}
 
 
 def accuracy_from_conversion(path: Path) -> float | None:
@@ -315,6 +322,7 @@ def _profile_setting(path: Path, fmt: ModelFormat, opts: ProfileOptions, params:
                            "params": {"threads": threads, "batch": None if is_llm else batch},
                            "backend": model.backend, "load_ns": load_ns,
                            "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in model.inputs]}
+    feeds, end_to_end = None, None
     with model:
         with RssSampler() as run_rss:
             if is_llm:
@@ -328,7 +336,6 @@ def _profile_setting(path: Path, fmt: ModelFormat, opts: ProfileOptions, params:
                     llm["weights"] = {"store": type(store).__name__, "budget_bytes": getattr(store, "budget", None),
                                       "bytes_read": store.stats.bytes_read, "io_wait_s": store.stats.wait_seconds,
                                       "peak_resident_bytes": store.stats.peak_resident_bytes}
-                end_to_end = None
             else:
                 feeds = _feeds(model, opts, batch)
                 batch = next(iter(feeds.values())).shape[0] if feeds else batch
@@ -344,7 +351,6 @@ def _profile_setting(path: Path, fmt: ModelFormat, opts: ProfileOptions, params:
                 (samples, starts), sampler = power.measure(
                     opts.idle_s, lambda: _time_runs(lambda: run(feeds), opts, progress, "runs", power.min_window_s))
                 out["llm"], units, tokens = None, len(samples), None
-                end_to_end = None
                 if preprocess is not None or postprocess is not None:
                     pre = preprocess or (lambda f: f)
                     post = postprocess or (lambda o: o)
@@ -357,17 +363,14 @@ def _profile_setting(path: Path, fmt: ModelFormat, opts: ProfileOptions, params:
         out["memory"] = {"rss_before_load_bytes": rss0, "peak_rss_load_bytes": load_rss.peak,
                          "peak_rss_inference_bytes": run_rss.peak}
         out["power"] = power_section(power.source, power.rate_hz, sampler, power_reason, units, tokens)
-        if is_llm:
-            out["ops"], out["ops_unavailable"] = _op_profile(path, fmt, model.backend, None, opts, threads)
-        else:
-            out["ops"], out["ops_unavailable"] = _op_profile(path, fmt, model.backend, feeds, opts, threads)
+        out["ops"], out["ops_unavailable"] = _op_profile(path, fmt, model.backend, feeds, opts, threads)
     return out
 
 
 def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: dict[str, list[int]] | None = None,
             preprocess: Callable | None = None, postprocess: Callable | None = None,
             progress: Progress | None = None, power_env=None,
-            on_run: Callable[[dict], None] | None = None) -> "ProfileReport":
+            on_run: Callable[[dict], None] | None = None) -> ProfileReport:
     """Profile ``model`` on this device; one run entry per combination of the ``sweep`` values.
 
     ``preprocess(feeds) -> feeds`` and ``postprocess(outputs) -> any`` are timed end to end with the
@@ -378,7 +381,6 @@ def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: 
     """
     from .device import device_identity
     from .power import DeviceEnv, detect_power_source, POWER_SOURCES
-    from .report import ProfileReport
 
     opts = options or ProfileOptions()
     opts.check()
@@ -425,20 +427,11 @@ def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: 
     throttling = device.get("throttling") or {}
     if isinstance(throttling, dict) and throttling.get("flags"):
         warnings.append(f"the device reports throttling: {', '.join(throttling['flags'])}")
-    doc = {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edge_sdk_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "partial": False,
-        "device": device,
-        "model": {"path": str(path), "name": path.name, "label": path.name, "format": fmt.value,
-                  "backend": runs[0]["backend"], "size_bytes": model_size(path), "inputs": inputs,
-                  "accuracy": opts.accuracy if opts.accuracy is not None else accuracy_from_conversion(path)},
-        "options": {"runs": opts.runs, "warmup": opts.warmup, "duration_s": opts.duration_s,
-                    "power": opts.power, "power_rate_hz": opts.power_rate_hz, "idle_s": opts.idle_s,
-                    "n_prompt": opts.n_prompt if fmt is ModelFormat.GGUF else None,
-                    "n_gen": opts.n_gen if fmt is ModelFormat.GGUF else None, "sweep": sweep},
-        "runs": runs,
-        "warnings": warnings,
-    }
+    options = {"runs": opts.runs, "warmup": opts.warmup, "duration_s": opts.duration_s, "power": opts.power,
+               "power_rate_hz": opts.power_rate_hz, "idle_s": opts.idle_s,
+               "n_prompt": opts.n_prompt if fmt is ModelFormat.GGUF else None,
+               "n_gen": opts.n_gen if fmt is ModelFormat.GGUF else None, "sweep": sweep}
+    accuracy = opts.accuracy if opts.accuracy is not None else accuracy_from_conversion(path)
+    doc = report_doc(path, fmt, runs[0]["backend"], device, runs, warnings, options, accuracy=accuracy, inputs=inputs)
     return ProfileReport(doc)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from ..core.atomic import atomic_write_text
 from ..errors import ModelFormatError
 
+SCHEMA = "edge-sdk/profile"
+SCHEMA_VERSION = 1  # bump on any incompatible change to the document
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "profile.schema.json"
 
 
@@ -52,10 +54,11 @@ def load_report(path: str | Path) -> dict:
         raise ModelFormatError(f"{p}: no such report; write one with edge profile MODEL --json {p.name}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelFormatError(f"{p} is not a profile report (not JSON: {e})") from None
-    if not isinstance(doc, dict) or doc.get("schema") != "edge-sdk/profile":
-        raise ModelFormatError(f"{p} is not an edge-sdk profile report (no 'schema': 'edge-sdk/profile')")
-    if doc.get("schema_version") != 1:
-        raise ModelFormatError(f"{p} has profile schema version {doc.get('schema_version')}; this edge-sdk reads 1")
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise ModelFormatError(f"{p} is not an edge-sdk profile report (no 'schema': '{SCHEMA}')")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ModelFormatError(f"{p} has profile schema version {doc.get('schema_version')}; "
+                               f"this edge-sdk reads {SCHEMA_VERSION}")
     if not isinstance(doc.get("runs"), list) or not doc["runs"]:
         raise ModelFormatError(f"{p} has no runs")
     return doc

@@ -2,14 +2,12 @@
 
 ``VmHWM`` cannot say *when* the peak happened, and resetting it needs ``/proc/self/clear_refs``
 (not always writable); a sampler gives the peak per phase (load, inference) and works the same on
-every Linux device. A peak shorter than the period can be missed; ``high_water_mark()`` gives the
-process-wide peak for a check.
+every Linux device. A peak shorter than the period can be missed.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
 from pathlib import Path
 
@@ -22,15 +20,6 @@ def current_rss() -> int | None:
         return int(Path("/proc/self/statm").read_text().split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):
         return None
-
-
-def high_water_mark() -> int | None:
-    """The process's peak RSS so far (``VmHWM``)."""
-    try:
-        m = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
-    except OSError:
-        return None
-    return int(m.group(1)) * 1024 if m else None
 
 
 class RssSampler:

@@ -19,8 +19,6 @@ timeout and turns adb's own failures (no device, unauthorized, offline) into
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import queue
 import re
 import shutil
@@ -31,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..._version import __version__
 from ...core.formats import ModelFormat, detect_format
 from ...errors import EdgeError, InvalidOptionError
 from ..power.android import AndroidBatteryPowerSource, PixelOdpmPowerSource
@@ -53,8 +50,8 @@ from .android_output import (
     parse_run_stats,
     split_pp_tg,
 )
-from .base import (DeviceTarget, DeviceUnreachableError, OnLine, RemoteOptions, RemoteRunError, register_target,
-                   terminate)
+from .base import (DeviceTarget, DeviceUnreachableError, OnLine, RemoteOptions, RemoteRunError, file_sha256,
+                   register_target, terminate)
 
 _URL = re.compile(r"^adb://(?P<serial>[A-Za-z0-9._:\-]*)/?$")
 # adb's own errors (as opposed to the remote command's): the phone is gone, locked out or ambiguous
@@ -164,14 +161,6 @@ def detect_adb_power(env: AdbDeviceEnv) -> PowerSource | None:
         if source is not None:
             return source
     return None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _safe(name: str) -> str:
@@ -558,7 +547,7 @@ class AdbTarget(DeviceTarget):
 
     def profile(self, model: Path, options: RemoteOptions, on_line: OnLine | None = None) -> dict:
         """Push what is missing, run the benchmark under the power sampler, return the report document."""
-        from ..profile import SCHEMA, SCHEMA_VERSION, accuracy_from_conversion, model_size, power_section
+        from ..profile import accuracy_from_conversion, power_section, report_doc
 
         path = Path(model)
         if options.idle_s is not None:
@@ -586,22 +575,16 @@ class AdbTarget(DeviceTarget):
         warnings = self._warnings(run, source, exact, tool, BatteryState(**_battery_args(device)))
         # benchmark_model has no version flag: its hash identifies the build
         device["backends"] = {tool.name: version or f"sha256:{file_sha256(binary)[:12]}"}
-        return {
-            "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edge_sdk_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "partial": False, "device": {**device, "url": self.url},
-            "model": {"path": str(path), "name": path.name, "label": path.name, "format": fmt.value,
-                      "backend": tool.backend, "size_bytes": model_size(path), "inputs": [],
-                      "accuracy": accuracy_from_conversion(path)},
-            "options": {"runs": options.runs, "warmup": options.warmup, "duration_s": None, "power": "auto",
+        options_used = {"runs": options.runs, "warmup": options.warmup, "duration_s": None, "power": "auto",
                         "power_rate_hz": options.power_rate_hz, "idle_s": self.idle_s,
                         "n_prompt": options.n_prompt if fmt is ModelFormat.GGUF else None,
                         "n_gen": options.n_gen if fmt is ModelFormat.GGUF else None, "sweep": {},
-                        "threads": options.threads, "device_binary": binary.name},
-            "runs": [run], "warnings": warnings,
-            "remote": {"serial": self.serial, "binary": remote_bin, "model": remote_model,
-                       "pushed_binary": pushed_bin, "pushed_model": pushed_model},
-        }
+                        "threads": options.threads, "device_binary": binary.name}
+        doc = report_doc(path, fmt, tool.backend, {**device, "url": self.url}, [run], warnings, options_used,
+                         accuracy=accuracy_from_conversion(path), inputs=[])
+        doc["remote"] = {"serial": self.serial, "binary": remote_bin, "model": remote_model,
+                         "pushed_binary": pushed_bin, "pushed_model": pushed_model}
+        return doc
 
     @staticmethod
     def _warnings(run: dict, source: PowerSource | None, exact: bool, tool: _Tool, battery: BatteryState) -> list[str]:

@@ -8,6 +8,7 @@ identity in it. A run that is cut short (Ctrl-C, a dropped connection) returns w
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -47,6 +48,15 @@ class RemoteOptions:
 
 
 OnLine = Callable[[str], None]  # progress lines streamed from the device
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks: models are cached on devices by their content."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def terminate(proc: subprocess.Popen, grace_s: float = 5.0) -> None:

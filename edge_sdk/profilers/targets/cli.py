@@ -37,26 +37,21 @@ def _extras_for(model: Path) -> tuple[str, ...]:
     return {ModelFormat.TFLITE: ("tflite",), ModelFormat.GGUF: ("llama",)}.get(detect_format(model), ())
 
 
-def profile_on_devices(console, err_console, model: Path | None, device: list[str], devices: Path | None,
+def profile_on_devices(console, err_console, model: Path, device: list[str], devices: Path | None,
                        forwarded: list[str], extra: dict) -> None:
     """Profile on one device (its report, like a local run) or a fleet (per-device JSON + one comparison)."""
     from ..html import render_comparison_html
     from ..report import ProfileReport, comparison_markdown
     from ...core.atomic import atomic_write_text
 
-    if model is None:
-        raise InvalidOptionError("give the model to profile: edge profile MODEL --device URL")
-    if not Path(model).is_file():
-        from ...core.formats import detect_format
-
-        detect_format(Path(model))  # the usual missing-file / format error
+    extras = _extras_for(Path(model))  # also the usual missing-file / format error, before any connection
     targets = device_list(device, devices)
     options = RemoteOptions(profile_args=forwarded, threads=extra["threads"], runs=extra["runs"],
                             warmup=extra["warmup"], n_prompt=extra["n_prompt"], n_gen=extra["n_gen"],
                             device_binary=extra["device_binary"], accept_new_host_key=extra["accept_new_host_key"],
                             install=extra["install"], power_rate_hz=extra["power_rate"], ssh_config=extra["ssh_config"],
                             remote_python=extra["remote_python"], remote_cache=extra["remote_cache"], idle_s=extra["idle"],
-                            install_extras=_extras_for(Path(model)))
+                            install_extras=extras)
     results = profile_fleet(targets, Path(model), options, jobs=extra["jobs"],
                             on_line=lambda s: err_console.print(escape(s), highlight=False))
     failures = [(r.name, r.error) for r in results if r.error]

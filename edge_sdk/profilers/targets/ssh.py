@@ -9,7 +9,6 @@ runner (``runner.py``), which stops the measurement if the connection goes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shlex
@@ -17,7 +16,8 @@ import subprocess
 from pathlib import Path
 
 from ...errors import InvalidOptionError
-from .base import DeviceTarget, DeviceUnreachableError, OnLine, RemoteOptions, RemoteRunError, register_target
+from .base import (DeviceTarget, DeviceUnreachableError, OnLine, RemoteOptions, RemoteRunError, file_sha256,
+                   register_target)
 from .stream import run_streaming
 
 CONNECT_TIMEOUT_S = 10
@@ -42,14 +42,6 @@ except OSError:
     pass
 print(json.dumps(out))
 """
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 @register_target("ssh")
@@ -141,7 +133,7 @@ class SshTarget(DeviceTarget):
         """(remote path, uploaded?): the model goes into the device cache once per content."""
         if model.is_dir():
             raise InvalidOptionError(f"{model.name} is a directory: remote profiling takes single-file models")
-        remote = f"{self.options.remote_cache}/models/{file_digest(model)}/{model.name}"
+        remote = f"{self.options.remote_cache}/models/{file_sha256(model)[:16]}/{model.name}"
         q = _remote_path(remote)
         if self._call(f"test -f {q} && echo cached || true").strip() == "cached":
             return remote, False

@@ -6,13 +6,11 @@ A connection that drops (or Ctrl-C) after some runs still gives a report: the ru
 
 from __future__ import annotations
 
-import datetime
 import json
 import subprocess
 import threading
 from pathlib import Path
 
-from ..._version import __version__
 from .base import DeviceUnreachableError, OnLine, RemoteRunError, terminate
 
 RUN, REPORT = "@@edge-run ", "@@edge-report "
@@ -22,15 +20,10 @@ HEARTBEAT_S = 1.0  # a byte on the device's stdin this often: the runner stops t
 def partial_report(url: str, model: Path, identity: dict, runs: list[dict], why: str) -> dict:
     """The report of an interrupted run: what was measured, marked partial, with the reason."""
     from ...core.formats import detect_format
-    from ..profile import SCHEMA, SCHEMA_VERSION, model_size
+    from ..profile import report_doc
 
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edge_sdk_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "partial": True, "device": {**identity, "url": url},
-            "model": {"path": str(model), "name": model.name, "label": model.name, "format": detect_format(model).value,
-                      "backend": runs[0]["backend"] if runs else "n/a", "size_bytes": model_size(model),
-                      "accuracy": None},
-            "options": {}, "runs": runs, "warnings": [f"partial results: {why}"]}
+    return report_doc(model, detect_format(model), runs[0]["backend"] if runs else "n/a", {**identity, "url": url},
+                      runs, [f"partial results: {why}"], {}, accuracy=None, partial=True)
 
 
 def _parse(line: str, prefix: str) -> dict | None:
