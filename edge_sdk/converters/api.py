@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..core.atomic import StagingDir, ensure_writable_dir, path_size
+from ..core.atomic import StagingDir, ensure_writable_dir, output_errors, path_size
 from ..core.tensors import InputSet, TensorSpec, load_input_set, random_input_set, read_npz
 from ..errors import CalibrationError, ConversionError, InvalidOptionError
 from ..runtimes.base import fixed_batch, iter_batches, run_all
@@ -130,8 +130,7 @@ def convert(
     if isinstance(src, sources.TorchSource):
         opts.shared["torch.source"] = src  # Core ML converts torch sources with coremltools' own frontend
     artifacts: list[Artifact] = []
-    staged: list[list[str]] = []
-    with StagingDir(out) as staging:
+    with StagingDir(out) as staging, output_errors(staging.out_dir):
         for target in targets:
             for mode in modes:
                 report(f"{target.name} {mode.name}")
@@ -158,20 +157,18 @@ def convert(
                     weight_storage=built.weight_storage,
                     warnings=warnings,
                 ))
-                staged.append(built.files)
-        for files in staged:  # all or nothing: commit only once every artifact succeeded
-            staging.commit(*files)
-
-    if any(a.parameters != parameters for a in artifacts):
-        notes.append("artifact parameter counts differ from the source's where graph optimization "
-                     "folded parameters away (e.g. BatchNorm into the preceding Conv)")
-    result = ConversionResult(
-        SourceInfo(src.kind, src.name, None if getattr(src, "path", None) is None else str(src.path),
-                   parameters, [_tinfo(s) for s in in_specs], [_tinfo(s) for s in out_specs],
-                   notes=list(getattr(src, "notes", [])) + notes),
-        artifacts,
-    )
-    result.write(out)
+                staging.commit(*built.files)
+        if any(a.parameters != parameters for a in artifacts):
+            notes.append("artifact parameter counts differ from the source's where graph optimization "
+                         "folded parameters away (e.g. BatchNorm into the preceding Conv)")
+        result = ConversionResult(
+            SourceInfo(src.kind, src.name, None if getattr(src, "path", None) is None else str(src.path),
+                       parameters, [_tinfo(s) for s in in_specs], [_tinfo(s) for s in out_specs],
+                       notes=list(getattr(src, "notes", [])) + notes),
+            artifacts,
+        )
+        result.stage(staging)  # conversion.json is published with the artifacts, in the same step
+        staging.publish()
     return result
 
 

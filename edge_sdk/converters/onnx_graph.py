@@ -86,15 +86,26 @@ def _dim(d) -> int | str | None:
     return None
 
 
-def value_specs(values, initializer_names: set[str] | None = None) -> list[TensorSpec]:
+def numpy_dtype_name(code: int, where: str) -> str:
+    """numpy's name for an ONNX TensorProto data type; ModelFormatError naming ``where`` for unknown codes."""
     onnx = _onnx()
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code)).name
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFormatError(f"{where} has data type {code}, which ONNX does not define; the file is corrupted") from e
+
+
+def value_specs(values, initializer_names: set[str] | None = None) -> list[TensorSpec]:
     skip = initializer_names or set()
     specs = []
     for v in values:
         if v.name in skip:
             continue
+        if v.type.WhichOneof("value") not in (None, "tensor_type"):
+            raise UnsupportedOperatorError(f"graph input/output '{v.name}' is a {v.type.WhichOneof('value')}, "
+                                           "not a tensor; only tensor inputs and outputs are supported")
         tt = v.type.tensor_type
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+        dtype = numpy_dtype_name(tt.elem_type, f"input/output '{v.name}'")
         shape = tuple(_dim(d) for d in tt.shape.dim)
         specs.append(TensorSpec(v.name, shape, dtype))
     return specs
@@ -245,7 +256,10 @@ class WeightSummary:
 
 
 def _tensor_elements(t) -> int:
-    return int(np.prod(t.dims)) if len(t.dims) else 1
+    n = 1
+    for d in t.dims:  # Python ints: no int64 overflow from hostile dims
+        n *= d
+    return n
 
 
 def describe_weights(model) -> WeightSummary:
@@ -266,16 +280,19 @@ def describe_weights(model) -> WeightSummary:
             continue  # scales, zero points, or dead
         if len(t.dims) == 0:
             continue  # scalars: constants of the code (1/sqrt(d), eps) or per-tensor scales
-        dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
-        dname = np.dtype(dtype).name if t.data_type not in (22, 21) else {22: "int4", 21: "uint4"}[t.data_type]
+        dname = {21: "uint4", 22: "int4"}.get(t.data_type) or numpy_dtype_name(t.data_type, f"initializer '{name}'")
         n_el = _tensor_elements(t)
-        if np.issubdtype(np.dtype(dtype), np.integer) and dname in ("int64", "int32"):
+        if dname in ("int64", "int32"):
             # shape/index constants are not parameters unless they are a dequantized bias
             if not any(n.op_type == "DequantizeLinear" and i == 0 for n, i in uses):
                 continue
         node, idx = uses[0]
         if node.op_type == "MatMulNBits" and idx == 1:
             a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+            missing = [k for k in ("K", "N", "block_size") if not isinstance(a.get(k), int)]
+            if missing:
+                raise ModelFormatError(f"MatMulNBits node '{node.name}' lacks integer attribute(s) {missing}; "
+                                       "the file is corrupted")
             n_el = int(a["K"]) * int(a["N"])
             dname = f"int{a.get('bits', 4)}"
             sym = "with zero points" if len(node.input) > 3 and node.input[3] else "symmetric"

@@ -91,11 +91,19 @@ class ConversionResult:
             "artifacts": [_artifact_dict(a) for a in self.artifacts],
         }
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     def write(self, out_dir: str | Path) -> Path:
+        """Write ``conversion.json`` into ``out_dir`` on its own (conversions stage it with their artifacts)."""
         path = Path(out_dir) / REPORT_NAME
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, self.to_json())
         self.report_path = str(path)
         return path
+
+    def stage(self, staging) -> None:
+        """Add ``conversion.json`` to a :class:`~edge_sdk.core.atomic.StagingDir`: published with the artifacts."""
+        self.report_path = str(staging.write_text(REPORT_NAME, self.to_json()))
 
 
 def _artifact_dict(a: Artifact) -> dict:

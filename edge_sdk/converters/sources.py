@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import io
-import json
 import sys
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,77 +108,29 @@ def _looks_like_factory(text: str) -> bool:
 
 # --- .pt2 --------------------------------------------------------------------------------------
 
-_MAX_EXPANSION = 4  # uncompressed/compressed ratio allowed (torch stores entries uncompressed)
-
-
-def check_pt2_archive(path: Path) -> None:
-    """Refuse .pt2 archives that would unpickle arbitrary objects, are truncated, or zip bombs.
-
-    ``torch.export.load`` falls back to ``torch.load(weights_only=False)`` for tensor subclasses,
-    legacy weight files and custom objects; we check every such entry first, so the later load
-    only ever takes the safe path.
-    """
-    torch = require("torch", "convert", "Loading .pt2 programs")
-    size = path.stat().st_size
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-            declared = sum(i.file_size for i in infos)
-            if declared > _MAX_EXPANSION * size + (1 << 20):
-                raise ModelFormatError(
-                    f"{path}: archive declares {declared} bytes from a {size}-byte file; refusing it"
-                )
-            bad = z.testzip()
-            if bad is not None:
-                raise ModelFormatError(f"{path}: entry {bad} is corrupted (CRC mismatch); save it again")
-            for info in infos:
-                n = info.filename
-                if "/custom_objects/" in n or n.endswith(".pkl"):
-                    raise ModelFormatError(
-                        f"{path}: holds pickled custom objects ({n}); edge-sdk loads only "
-                        "programs with plain tensors — export without torchbind objects"
-                    )
-                if n.endswith("_config.json"):
-                    cfg = json.loads(z.read(info))
-                    for key, meta in (cfg.get("config") or {}).items():
-                        if isinstance(meta, dict) and meta.get("use_pickle"):
-                            raise ModelFormatError(
-                                f"{path}: weight '{key}' is stored as a pickle (tensor subclass); "
-                                "export with plain tensors"
-                            )
-                if n.endswith(".pt"):
-                    try:
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")
-                            torch.load(io.BytesIO(z.read(info)), weights_only=True)
-                    except Exception as e:
-                        raise ModelFormatError(
-                            f"{path}: {n} needs arbitrary unpickling to load ({type(e).__name__}); refusing it"
-                        ) from e
-    except (zipfile.BadZipFile, EOFError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFormatError(f"{path} is a truncated or corrupted .pt2 archive ({e}); save it again") from e
-
 
 def load_pt2(path: Path, name: str | None = None) -> TorchSource:
-    torch = require("torch", "convert", "Loading .pt2 programs")
-    check_pt2_archive(path)
+    """A ``.pt2`` program, loaded so that nothing in the file runs (see ``converters/pt2.py``)."""
+    from .pt2 import load_exported_program
+
+    program = load_exported_program(path)
+    ep = program.exported
     try:
-        ep = torch.export.load(str(path))
-    except Exception as e:
-        raise ModelFormatError(
-            f"{path} is not a loadable torch.export program ({type(e).__name__}: {str(e)[:120]})"
-        ) from e
-    example = _pt2_example_inputs(ep)
-    return TorchSource(ep.module(), example, "pt2", name or _stem(path), str(path), exported=ep)
+        module = ep.module()
+        example = _pt2_example_inputs(ep, program.example_inputs)
+    except Exception as e:  # a program torch deserialized but cannot turn back into a module
+        text = " ".join(str(e).split())[:160] or type(e).__name__
+        raise ModelFormatError(f"{path} is not a usable torch.export program ({type(e).__name__}: {text})") from e
+    return TorchSource(module, example, "pt2", name or _stem(path), str(path), exported=ep)
 
 
-def _pt2_example_inputs(ep) -> tuple:
+def _pt2_example_inputs(ep, saved: tuple | None) -> tuple:
     """Example inputs stored in the program, else zeros shaped like its input placeholders."""
     import torch
 
-    if ep.example_inputs is not None:
-        args, kwargs = ep.example_inputs
-        if not kwargs:
+    if saved is not None:
+        args, kwargs = saved
+        if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
             return tuple(args)
     user = set(ep.graph_signature.user_inputs)
     out = []
@@ -252,7 +200,8 @@ def load_safetensors_into(model, path: Path) -> None:
         state = load_file(str(path))
     except Exception as e:
         raise ModelFormatError(
-            f"{path} is not a valid .safetensors file ({str(e)[:120]}); save it with safetensors.torch.save_file"
+            f"{path} is not a valid .safetensors file ({' '.join(str(e).split())[:120]}); save it with "
+            "safetensors.torch.save_file"
         ) from e
     try:
         result = model.load_state_dict(state, strict=False)

@@ -71,7 +71,7 @@ def _is_pt2_archive(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             return any(n.endswith("archive_format") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError) as e:
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError, NotImplementedError, RuntimeError) as e:
         raise ModelFormatError(
             f"{path} is a truncated or corrupted .pt2 archive ({e}); save it again"
         ) from e

@@ -18,6 +18,15 @@ MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 MAX_STRING_BYTES = 64 << 20
+# Limits a real file never reaches but a hostile one would use to stall or abort a native reader:
+# llama.cpp walks the metadata quadratically (100,000 keys: > 30 s) and asserts that tensor data is
+# 32-byte aligned (general.alignment 1, 2 or 8 aborts the process).
+MAX_METADATA_KEYS = 4096
+MAX_TENSORS = 1 << 16
+MAX_KEY_BYTES = 1 << 16
+TENSOR_DATA_ALIGNMENT = 32  # ggml's TENSOR_ALIGNMENT: general.alignment must be a multiple of it
+MAX_ALIGNMENT = 1 << 20
+MAX_ELEMENTS = 1 << 40  # per tensor: ~1e12 weights, far beyond any model, and no int64 overflow
 
 # value type id -> struct format (scalars)
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -80,10 +89,10 @@ class _Reader:
     def unpack(self, fmt: str):
         return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
 
-    def string(self) -> str:
+    def string(self, limit: int = MAX_STRING_BYTES, what: str = "string") -> str:
         n = self.unpack("<Q")
-        if n > MAX_STRING_BYTES:
-            raise ModelFormatError(f"{self.path}: a {n}-byte string in the header; the file is corrupted")
+        if n > limit:
+            raise ModelFormatError(f"{self.path}: a {n}-byte {what} in the header (limit {limit}); the file is corrupted")
         return self.read(n).decode("utf-8", errors="replace")
 
     def value(self, vtype: int, keep: bool = False, collect: bool = False):
@@ -135,18 +144,25 @@ def read_gguf_info(path: str | Path, arrays: tuple[str, ...] = ()) -> GGUFInfo:
         if version not in (2, 3):
             raise ModelFormatError(f"{p}: GGUF version {version} is not supported (2 or 3)")
         n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
-        if n_tensors > size // 24 or n_kv > size // 12:
-            raise ModelFormatError(f"{p}: header claims {n_tensors} tensors and {n_kv} keys; the file is corrupted")
+        if n_tensors > min(MAX_TENSORS, size // 24) or n_kv > min(MAX_METADATA_KEYS, size // 12):
+            raise ModelFormatError(f"{p}: header claims {n_tensors} tensors and {n_kv} metadata keys (limits "
+                                   f"{MAX_TENSORS} and {MAX_METADATA_KEYS}); the file is corrupted")
         meta: dict[str, object] = {}
         for _ in range(n_kv):
-            key = r.string()
+            key = r.string(MAX_KEY_BYTES, "metadata key")
+            if key in meta:
+                raise ModelFormatError(f"{p}: metadata key '{key[:80]}' appears twice; the file is corrupted")
             meta[key] = r.value(r.unpack("<I"), keep=key == "tokenizer.ggml.tokens", collect=key in arrays)
         tensors = []
+        names: set[str] = set()
         for _ in range(n_tensors):
-            name = r.string()
+            name = r.string(MAX_KEY_BYTES, "tensor name")
+            if name in names:
+                raise ModelFormatError(f"{p}: tensor '{name[:80]}' appears twice; the file is corrupted")
+            names.add(name)
             n_dims = r.unpack("<I")
-            if n_dims > MAX_DIMS:
-                raise ModelFormatError(f"{p}: tensor '{name}' has {n_dims} dims (max {MAX_DIMS})")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise ModelFormatError(f"{p}: tensor '{name}' has {n_dims} dims (1 to {MAX_DIMS})")
             shape = tuple(r.unpack("<Q") for _ in range(n_dims))
             gtype, offset = r.unpack("<I"), r.unpack("<Q")
             if gtype not in GGML_TYPES:
@@ -155,16 +171,27 @@ def read_gguf_info(path: str | Path, arrays: tuple[str, ...] = ()) -> GGUFInfo:
             n = 1
             for d in shape:
                 n *= d
-            if shape and shape[0] % block:
+            if 0 in shape or n > MAX_ELEMENTS:
+                raise ModelFormatError(f"{p}: tensor '{name}' has shape {list(shape)}; the file is corrupted")
+            if shape[0] % block:
                 raise ModelFormatError(f"{p}: tensor '{name}' row of {shape[0]} is not a multiple of its block {block}")
             tensors.append(GGUFTensorInfo(name, shape, gtype, offset, n // block * block_bytes))
         align = meta.get("general.alignment", DEFAULT_ALIGNMENT)
-        if not isinstance(align, int) or align <= 0 or align & (align - 1):
-            raise ModelFormatError(f"{p}: general.alignment {align!r} is not a power of two")
+        if isinstance(align, bool) or not isinstance(align, int) or align <= 0 or align % TENSOR_DATA_ALIGNMENT \
+                or align > MAX_ALIGNMENT:
+            raise ModelFormatError(f"{p}: general.alignment {align!r} is not a multiple of {TENSOR_DATA_ALIGNMENT} "
+                                   f"(up to {MAX_ALIGNMENT}); llama.cpp needs 32-byte aligned tensor data")
         data_offset = (f.tell() + align - 1) // align * align
     for t in tensors:
+        if t.offset % align:
+            raise ModelFormatError(f"{p}: tensor '{t.name}' starts at offset {t.offset}, not a multiple of the "
+                                   f"alignment {align}; the file is corrupted")
         if data_offset + t.offset + t.nbytes > size:
             raise ModelFormatError(
                 f"{p} is truncated: tensor '{t.name}' ends at byte {data_offset + t.offset + t.nbytes}, "
                 f"the file has {size}; download or convert it again")
+    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors)
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:
+            raise ModelFormatError(f"{p}: tensors '{a}' and '{b}' overlap in the data section; the file is corrupted")
     return GGUFInfo(p, version, meta, tensors, data_offset)

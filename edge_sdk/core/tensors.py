@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,21 +94,73 @@ class InputSet:
 
 
 def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Read an .npz of arrays without pickle; return (arrays by name, labels or None)."""
+    """Read an .npz of arrays without pickle; return (arrays by name, labels or None).
+
+    Each member's .npy header is checked against the bytes the member really holds before anything
+    is allocated, so a small file cannot claim a huge shape; object arrays (pickles) are refused."""
     p = Path(path)
     if not p.is_file():
-        raise CalibrationError(f"calibration/validation file {p} does not exist; check the path")
+        raise CalibrationError(f"data file {p} does not exist or is not a file; check the path")
     try:
+        with zipfile.ZipFile(p) as z:
+            _check_npz_members(p, z)
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise CalibrationError(
-            f"{p} is not a readable .npz of arrays ({e}); write it with numpy.savez"
-        ) from e
+    except CalibrationError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError, RuntimeError) as e:
+        why = " ".join(str(e).split())[:160] or type(e).__name__
+        raise CalibrationError(f"{p} is not a readable .npz of arrays ({why}); write it with numpy.savez") from e
     labels = arrays.pop(LABELS_KEY, None)
     if not arrays:
         raise CalibrationError(f"{p} holds no input arrays; key them by the model's input names")
     return arrays, labels
+
+
+MAX_NPZ_EXPANSION = 1000  # deflate's ceiling is ~1032x: beyond this a member is a zip bomb
+
+
+def _check_npz_members(p: Path, z: zipfile.ZipFile) -> None:
+    from numpy.lib import format as npy
+
+    total = 0
+    for info in z.infolist():
+        where = f"{p}: member '{info.filename[:80]}'"
+        if not info.filename.endswith(".npy"):
+            raise CalibrationError(f"{where} is not an .npy array; write the file with numpy.savez")
+        if info.file_size > MAX_NPZ_EXPANSION * max(info.compress_size, 1) + 4096:
+            raise CalibrationError(f"{where} expands {info.compress_size} bytes to {info.file_size}; refusing it")
+        total += info.file_size
+        if total > max_data_bytes():
+            raise CalibrationError(f"{p} holds {total:,} bytes of arrays, more than {max_data_bytes():,} "
+                                   "(half this machine's memory): use fewer samples")
+        with z.open(info) as f:
+            try:
+                version = npy.read_magic(f)
+                read_header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    raise ValueError(f".npy format version {version} (1.0 and 2.0 are read)")
+                shape, _fortran, dtype = read_header(f, max_header_size=1 << 16)
+                header = f.tell()
+            except (ValueError, SyntaxError, TypeError, OSError, EOFError, KeyError) as e:
+                raise CalibrationError(f"{where} has a corrupt .npy header ({' '.join(str(e).split())[:120]})") from e
+        if dtype.hasobject:
+            raise CalibrationError(f"{where} holds Python objects (a pickle); save plain numeric arrays")
+        count = 1
+        for d in shape:
+            count *= d
+        if count * dtype.itemsize != info.file_size - header:
+            raise CalibrationError(f"{where}: its header claims shape {list(shape)} of {dtype} "
+                                   f"({count * dtype.itemsize:,} bytes) but it holds {info.file_size - header:,}; "
+                                   "the file is corrupted")
+
+
+def max_data_bytes() -> int:
+    """Ceiling for data read from one file or synthesized for one call: half the physical memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 1 << 32
 
 
 def _castable(src: np.dtype, dst: np.dtype) -> bool:
@@ -182,6 +235,16 @@ def load_input_set(path: str | Path, specs: list[TensorSpec]) -> InputSet:
     return InputSet(arrays, labels, source=str(path), synthetic=False)
 
 
+MAX_RANDOM_INPUT_BYTES = 1 << 30  # synthetic inputs for one call: beyond 1 GiB a dim is not a real image size
+
+
+def _spec_dtype(s: TensorSpec) -> np.dtype:
+    try:
+        return np.dtype(s.dtype)
+    except TypeError as e:
+        raise CalibrationError(f"cannot synthesize random data for '{s.name}' of dtype {s.dtype}") from e
+
+
 def random_input_set(specs: list[TensorSpec], num_samples: int, seed: int = 0,
                      int_high: dict[str, int] | None = None) -> InputSet:
     """Seeded synthetic samples for every input (symbolic dims other than the first become 1).
@@ -191,9 +254,18 @@ def random_input_set(specs: list[TensorSpec], num_samples: int, seed: int = 0,
     """
     rng = np.random.default_rng(seed)
     arrays = {}
+    total = 0
     for s in specs:
         shape = (num_samples,) + tuple(d if isinstance(d, int) else 1 for d in s.sample_shape())
-        dt = np.dtype(s.dtype)
+        dt = _spec_dtype(s)
+        count = 1
+        for d in shape:
+            count *= max(d, 0)
+        total += count * dt.itemsize
+        if total > min(max_data_bytes(), MAX_RANDOM_INPUT_BYTES):
+            raise CalibrationError(f"random input '{s.name}' of shape {list(shape)} {dt} needs {count * dt.itemsize:,} "
+                                   f"bytes (limit {min(max_data_bytes(), MAX_RANDOM_INPUT_BYTES):,}); the model's "
+                                   "input shape is unreasonable — pass real inputs (.npz) or check the model")
         if np.issubdtype(dt, np.floating):
             arrays[s.name] = rng.standard_normal(shape).astype(dt)
         elif np.issubdtype(dt, np.integer):

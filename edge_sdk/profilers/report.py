@@ -45,14 +45,27 @@ class ProfileReport:
         return atomic_write_text(Path(path), render_profile_html(self.doc))
 
 
+def profile_schema() -> dict:
+    """The JSON schema every profile document follows (``schemas/profile.schema.json``)."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        _SCHEMA = json.loads(SCHEMA_FILE.read_text())
+    return _SCHEMA
+
+
+_SCHEMA: dict | None = None
+
+
 def load_report(path: str | Path) -> dict:
-    """A profile JSON written by ``edge profile --json``, checked against its schema version."""
+    """A profile JSON written by ``edge profile --json``, checked against its schema before use."""
+    from ..core.json_schema import SchemaViolation, loads, validate
+
     p = Path(path)
     try:
-        doc = json.loads(p.read_text())
+        doc = loads(p.read_bytes())
     except FileNotFoundError:
         raise ModelFormatError(f"{p}: no such report; write one with edge profile MODEL --json {p.name}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ModelFormatError(f"{p} is not a profile report (not JSON: {e})") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ModelFormatError(f"{p} is not an edge-sdk profile report (no 'schema': '{SCHEMA}')")
@@ -61,6 +74,10 @@ def load_report(path: str | Path) -> dict:
                                f"this edge-sdk reads {SCHEMA_VERSION}")
     if not isinstance(doc.get("runs"), list) or not doc["runs"]:
         raise ModelFormatError(f"{p} has no runs")
+    try:
+        validate(doc, profile_schema())
+    except SchemaViolation as e:
+        raise ModelFormatError(f"{p} is not a valid profile report ({e}); write it again with edge profile --json") from e
     return doc
 
 

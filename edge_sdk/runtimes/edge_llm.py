@@ -8,6 +8,7 @@ below reads top to bottom like the architecture diagram.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,11 @@ from ..core.gguf import read_gguf_info
 from ..core.tensors import TensorSpec
 from ..errors import InputMismatchError, InvalidOptionError, ModelFormatError
 from .base import Session, register_backend
-from .gguf_kernels import rows_of
+from .gguf_kernels import KERNELS, rows_of
 from .gguf_tokenizer import tokenizer_from_gguf
-from .weights import FlashWeights, ResidentWeights, WeightStore
+from .weights import FlashWeights, ResidentWeights, WeightStore, tensor_refs
 
+MATRIX_TYPES = ("F32", "F16", *KERNELS)  # what the kernels multiply (numpy for all, ORT for some)
 ARCHES = {"llama": False, "qwen2": True}  # architecture -> NEOX-style rotary (halves) instead of pairs
 
 
@@ -42,15 +44,71 @@ class HParams:
 
     @classmethod
     def from_gguf(cls, meta: dict, n_vocab: int, n_ctx: int) -> "HParams":
+        """Hyperparameters from the header, each checked for type and range (a hostile file must not
+        reach a division by zero or size a cache by an unchecked count)."""
         arch = meta.get("general.architecture")
         if arch not in ARCHES:
             raise ModelFormatError(f"the edge engine runs {', '.join(ARCHES)} models, not '{arch}'")
-        k = lambda name, default=None: meta.get(f"{arch}.{name}", default)  # noqa: E731
-        n_embd, n_head = int(k("embedding_length")), int(k("attention.head_count"))
-        return cls(arch, n_embd, int(k("block_count")), n_head, int(k("attention.head_count_kv", n_head)),
-                   int(k("rope.dimension_count", n_embd // n_head)), float(k("rope.freq_base", 10000.0)),
-                   float(k("attention.layer_norm_rms_epsilon", 1e-5)), n_vocab,
-                   min(n_ctx, int(k("context_length", n_ctx))))
+
+        def num(name: str, default=None, *, kind=int, lo=1, hi=1 << 20):
+            v = meta.get(f"{arch}.{name}", default)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
+            if not ok or not lo <= v <= hi or v != v:
+                raise ModelFormatError(f"{arch}.{name} is {v!r} in the GGUF header: expected a number from {lo} to "
+                                       f"{hi}; the file is corrupted or not a {arch} model")
+            return kind(v)
+
+        n_embd, n_head = num("embedding_length"), num("attention.head_count", hi=1 << 12)
+        n_head_kv = num("attention.head_count_kv", n_head, hi=n_head)
+        if n_head % n_head_kv:
+            raise ModelFormatError(f"{arch}.attention.head_count {n_head} is not a multiple of head_count_kv "
+                                   f"{n_head_kv}; the file is corrupted")
+        head_dim = num("rope.dimension_count", n_embd // n_head if n_embd >= n_head else 0, hi=1 << 14)
+        if head_dim % 2:
+            raise ModelFormatError(f"{arch}.rope.dimension_count {head_dim} is odd; the file is corrupted")
+        return cls(arch, n_embd, num("block_count", hi=1 << 12), n_head, n_head_kv, head_dim,
+                   num("rope.freq_base", 10000.0, kind=float, lo=1e-3, hi=1e12),
+                   num("attention.layer_norm_rms_epsilon", 1e-5, kind=float, lo=1e-30, hi=1.0), n_vocab,
+                   min(n_ctx, num("context_length", n_ctx, hi=1 << 24)))
+
+    def check_tensors(self, refs: dict, path: Path) -> None:
+        """Every tensor the forward pass reads exists with the shape these hyperparameters imply, and the
+        KV cache they size fits this machine: so a file's header cannot size memory its weights don't back."""
+        e, q, kv = self.n_embd, self.n_head * self.head_dim, self.n_head_kv * self.head_dim
+        want = {"token_embd.weight": (self.n_vocab, e), "output_norm.weight": (e,)}
+        for i in range(self.n_layer):
+            p = f"blk.{i}."
+            want.update({p + "attn_norm.weight": (e,), p + "attn_q.weight": (q, e), p + "attn_k.weight": (kv, e),
+                         p + "attn_v.weight": (kv, e), p + "attn_output.weight": (e, q), p + "ffn_norm.weight": (e,)})
+            n_ff = refs[p + "ffn_up.weight"].shape[0] if p + "ffn_up.weight" in refs else -1
+            want.update({p + "ffn_gate.weight": (n_ff, e), p + "ffn_up.weight": (n_ff, e),
+                         p + "ffn_down.weight": (e, n_ff)})
+        if "output.weight" in refs:
+            want["output.weight"] = (self.n_vocab, e)
+        for name, shape in want.items():
+            ref = refs.get(name)
+            if ref is None:
+                raise ModelFormatError(f"{path}: tensor '{name}' is missing ({self.arch}, {self.n_layer} blocks); "
+                                       "the file is incomplete or not a model the edge engine runs")
+            if tuple(ref.shape) != shape:
+                raise ModelFormatError(f"{path}: tensor '{name}' has shape {list(ref.shape)}, the header's "
+                                       f"hyperparameters need {list(shape)}; the file is corrupted")
+            if len(shape) == 2 and ref.ggml_type not in MATRIX_TYPES:
+                raise ModelFormatError(f"{path}: tensor '{name}' is {ref.ggml_type}; the edge engine computes with "
+                                       f"{', '.join(MATRIX_TYPES)} (use backend='llama.cpp')")
+            if len(shape) == 1 and ref.ggml_type != "F32":
+                raise ModelFormatError(f"{path}: tensor '{name}' is {ref.ggml_type}, norms must be F32")
+        kv_bytes = 2 * self.n_layer * self.n_ctx * kv * 4
+        if kv_bytes > physical_memory_bytes():
+            raise InvalidOptionError(f"a {self.n_ctx}-token KV cache needs {kv_bytes / 2**30:.1f} GiB, more than this "
+                                     "machine's memory: load with a smaller n_ctx")
+
+
+def physical_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
 
 
 @dataclass
@@ -156,6 +214,8 @@ class EdgeLlmSession(Session):
         info = read_gguf_info(path, arrays=("tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
                                             "tokenizer.ggml.merges"))
         self.tokenizer = tokenizer_from_gguf(info.metadata)
+        self.hp = HParams.from_gguf(info.metadata, len(self.tokenizer.tokens), n_ctx)
+        self.hp.check_tensors(tensor_refs(info), path)
         if memory_budget is None:
             self.store: WeightStore = ResidentWeights(path, info, kernels)
         else:
@@ -163,7 +223,6 @@ class EdgeLlmSession(Session):
 
             self.store = FlashWeights(path, info, parse_budget(memory_budget), drop_cache=drop_cache, prefetch=prefetch,
                                       kernels=kernels, naive=naive)
-        self.hp = HParams.from_gguf(info.metadata, len(self.tokenizer.tokens), n_ctx)
         self.engine = LlamaEngine(self.store, self.hp)
         self.n_vocab, self.n_ctx = self.hp.n_vocab, self.hp.n_ctx
         self.inputs = [TensorSpec("tokens", (None,), "int32")]

@@ -92,8 +92,32 @@ def tokenizer_from_gguf(meta: dict) -> BPETokenizer:
     model = meta.get("tokenizer.ggml.model")
     if model != "gpt2":
         raise ModelFormatError(f"the edge engine reads byte-level BPE vocabularies (gpt2); this file's is '{model}'")
-    values = lambda k: (meta.get(k) or {}).get("values") or []  # noqa: E731
-    return BPETokenizer(values("tokenizer.ggml.tokens"), values("tokenizer.ggml.token_type"),
-                        values("tokenizer.ggml.merges"), str(meta.get("tokenizer.ggml.pre", "default")),
-                        meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id"),
+
+    def values(key: str, kind: type, required: bool = True) -> list:
+        entry = meta.get(key)
+        vals = entry.get("values") if isinstance(entry, dict) else None
+        if vals is None and not required:
+            return []
+        if not isinstance(vals, list) or (required and not vals) or not all(
+                isinstance(v, kind) and not isinstance(v, bool) for v in vals):
+            raise ModelFormatError(f"{key} in the GGUF header is not a list of {kind.__name__}; the file is corrupted")
+        return vals
+
+    tokens = values("tokenizer.ggml.tokens", str)
+    types = values("tokenizer.ggml.token_type", int, required=False) or [1] * len(tokens)
+    merges = values("tokenizer.ggml.merges", str, required=False)
+    if len(types) != len(tokens):
+        raise ModelFormatError(f"tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens; "
+                               "the file is corrupted")
+
+    def token_id(key: str) -> int | None:
+        v = meta.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < len(tokens):
+            raise ModelFormatError(f"{key} is {v!r}, not a token id below {len(tokens)}; the file is corrupted")
+        return v
+
+    return BPETokenizer(tokens, types, merges, str(meta.get("tokenizer.ggml.pre", "default")),
+                        token_id("tokenizer.ggml.bos_token_id"), token_id("tokenizer.ggml.eos_token_id"),
                         bool(meta.get("tokenizer.ggml.add_bos_token", False)))

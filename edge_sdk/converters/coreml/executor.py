@@ -32,18 +32,27 @@ def mil_op(*names: str):
     return deco
 
 
+MAX_ELEMENTS = 1 << 40  # per constant: beyond any model, and no int64 overflow in element counts
+
+
 def _dtype_name(code: int) -> str:
     from coremltools.proto import MIL_pb2
 
-    return MIL_pb2.DataType.Name(code)
+    try:
+        return MIL_pb2.DataType.Name(code)
+    except ValueError as e:  # an enum value the MIL schema does not define
+        raise ModelFormatError(f"MIL dataType {code} is not a type Core ML defines; the package is corrupt") from e
 
 
 def _shape(tensor_type) -> tuple[int, ...]:
-    dims = []
+    dims, count = [], 1
     for d in tensor_type.dimensions:
         if d.WhichOneof("dimension") != "constant":
             raise ModelFormatError("a constant has a non-constant dimension")
         dims.append(int(d.constant.size))
+        count *= dims[-1]
+    if count > MAX_ELEMENTS:
+        raise ModelFormatError(f"a constant of shape {dims} has more elements than any model; the package is corrupt")
     return tuple(dims)
 
 
@@ -63,6 +72,13 @@ class MILProgramExecutor:
 
     # --- values ---
     def value(self, v) -> np.ndarray:
+        try:
+            return self._value(v)
+        except (ValueError, TypeError, KeyError, IndexError) as e:  # sizes that disagree with the data held
+            raise ModelFormatError(f"a MIL constant cannot be read ({' '.join(str(e).split())[:120]}); "
+                                   "the package is corrupt") from e
+
+    def _value(self, v) -> np.ndarray:
         tt = v.type.tensorType
         name = _dtype_name(tt.dataType)
         kind = v.WhichOneof("value")
@@ -80,6 +96,8 @@ class MILProgramExecutor:
             np_dtype, bits = MIL_DTYPES[name]
             raw = np.frombuffer(t.bytes.values, np.uint8)
             count = int(np.prod(shape, dtype=np.int64))
+            if count * bits > raw.size * 8:
+                raise ValueError(f"{count} {name} values declared, {raw.size} bytes held")
             if bits < 8:
                 arr = unpack_bits(raw, bits, count, signed=name.startswith("INT")).astype(np_dtype)
             else:

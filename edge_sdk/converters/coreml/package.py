@@ -22,6 +22,7 @@ from ...errors import ModelFormatError, require
 
 BLOB_SENTINEL = 0xDEADBEEF
 MAX_SPEC_BYTES = 1 << 30  # the spec holds the graph; weights live in the blob file
+MAX_MANIFEST_BYTES = 1 << 20
 
 # MIL DataType enum names -> (numpy dtype of the unpacked values, bits per element)
 MIL_DTYPES = {
@@ -55,13 +56,22 @@ def read_mlpackage(path: str | Path) -> MLPackage:
     if not manifest.is_file():
         raise ModelFormatError(f"{p} is not an .mlpackage (no Manifest.json); convert the model again")
     try:
-        info = json.loads(manifest.read_text()[:1 << 20])
+        if manifest.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError(f"{manifest.stat().st_size} bytes")
+        info = json.loads(manifest.read_bytes().decode("utf-8"))
         root = info["itemInfoEntries"][info["rootModelIdentifier"]]["path"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ModelFormatError(f"{manifest} is corrupt ({e}); convert the model again") from e
-    model_file = (p / "Data" / root).resolve()
-    if p.resolve() not in model_file.parents or not model_file.is_file():
-        raise ModelFormatError(f"{p}: the manifest's model path '{root}' is missing or outside the package")
+        if not isinstance(root, str) or "\0" in root or not root:
+            raise TypeError(f"the model path is {type(root).__name__} {root!r:.40}, not a file name")
+    except (ValueError, KeyError, TypeError, RecursionError, OSError) as e:  # RecursionError: nesting bombs
+        why = " ".join(str(e).split())[:120] or type(e).__name__
+        raise ModelFormatError(f"{manifest} is corrupt ({why}); convert the model again") from e
+    try:
+        model_file = (p / "Data" / root).resolve()
+        inside = p.resolve() in model_file.parents and model_file.is_file()
+    except (OSError, ValueError, RuntimeError):  # ENAMETOOLONG, symlink loops
+        inside = False
+    if not inside:
+        raise ModelFormatError(f"{p}: the manifest's model path '{root[:80]}' is missing or outside the package")
     if model_file.stat().st_size > MAX_SPEC_BYTES:
         raise ModelFormatError(f"{model_file} is larger than {MAX_SPEC_BYTES >> 20} MiB: not a Core ML spec")
     from ..torch_export import quiet_exporter

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ...core.atomic import StagingDir, ensure_writable_dir, path_size
+from ...core.atomic import StagingDir, ensure_writable_dir, output_errors, path_size
 from ...errors import InvalidOptionError
 from ..report import Artifact, ConversionResult, Quantization, SourceInfo, TensorInfo
 from . import check, mixes
@@ -45,7 +45,7 @@ def convert_gguf(source: str | Path, *, quantize: Iterable[str], out: str | Path
         ref = (check.reference_from_checkpoint(src.checkpoint, src.arch) if src.kind == "hf"
                else check.reference_from_gguf(src.path, src.arch))
     artifacts: list[Artifact] = []
-    with StagingDir(out) as staging:
+    with StagingDir(out) as staging, output_errors(staging.out_dir):
         written = []
         for ft in types:
             file_name = f"{src.name}.{ft.name}.gguf"
@@ -75,13 +75,14 @@ def convert_gguf(source: str | Path, *, quantize: Iterable[str], out: str | Path
                 conversion_time_s=round(wf.seconds, 4), parity=parity or _unchecked(), warnings=warnings))
             written.append(file_name)
         staging.commit(*written)
-    result = ConversionResult(
-        SourceInfo(src.kind, src.name, str(src.path), src.parameters,
-                   [TensorInfo("tokens", [None], "int32")],
-                   [TensorInfo("embedding" if src.arch == "bert" else "logits", [None, None], "float32")],
-                   notes=[f"architecture {src.arch}, {src.n_layer} blocks, {len(src.tensors)} tensors"]),
-        artifacts)
-    result.write(out)
+        result = ConversionResult(
+            SourceInfo(src.kind, src.name, str(src.path), src.parameters,
+                       [TensorInfo("tokens", [None], "int32")],
+                       [TensorInfo("embedding" if src.arch == "bert" else "logits", [None, None], "float32")],
+                       notes=[f"architecture {src.arch}, {src.n_layer} blocks, {len(src.tensors)} tensors"]),
+            artifacts)
+        result.stage(staging)  # conversion.json is published with the artifacts, in the same step
+        staging.publish()
     return result
 
 

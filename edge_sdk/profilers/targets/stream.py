@@ -6,11 +6,11 @@ A connection that drops (or Ctrl-C) after some runs still gives a report: the ru
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 from pathlib import Path
 
+from ...core.json_schema import SchemaViolation, loads, validate
 from .base import DeviceUnreachableError, OnLine, RemoteRunError, terminate
 
 RUN, REPORT = "@@edge-run ", "@@edge-report "
@@ -29,10 +29,22 @@ def partial_report(url: str, model: Path, identity: dict, runs: list[dict], why:
 def _parse(line: str, prefix: str) -> dict | None:
     """A result line, or None when the connection cut it short (then it is just output)."""
     try:
-        value = json.loads(line[len(prefix):])
+        value = loads(line[len(prefix):])
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def checked(doc: dict, url: str, what: str, schema_part: str | None = None) -> dict:
+    """A run or report the device sent, validated before anything reads it (a device is not trusted)."""
+    from ..report import profile_schema
+
+    schema = profile_schema()
+    try:
+        validate(doc, schema["$defs"][schema_part] if schema_part else schema, schema)
+    except SchemaViolation as e:
+        raise RemoteRunError(f"{url} sent a malformed {what} ({e}); is the device's edge-sdk the same version?") from e
+    return doc
 
 
 def _heartbeat(proc: subprocess.Popen, stop: threading.Event) -> None:
@@ -57,7 +69,7 @@ def run_streaming(cmd: list[str], url: str, model: Path, identity: dict, on_line
     try:
         for line in proc.stdout:
             if line.startswith(RUN) and (run := _parse(line, RUN)) is not None:
-                runs.append(run)
+                runs.append(checked(run, url, "run", "run"))
                 if on_line is not None:
                     on_line(f"measured {run.get('label')}")
             elif line.startswith(REPORT) and (doc := _parse(line, REPORT)) is not None:
@@ -78,6 +90,7 @@ def run_streaming(cmd: list[str], url: str, model: Path, identity: dict, on_line
         _close(proc)
     drain.join(5)
     if report is not None and code == 0:
+        checked(report, url, "report")
         report["device"] = {**report["device"], **{k: v for k, v in identity.items() if k not in report["device"]},
                             "url": url}
         return report
