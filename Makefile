@@ -10,7 +10,7 @@ LLAMA_VERSION := 0.3.36
 WHEELS := $(HOME)/.cache/edge-sdk/wheels
 LLAMA_WHEEL = $(firstword $(wildcard $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl))
 
-.PHONY: demo test bench clean llama-wheel system-deps
+.PHONY: demo test fuzz bench clean llama-wheel system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ demo: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# the full fuzz campaign: 300 mutants per format through every entry point (tests/fuzzing/, ~25 min on 2 cores)
+fuzz: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m fuzz tests/test_fuzz.py $(PYTEST_ARGS)
 
 # Debian packages the tests use: headless Chromium renders the HTML reports, an OpenSSH server on 127.0.0.1
 # is the "device" of the remote-profiling tests (root installs them; otherwise those tests skip and say why)

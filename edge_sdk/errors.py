@@ -8,9 +8,16 @@ from __future__ import annotations
 
 
 class EdgeError(Exception):
-    """Base class: bad input or an unmet requirement, with a one-line, actionable message."""
+    """Base class: bad input or an unmet requirement, with a one-line, actionable message.
+
+    The message is normalized here, once: whitespace runs (newlines from a library's error text) become one
+    space and other control characters are escaped, so text quoted from a hostile file cannot break the line."""
 
     exit_code = 2
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        text = " ".join(str(message).split())
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in text), *args)
 
 
 class ModelNotFoundError(EdgeError, FileNotFoundError):
@@ -75,6 +82,16 @@ class ModelClosedError(EdgeError):
 
 class MissingDependencyError(EdgeError, ImportError):
     """An optional package is not installed; the message names the extra that provides it."""
+
+
+def shown(text: object, limit: int = 80) -> str:
+    """Text from a file (a tensor name, a key, a path inside an archive) fit for a one-line message:
+    control characters and invalid UTF-8 escaped, long text cut, so a hostile name cannot break the line
+    or the terminal."""
+    s = str(text)
+    cut = s[:limit]
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return out + ("..." if len(s) > limit else "")
 
 
 def require(module: str, extra: str, purpose: str):

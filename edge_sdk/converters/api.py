@@ -98,6 +98,7 @@ def convert(
     if example_inputs is None and isinstance(source, (str, Path)) and not Path(str(source)).exists():
         example_inputs = _factory_example_inputs(input_shapes, calibration)
     src = sources.resolve_source(source, example_inputs=example_inputs, weights=weights, name=name)
+    check_artifact_name(src.name)
 
     # 2. the fp32 ONNX base graph every mode starts from
     report("exporting to ONNX" if isinstance(src, sources.TorchSource) else "checking ONNX source")
@@ -170,6 +171,16 @@ def convert(
         result.stage(staging)  # conversion.json is published with the artifacts, in the same step
         staging.publish()
     return result
+
+
+MAX_NAME_BYTES = 128  # artifact names add ".int8-dynamic.onnx.data" and the like; file systems allow 255 bytes
+
+
+def check_artifact_name(name: str) -> None:
+    """The base name artifacts get (from --name or the source's file name) must fit a file name."""
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES or "/" in name or name in ("", ".", ".."):
+        raise InvalidOptionError(f"the artifacts' base name '{name[:40]}...' ({len(name)} characters, from the source's "
+                                 f"file name) cannot name a file: pass --name with at most {MAX_NAME_BYTES} characters")
 
 
 def _convert_gguf(source, to: list[str], quantize: list[str], out, name, progress) -> ConversionResult:

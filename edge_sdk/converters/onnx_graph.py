@@ -33,9 +33,29 @@ def load_model(path: str | Path, check: bool = True):
             f"{p} is not a valid ONNX model ({type(e).__name__}: {str(e)[:120]}); "
             "it may be truncated or corrupted: export it again"
         ) from e
+    require_text(model, p)
     if check:
         check_model(model, str(p))
     return model
+
+
+def require_text(message, path, where: str = "") -> None:
+    """Every string field of the model holds text: protobuf hands back ``bytes`` for a string field that is not
+    UTF-8 (proto2), and every later use (op lookup, names) would fail on it with a TypeError."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    stack = [(message, where or "model")]
+    while stack:
+        msg, at = stack.pop()
+        for field, value in msg.ListFields():
+            repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+            if field.type == FieldDescriptor.TYPE_STRING:
+                values = value if repeated else [value]
+                if any(not isinstance(v, str) for v in values):
+                    raise ModelFormatError(f"{path}: {at}.{field.name} is not valid UTF-8 text; the file is corrupted")
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                values = value if repeated else [value]
+                stack.extend((v, f"{at}.{field.name}") for v in values)
 
 
 def check_model(model, where: str) -> None:

@@ -224,18 +224,19 @@ class StagingDir:
         out = Path(out_dir)
         ensure_writable_dir(out)
         self.out_dir = Path(os.path.realpath(out)) if out.is_symlink() else out  # a link to a folder: publish there
-        self._created = [p for p in self.out_dir.parents if not p.exists()]  # parents we create, deepest first
+        self._out = Path(os.path.abspath(self.out_dir))  # "." has no parent to stage in; its absolute form has
+        self._created = [p for p in self._out.parents if not p.exists()]  # parents we create, deepest first
         self._names: list[str] = []
         self._published = False
         try:
-            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-            sweep_stale(self.out_dir)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}{STAGING_TAG}", dir=self.out_dir.parent))
+            self._out.parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale(self._out)
+            self.path = Path(tempfile.mkdtemp(prefix=f".{self._out.name}{STAGING_TAG}", dir=self._out.parent))
         except OSError:
             # the parent is not writable (a mount point's parent): stage inside out_dir, publish file by file
             try:
-                self.out_dir.mkdir(exist_ok=True)
-                self.path = Path(tempfile.mkdtemp(prefix=STAGING_TAG, dir=self.out_dir))
+                self._out.mkdir(exist_ok=True)
+                self.path = Path(tempfile.mkdtemp(prefix=STAGING_TAG, dir=self._out))
             except OSError as e:
                 self._remove_created()
                 raise OutputError(f"cannot write to output directory {out} ({_why(e)}); choose another --out") from e
@@ -284,8 +285,8 @@ class StagingDir:
         try:
             fsync_tree(self.path)
             _crash_point("publish:staged")
-            inside = self.path.parent == self.out_dir
-            if not inside and not self.out_dir.exists():
+            inside = self.path.parent == self._out
+            if not inside and not self._out.exists():
                 self._publish_by_rename()
             elif inside or not self._publish_by_exchange():
                 self._publish_file_by_file()
@@ -304,8 +305,8 @@ class StagingDir:
         self._strip_to_names()
         os.chmod(self.path, 0o777 & ~_umask())
         _crash_point("publish:before-rename")
-        os.rename(self.path, self.out_dir)  # fails if out_dir appeared meanwhile: nothing lost
-        fsync_dir(self.out_dir.parent)
+        os.rename(self.path, self._out)  # fails if out_dir appeared meanwhile: nothing lost
+        fsync_dir(self._out.parent)
 
     def _publish_by_exchange(self) -> bool:
         """Mirror --out's other entries into staging by hard links, then swap the two folders."""
@@ -313,11 +314,11 @@ class StagingDir:
             return False
         self._strip_to_names()
         try:
-            linked = _mirror(self.out_dir, self.path, set(self._names))
+            linked = _mirror(self._out, self.path, set(self._names))
         except _CannotMirror:
             self._strip_to_names()
             return False
-        st = self.out_dir.stat()
+        st = self._out.stat()
         os.chmod(self.path, stat.S_IMODE(st.st_mode))
         try:
             os.chown(self.path, st.st_uid, st.st_gid)
@@ -325,15 +326,15 @@ class StagingDir:
             pass
         fsync_dir(self.path)
         _crash_point("publish:before-exchange")
-        if not _exchange(self.path, self.out_dir):
+        if not _exchange(self.path, self._out):
             self._strip_to_names()
             return False
-        fsync_dir(self.out_dir.parent)
+        fsync_dir(self._out.parent)
         _crash_point("publish:after-exchange")
         old = self.path  # now the previous --out
         for entry in list(old.iterdir()):  # anything created in --out while we linked: keep it
             if entry.name not in linked and entry.name not in self._names:
-                os.replace(entry, self.out_dir / entry.name)
+                os.replace(entry, self._out / entry.name)
         shutil.rmtree(old, ignore_errors=True)
         return True
 
@@ -342,7 +343,7 @@ class StagingDir:
             cwd = Path(os.getcwd()).resolve()
         except OSError:
             return True
-        out = self.out_dir.resolve()
+        out = self._out.resolve()
         return cwd == out or out in cwd.parents or os.path.ismount(out)
 
     def _publish_file_by_file(self) -> None:
@@ -354,11 +355,11 @@ class StagingDir:
         finally:
             os.close(fd)
         fsync_dir(self.path)
-        self.out_dir.mkdir(exist_ok=True)
+        self._out.mkdir(exist_ok=True)
         for name in self._names:
-            _move(self.path / name, self.out_dir / name)
+            _move(self.path / name, self._out / name)
             _crash_point("publish:moved-one")
-        fsync_dir(self.out_dir)
+        fsync_dir(self._out)
 
 
 class _CannotMirror(Exception):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import ModelFormatError
+from ..errors import ModelFormatError, shown
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -151,30 +151,30 @@ def read_gguf_info(path: str | Path, arrays: tuple[str, ...] = ()) -> GGUFInfo:
         for _ in range(n_kv):
             key = r.string(MAX_KEY_BYTES, "metadata key")
             if key in meta:
-                raise ModelFormatError(f"{p}: metadata key '{key[:80]}' appears twice; the file is corrupted")
+                raise ModelFormatError(f"{p}: metadata key '{shown(key)}' appears twice; the file is corrupted")
             meta[key] = r.value(r.unpack("<I"), keep=key == "tokenizer.ggml.tokens", collect=key in arrays)
         tensors = []
         names: set[str] = set()
         for _ in range(n_tensors):
             name = r.string(MAX_KEY_BYTES, "tensor name")
             if name in names:
-                raise ModelFormatError(f"{p}: tensor '{name[:80]}' appears twice; the file is corrupted")
+                raise ModelFormatError(f"{p}: tensor '{shown(name)}' appears twice; the file is corrupted")
             names.add(name)
             n_dims = r.unpack("<I")
             if not 1 <= n_dims <= MAX_DIMS:
-                raise ModelFormatError(f"{p}: tensor '{name}' has {n_dims} dims (1 to {MAX_DIMS})")
+                raise ModelFormatError(f"{p}: tensor '{shown(name)}' has {n_dims} dims (1 to {MAX_DIMS})")
             shape = tuple(r.unpack("<Q") for _ in range(n_dims))
             gtype, offset = r.unpack("<I"), r.unpack("<Q")
             if gtype not in GGML_TYPES:
-                raise ModelFormatError(f"{p}: tensor '{name}' has unknown ggml type {gtype}")
+                raise ModelFormatError(f"{p}: tensor '{shown(name)}' has unknown ggml type {gtype}")
             _, block, block_bytes = GGML_TYPES[gtype]
             n = 1
             for d in shape:
                 n *= d
             if 0 in shape or n > MAX_ELEMENTS:
-                raise ModelFormatError(f"{p}: tensor '{name}' has shape {list(shape)}; the file is corrupted")
+                raise ModelFormatError(f"{p}: tensor '{shown(name)}' has shape {list(shape)}; the file is corrupted")
             if shape[0] % block:
-                raise ModelFormatError(f"{p}: tensor '{name}' row of {shape[0]} is not a multiple of its block {block}")
+                raise ModelFormatError(f"{p}: tensor '{shown(name)}' row of {shape[0]} is not a multiple of its block {block}")
             tensors.append(GGUFTensorInfo(name, shape, gtype, offset, n // block * block_bytes))
         align = meta.get("general.alignment", DEFAULT_ALIGNMENT)
         if isinstance(align, bool) or not isinstance(align, int) or align <= 0 or align % TENSOR_DATA_ALIGNMENT \
@@ -184,14 +184,14 @@ def read_gguf_info(path: str | Path, arrays: tuple[str, ...] = ()) -> GGUFInfo:
         data_offset = (f.tell() + align - 1) // align * align
     for t in tensors:
         if t.offset % align:
-            raise ModelFormatError(f"{p}: tensor '{t.name}' starts at offset {t.offset}, not a multiple of the "
+            raise ModelFormatError(f"{p}: tensor '{shown(t.name)}' starts at offset {t.offset}, not a multiple of the "
                                    f"alignment {align}; the file is corrupted")
         if data_offset + t.offset + t.nbytes > size:
             raise ModelFormatError(
-                f"{p} is truncated: tensor '{t.name}' ends at byte {data_offset + t.offset + t.nbytes}, "
+                f"{p} is truncated: tensor '{shown(t.name)}' ends at byte {data_offset + t.offset + t.nbytes}, "
                 f"the file has {size}; download or convert it again")
     spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors)
     for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
         if start < end:
-            raise ModelFormatError(f"{p}: tensors '{a}' and '{b}' overlap in the data section; the file is corrupted")
+            raise ModelFormatError(f"{p}: tensors '{shown(a)}' and '{shown(b)}' overlap in the data section; the file is corrupted")
     return GGUFInfo(p, version, meta, tensors, data_offset)

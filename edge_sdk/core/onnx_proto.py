@@ -24,6 +24,7 @@ NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP, NODE_ATTR, NODE_DOMAIN = 1, 2, 3, 4
 ATTR_NAME, ATTR_F, ATTR_I, ATTR_S, ATTR_FLOATS, ATTR_INTS, ATTR_TYPE = 1, 2, 3, 4, 7, 8, 20
 ATTR_TYPE_INTS = 7
 TENSOR_DIMS, TENSOR_TYPE, TENSOR_NAME, TENSOR_RAW, TENSOR_INT64S, TENSOR_INT32S, TENSOR_FLOATS = 1, 2, 8, 9, 7, 5, 4
+TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION, LOCATION_EXTERNAL = 13, 14, 1
 # TensorProto.DataType -> numpy dtype name
 ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
               10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
@@ -236,6 +237,46 @@ class Initializer:
         return np.frombuffer(floats, np.float32).reshape(self.dims)
 
 
+    @property
+    def is_external(self) -> bool:
+        return any(n == TENSOR_DATA_LOCATION and wt == 0 and v == LOCATION_EXTERNAL for n, wt, v in parse(self.raw))
+
+    def inlined(self, folder) -> "Initializer":
+        """This initializer with its external data read into it (``raw_data``), after checking where it points:
+        a relative path inside ``folder`` (the model's), a regular file, and offset + length within it."""
+        import os
+        from pathlib import Path
+
+        from ..errors import shown
+
+        fields = parse(self.raw)
+        ext = {_str(parse(v), 1): _str(parse(v), 2) for n, wt, v in fields if n == TENSOR_EXTERNAL_DATA and wt == 2}
+        where = f"initializer '{shown(self.name)}'"
+        location = ext.get("location", "")
+        folder = Path(folder).resolve()
+        if not location or "\0" in location or os.path.isabs(location):
+            raise ModelFormatError(f"{where} keeps its data at '{shown(location)}': external data must be a relative "
+                                   "path beside the model")
+        try:
+            target = (folder / location).resolve()
+            if folder not in target.parents or not target.is_file():
+                raise ModelFormatError(f"{where} keeps its data at '{shown(location)}', which is not a file inside "
+                                       f"the model's folder {folder}; copy the data file beside the model")
+            size = target.stat().st_size
+            offset, length = int(ext.get("offset") or 0), int(ext["length"]) if ext.get("length") else None
+        except (OSError, ValueError) as e:
+            raise ModelFormatError(f"{where}: its external data reference is invalid ({shown(e, 120)})") from e
+        length = size - offset if length is None else length
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ModelFormatError(f"{where} needs bytes {offset}..{offset + length} of {target.name}, which has {size}: "
+                                   "the data file is truncated or belongs to another model")
+        with open(target, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+        kept = [(n, wt, v) for n, wt, v in fields if n not in (TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION, TENSOR_RAW)]
+        return Initializer(self.name, self.dims, self.dtype, encode(kept + [(TENSOR_RAW, 2, data)]))
+
+
 def int64_initializer(name: str, values: list[int]) -> Initializer:
     raw = encode([(TENSOR_DIMS, 0, len(values)), (TENSOR_TYPE, 0, ELEM_CODES["int64"]), (TENSOR_NAME, 2, name.encode()),
                   (TENSOR_RAW, 2, struct.pack(f"<{len(values)}q", *values))])
@@ -310,7 +351,10 @@ class OnnxGraph:
         return encode([f for f in self.model_fields if f[0] != MODEL_GRAPH] + [(MODEL_GRAPH, 2, encode(g))])
 
 
-def read_onnx_graph(data: bytes) -> OnnxGraph:
+def read_onnx_graph(data: bytes, folder=None) -> OnnxGraph:
+    """The graph of an ONNX model. Weights kept in external data files are read in from ``folder`` (the
+    model's own), checked first; without a folder such a model is refused, never resolved against the
+    working directory."""
     model = parse(data)
     graphs = [v for n, wt, v in model if n == MODEL_GRAPH and wt == 2]
     if len(graphs) != 1:
@@ -321,6 +365,11 @@ def read_onnx_graph(data: bytes) -> OnnxGraph:
         if n == GRAPH_INIT and wt == 2:
             t = _initializer(v)
             inits[t.name] = t
+    external = [t for t in inits.values() if t.is_external]
+    if external and folder is None:
+        raise ModelFormatError("the model keeps weights in external data files: load it from its path, beside them")
+    for t in external:
+        inits[t.name] = t.inlined(folder)
     nodes = [_node(v) for n, wt, v in g if n == GRAPH_NODE and wt == 2]
     inputs = [vi for vi in (_value_info(v) for n, wt, v in g if n == GRAPH_INPUT and wt == 2) if vi.name not in inits]
     outputs = [_value_info(v) for n, wt, v in g if n == GRAPH_OUTPUT and wt == 2]

@@ -142,8 +142,11 @@ def _check_npz_members(p: Path, z: zipfile.ZipFile) -> None:
                     raise ValueError(f".npy format version {version} (1.0 and 2.0 are read)")
                 shape, _fortran, dtype = read_header(f, max_header_size=1 << 16)
                 header = f.tell()
-            except (ValueError, SyntaxError, TypeError, OSError, EOFError, KeyError) as e:
-                raise CalibrationError(f"{where} has a corrupt .npy header ({' '.join(str(e).split())[:120]})") from e
+            except MemoryError:
+                raise
+            except Exception as e:  # numpy parses the header with tokenize/ast: TokenError, SyntaxError, ValueError...
+                raise CalibrationError(f"{where} has a corrupt .npy header ({type(e).__name__}: "
+                                       f"{' '.join(str(e).split())[:120]})") from e
         if dtype.hasobject:
             raise CalibrationError(f"{where} holds Python objects (a pickle); save plain numeric arrays")
         count = 1
@@ -245,6 +248,23 @@ def _spec_dtype(s: TensorSpec) -> np.dtype:
         raise CalibrationError(f"cannot synthesize random data for '{s.name}' of dtype {s.dtype}") from e
 
 
+def checked_sizes(specs: list[TensorSpec], limit: int | None = None) -> list[TensorSpec]:
+    """``specs`` (fixed shapes) after checking that arrays of them fit ``limit`` bytes together: a model's
+    declared dims (2**31 on a hostile file) must not size an allocation unchecked."""
+    limit = min(max_data_bytes(), MAX_RANDOM_INPUT_BYTES) if limit is None else limit
+    total = 0
+    for s in specs:
+        count = 1
+        for d in s.shape:
+            count *= max(int(d), 0) if isinstance(d, int) else 1
+        total += count * _spec_dtype(s).itemsize
+        if total > limit:
+            raise CalibrationError(f"input '{s.name}' of shape {list(s.shape)} {s.dtype} needs {count * _spec_dtype(s).itemsize:,} "
+                                   f"bytes (limit {limit:,}); the model's input shape is unreasonable — check the "
+                                   "model or pass --input-shape")
+    return specs
+
+
 def random_input_set(specs: list[TensorSpec], num_samples: int, seed: int = 0,
                      int_high: dict[str, int] | None = None) -> InputSet:
     """Seeded synthetic samples for every input (symbolic dims other than the first become 1).
@@ -254,18 +274,11 @@ def random_input_set(specs: list[TensorSpec], num_samples: int, seed: int = 0,
     """
     rng = np.random.default_rng(seed)
     arrays = {}
-    total = 0
+    checked_sizes([TensorSpec(s.name, (num_samples,) + tuple(d if isinstance(d, int) else 1 for d in s.sample_shape()),
+                              s.dtype) for s in specs])
     for s in specs:
         shape = (num_samples,) + tuple(d if isinstance(d, int) else 1 for d in s.sample_shape())
         dt = _spec_dtype(s)
-        count = 1
-        for d in shape:
-            count *= max(d, 0)
-        total += count * dt.itemsize
-        if total > min(max_data_bytes(), MAX_RANDOM_INPUT_BYTES):
-            raise CalibrationError(f"random input '{s.name}' of shape {list(shape)} {dt} needs {count * dt.itemsize:,} "
-                                   f"bytes (limit {min(max_data_bytes(), MAX_RANDOM_INPUT_BYTES):,}); the model's "
-                                   "input shape is unreasonable — pass real inputs (.npz) or check the model")
         if np.issubdtype(dt, np.floating):
             arrays[s.name] = rng.standard_normal(shape).astype(dt)
         elif np.issubdtype(dt, np.integer):

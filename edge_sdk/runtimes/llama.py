@@ -16,7 +16,7 @@ import numpy as np
 from ..core.formats import ModelFormat
 from ..core.gguf import read_gguf_info
 from ..core.tensors import TensorSpec
-from ..errors import InputMismatchError, InvalidOptionError, ModelFormatError
+from ..errors import InputMismatchError, InvalidOptionError, ModelFormatError, shown
 from .base import Session, register_backend
 
 
@@ -126,13 +126,39 @@ class LlamaSession(Session):
             self.llm = None
 
 
+# Hyperparameters llama.cpp reads for most architectures, with the ranges outside which it aborts (GGML_ASSERT)
+# or sizes buffers from them; per-layer arrays (OpenELM's head counts) are checked element by element.
+LLAMA_MAX_LAYERS = 512  # llama.cpp's own limit (llama-hparams.h)
+INT_HPARAMS = {"block_count": (1, LLAMA_MAX_LAYERS), "embedding_length": (1, 1 << 20), "context_length": (1, 1 << 24),
+               "feed_forward_length": (0, 1 << 22), "attention.head_count": (0, 1 << 12),
+               "attention.head_count_kv": (0, 1 << 12), "attention.key_length": (1, 1 << 14),
+               "attention.value_length": (1, 1 << 14), "rope.dimension_count": (0, 1 << 14),
+               "expert_count": (0, 512), "expert_used_count": (0, 512), "vocab_size": (1, 1 << 24)}
+FLOAT_HPARAMS = {"attention.layer_norm_rms_epsilon": (0.0, 1.0), "attention.layer_norm_epsilon": (0.0, 1.0),
+                 "rope.freq_base": (1e-6, 1e15), "rope.scale_linear": (1e-6, 1e6), "rope.scaling.factor": (1e-6, 1e6)}
+
+
 def check_llama_preconditions(info) -> None:
     """Header facts llama.cpp asserts on (aborting the process) rather than reporting: check first."""
-    arch = info.architecture
-    blocks = info.metadata.get(f"{arch}.block_count")
-    if isinstance(blocks, int) and blocks < 1:
-        raise ModelFormatError(f"{info.path}: {arch}.block_count is {blocks}; the file is corrupted")
-    tokens = info.metadata.get("tokenizer.ggml.tokens")
+    arch, meta = info.architecture, info.metadata
+    for name, (lo, hi) in {**INT_HPARAMS, **FLOAT_HPARAMS}.items():
+        v = meta.get(f"{arch}.{name}")
+        values = v.get("values") if isinstance(v, dict) else [v]
+        if values is None and isinstance(v, dict):  # an array whose values the header reader skipped
+            values = []
+        for x in values or []:
+            if x is None:
+                continue
+            number = isinstance(x, (int, float)) and not isinstance(x, bool)
+            in_range = number and x == x and (lo < x < hi if name in FLOAT_HPARAMS else lo <= x <= hi)
+            if not in_range:
+                raise ModelFormatError(f"{info.path}: {arch}.{name} is {shown(x)}; llama.cpp needs a number in "
+                                       f"{'(' if name in FLOAT_HPARAMS else '['}{lo}, {hi}{')' if name in FLOAT_HPARAMS else ']'}"
+                                       " — the file is corrupted")
+    used, experts = meta.get(f"{arch}.expert_used_count"), meta.get(f"{arch}.expert_count")
+    if isinstance(used, int) and isinstance(experts, int) and used > experts:
+        raise ModelFormatError(f"{info.path}: {arch} uses {used} of {experts} experts; the file is corrupted")
+    tokens = meta.get("tokenizer.ggml.tokens")
     if isinstance(tokens, dict):
         if tokens.get("duplicates"):
             raise ModelFormatError(f"{info.path}: the vocabulary repeats tokens; the file is corrupted")

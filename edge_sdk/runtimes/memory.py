@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.onnx_proto import Node, OnnxGraph, ValueInfo, encode, read_onnx_graph
-from ..errors import InvalidOptionError, ModelFormatError
+from ..core.tensors import TensorSpec, checked_sizes
+from ..errors import EdgeError, InvalidOptionError, ModelFormatError
 
 ELEMENTWISE = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Add", "Mul", "Sub", "Div",
                "BatchNormalization", "Identity", "Dropout", "PRelu", "Elu", "Selu", "Softplus", "Erf"}
@@ -91,13 +92,17 @@ class MemoryPlan:
 
 
 def load_graph(model: str | Path | bytes) -> tuple[OnnxGraph, bytes]:
+    """The graph (external weights read in from the model's folder) and the file's bytes."""
     if isinstance(model, (str, Path)):
         p = Path(model)
         if not p.is_file():
             raise ModelFormatError(f"{p} does not exist")
         data = p.read_bytes()
-    else:
-        data = bytes(model)
+        try:
+            return read_onnx_graph(data, p.parent), data
+        except ModelFormatError as e:
+            raise ModelFormatError(f"{p}: {e}") from e
+    data = bytes(model)
     return read_onnx_graph(data), data
 
 
@@ -123,13 +128,18 @@ def probe_shapes(graph: OnnxGraph, batch: int = 1) -> dict[str, tuple[tuple[int,
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(sub, so, providers=["CPUExecutionProvider"])
-    feeds = {}
-    for v in graph.inputs:
-        shape = tuple(batch if not isinstance(d, int) else d for d in v.shape)
-        feeds[v.name] = np.zeros(shape, np.dtype(v.dtype))
-    out = sess.run(None, feeds)
-    info = {v.name: (tuple(feeds[v.name].shape), v.dtype) for v in graph.inputs}
+    specs = [TensorSpec(v.name, tuple(batch if not isinstance(d, int) else d for d in v.shape), v.dtype)
+             for v in graph.inputs]
+    try:
+        feeds = {s.name: np.zeros(s.shape, s.dtype) for s in checked_sizes(specs)}
+        sess = ort.InferenceSession(sub, so, providers=["CPUExecutionProvider"])
+        out = sess.run(None, feeds)
+    except (EdgeError, MemoryError):
+        raise
+    except Exception as e:  # ONNX Runtime's Fail / InvalidGraph / InvalidArgument / NotImplemented
+        text = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ModelFormatError(f"ONNX Runtime cannot run the model to learn its tensor shapes: {text}") from e
+    info = {v.name: (tuple(feeds[v.name].shape), str(feeds[v.name].dtype)) for v in graph.inputs}
     for o, a in zip(names, out):
         info[o] = (tuple(a.shape), str(a.dtype))
     return info

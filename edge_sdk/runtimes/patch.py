@@ -16,6 +16,7 @@ input image is read patch by patch from where it lies (camera buffer, flash), as
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -388,8 +389,8 @@ def open_patched(path, budget, threads: int | None = None, **options) -> tuple[S
     limit = parse_budget(budget)
     graph, data = load_graph(path)
     plan = plan_memory(graph)
-    if plan.peak_bytes <= limit:
-        return OrtSession(data, threads, **options), None
+    if plan.peak_bytes <= limit:  # from the path when there is one: ONNX Runtime resolves external data beside it
+        return OrtSession(path if isinstance(path, (str, Path)) else data, threads, **options), None
     hg = HeadGraph(graph, plan)
     patches = hg.search(limit)
     return PatchedSession(graph, hg, patches, lambda b: OrtSession(b, threads, **options)), patches

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ...core.tensors import TensorSpec
-from ...errors import InferenceError, ModelFormatError, UnsupportedOperatorError
+from ...errors import InferenceError, ModelFormatError, UnsupportedOperatorError, shown
 from ...runtimes.base import Session
 from .package import MIL_DTYPES, BlobFile, MLPackage, read_mlpackage, unpack_bits
 
@@ -69,6 +69,22 @@ class MILProgramExecutor:
                 f"the MIL reference executor has no implementation of: {', '.join(missing)}",
                 nodes=[(m, m) for m in missing])
         self._consts: dict[str, np.ndarray] = {}
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """Every value an op reads is a function input or an earlier op's output, and so is every block output:
+        a program that reads an undefined name is corrupt, found before it runs."""
+        defined = {i.name for i in self.function.inputs}
+        for op in self.block.operations:
+            for arg in op.inputs.values():
+                for b in arg.arguments:
+                    if b.WhichOneof("binding") == "name" and b.name not in defined:
+                        raise ModelFormatError(f"MIL op {op.type} reads '{shown(b.name)}', which nothing defines before "
+                                               "it; the package is corrupt")
+            defined.update(o.name for o in op.outputs)
+        missing = [o for o in self.block.outputs if o not in defined]
+        if missing:
+            raise ModelFormatError(f"the program's output '{shown(missing[0])}' is never computed; the package is corrupt")
 
     # --- values ---
     def value(self, v) -> np.ndarray:

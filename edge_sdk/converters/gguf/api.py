@@ -30,6 +30,9 @@ def convert_gguf(source: str | Path, *, quantize: Iterable[str], out: str | Path
     types = list({t.name: t for t in types}.values())
     ensure_writable_dir(out)
     src = open_source(source, name)
+    from ..api import check_artifact_name
+
+    check_artifact_name(src.name)
     total = len(types) * (len(src.tensors) + 1) + 1
     done = 0
 

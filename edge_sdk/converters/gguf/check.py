@@ -45,18 +45,20 @@ def reference_from_checkpoint(ckpt, arch: str) -> Reference:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch = require("torch", "convert", "Checking GGUF files against the source checkpoint")
     transformers = require("transformers", "convert", "Checking GGUF files against the source checkpoint")
-    tok = transformers.AutoTokenizer.from_pretrained(str(ckpt.path))
+    # safetensors only, no remote code: a checkpoint's pytorch_model.bin or custom Python must never be loaded
+    safe = {"use_safetensors": True, "trust_remote_code": False}
+    tok = transformers.AutoTokenizer.from_pretrained(str(ckpt.path), trust_remote_code=False)
     label = f"transformers {transformers.__version__} (source checkpoint, fp32)"
     with torch.no_grad():
         if arch == "bert":
-            model = transformers.AutoModel.from_pretrained(str(ckpt.path), dtype=torch.float32).eval()
+            model = transformers.AutoModel.from_pretrained(str(ckpt.path), dtype=torch.float32, **safe).eval()
             enc = tok(SENTENCES, padding=True, return_tensors="pt")
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1)  # sentence-transformers' mean pooling
             ids = {s: tok(s)["input_ids"] for s in SENTENCES}
             return Reference(label, "encoder", outputs=pooled.numpy(), hf_tokens=ids)
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(ckpt.path), dtype=torch.float32).eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(ckpt.path), dtype=torch.float32, **safe).eval()
         ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
         if getattr(tok, "bos_token_id", None) is not None and _adds_bos(ckpt):
             ids = [tok.bos_token_id] + ids

@@ -61,7 +61,7 @@ def _auto_tokenizer(ckpt: HFCheckpoint):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = require("transformers", "convert", "Reading Hugging Face tokenizers")
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(ckpt.path))
+        return transformers.AutoTokenizer.from_pretrained(str(ckpt.path), trust_remote_code=False)
     except Exception as e:  # missing or malformed tokenizer files
         raise SourceError(f"cannot load the tokenizer in {ckpt.path}: {' '.join(str(e).split())[:200]}") from e
 
