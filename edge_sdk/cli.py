@@ -549,12 +549,25 @@ def devices(
         raise typer.Exit(code=2)
 
 
+INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE: edge-sdk's own bug, not the user's input (that is exit 2)
+DEBUG_ENV = "EDGE_SDK_DEBUG"
+
+
 def main() -> None:
+    import os
+
     try:
         app()
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as e:  # a bug: one line and how to report it; the traceback on request
+        if os.environ.get(DEBUG_ENV):
+            raise
+        what = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        err_console.print(f"[bold red]error:[/] internal error ({escape(what)}); this is a bug in edge-sdk: rerun with "
+                          f"{DEBUG_ENV}=1 for the traceback and report it", highlight=False, soft_wrap=True)
+        sys.exit(INTERNAL_ERROR_EXIT)
 
 
 if __name__ == "__main__":

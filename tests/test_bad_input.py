@@ -279,3 +279,29 @@ def test_markup_characters_in_paths_are_printed_verbatim(digits_dir, tmp_path):
     code, text = run_cli("convert", str(digits_dir / "digits.pt2"), "--out", str(out))
     assert code == 0, text
     assert f"report: {out}/conversion.json" in text
+
+
+def test_internal_error_is_one_line_with_its_own_exit_code(monkeypatch, capsys, tmp_path):
+    """A bug (an exception that is not an EdgeError) reaches the user as one line, exit 70, and how to get the
+    traceback; never as a traceback, never as exit 2 (which means: your input)."""
+    import sys
+
+    import edge_sdk.converters.inspect as inspect_module
+    from edge_sdk.cli import INTERNAL_ERROR_EXIT, main
+
+    def broken(path):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(inspect_module, "inspect", broken)
+    monkeypatch.setattr(sys, "argv", ["edge", "inspect", str(tmp_path / "any.onnx")])
+    monkeypatch.delenv("EDGE_SDK_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == INTERNAL_ERROR_EXIT == 70
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: internal error (KeyError") and "EDGE_SDK_DEBUG=1" in err
+    assert "Traceback" not in err
+    monkeypatch.setenv("EDGE_SDK_DEBUG", "1")
+    with pytest.raises(KeyError):
+        main()

@@ -55,7 +55,22 @@ def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
                 raise ValueError(f"JSON nested deeper than {max_depth} levels")
         elif ch in "]}":
             depth -= 1
-    return json.loads(text)
+    return _text(json.loads(text))
+
+
+def _text(value: Any) -> Any:
+    """Lone surrogates (``"\\ud800"`` is valid JSON, not valid text) replaced, so the document can be written out."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    if isinstance(value, dict):
+        return {_text(k): _text(v) for k, v in value.items()}
+    return value
 
 
 def validate(doc: Any, schema: dict, root: dict | None = None, path: str = "") -> None:

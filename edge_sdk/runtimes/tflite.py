@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.formats import ModelFormat
+from ..core.tflite import check_tflite
 from ..core.tensors import QuantParams, TensorSpec
 from ..errors import IncompatibleBackendError, ModelFormatError
 from .base import Session, register_backend
@@ -57,6 +58,7 @@ class TFLiteSession(Session):
     """A TFLite ``Interpreter``; resizes inputs with a dynamic batch axis on demand."""
 
     def __init__(self, interpreter_cls, path: Path, threads: int | None, xnnpack: bool, resolver=None) -> None:
+        check_tflite(path)  # what LiteRT would abort or fail obscurely on, refused first
         kwargs = {"model_path": str(path), "num_threads": threads}
         if resolver is not None and not xnnpack:
             kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES

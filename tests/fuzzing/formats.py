@@ -129,6 +129,64 @@ def onnx_external(seed: Path, dst: Path, rng: random.Random) -> str:
     return kind
 
 
+# --- TFLite -----------------------------------------------------------------------------------------------
+
+def tflite_semantic(seed: Path, dst: Path, rng: random.Random) -> str:
+    """A tensor's shape, type or buffer index, or an operator's opcode or tensor index, set to a value the
+    schema allows but the model cannot hold (located with the flatbuffer's own accessors)."""
+    import tflite
+
+    data = bytearray(seed.read_bytes())
+    model = tflite.Model.GetRootAsModel(bytes(data), 0)
+    sg = model.Subgraphs(0)
+    kind = rng.choice(["shape", "shape", "type", "buffer", "opcode", "op_input", "io"])
+
+    def vector_at(table, slot: int) -> tuple[int, int]:
+        o = table._tab.Offset(slot)
+        return table._tab.Vector(o), table._tab.VectorLen(o)
+
+    def field_at(table, slot: int) -> int:
+        return table._tab.Pos + table._tab.Offset(slot)
+
+    if kind in ("shape", "type", "buffer"):
+        t = sg.Tensors(rng.randrange(sg.TensorsLength()))
+        if kind == "shape" and t.ShapeLength():
+            start, n = vector_at(t, 4)
+            value = rng.choice([0, -1, -5, 1 << 20, (1 << 31) - 1])
+            struct.pack_into("<i", data, start + 4 * rng.randrange(n), value)
+            what = f"tensor {t.Name()!r} shape dim set to {value}"
+        elif kind == "type" and t._tab.Offset(6):
+            value = rng.choice([30, 99, 127])
+            data[field_at(t, 6)] = value
+            what = f"tensor {t.Name()!r} type set to {value}"
+        elif t._tab.Offset(8):
+            value = rng.choice([model.BuffersLength(), 1 << 20, 0xFFFFFFFF])
+            struct.pack_into("<I", data, field_at(t, 8), value)
+            what = f"tensor {t.Name()!r} buffer index set to {value}"
+        else:
+            return _bytes(m.word_set)(seed, dst, rng)
+    elif kind in ("opcode", "op_input"):
+        op = sg.Operators(rng.randrange(sg.OperatorsLength()))
+        if kind == "opcode" and not op._tab.Offset(4):  # opcode 0 is the default: not stored, nothing to edit
+            return _bytes(m.word_set)(seed, dst, rng)
+        if kind == "opcode":
+            value = rng.choice([model.OperatorCodesLength(), 1 << 20])
+            struct.pack_into("<I", data, field_at(op, 4), value)
+            what = f"operator opcode index set to {value}"
+        else:
+            start, n = vector_at(op, 6)
+            value = rng.choice([sg.TensorsLength(), -2, 1 << 20])
+            struct.pack_into("<i", data, start + 4 * rng.randrange(n), value)
+            what = f"operator input set to tensor {value}"
+    else:
+        start, n = vector_at(sg, rng.choice([6, 8]))
+        value = rng.choice([sg.TensorsLength(), -1, 1 << 30])
+        struct.pack_into("<i", data, start + 4 * rng.randrange(n), value)
+        what = f"subgraph input/output set to tensor {value}"
+    dst.write_bytes(bytes(data))
+    return what
+
+
 # --- GGUF ------------------------------------------------------------------------------------------------
 
 def gguf_fields(data: bytes) -> list[tuple[int, int, str]]:
@@ -471,7 +529,7 @@ def all_formats(root: Path) -> list[FuzzFormat]:
     formats = [
         FuzzFormat("onnx", ".onnx", onnx_seeds, GENERIC + [onnx_semantic, onnx_semantic, onnx_length, onnx_external, _bytes(m.protobuf_text_corrupt)]),
         FuzzFormat("tflite", ".tflite", [root / "digits.tflite", root / "digits.int8.tflite"],
-                   GENERIC + [_bytes(m.word_set), _bytes(m.word_set)]),
+                   GENERIC + [_bytes(m.word_set), tflite_semantic, tflite_semantic, tflite_semantic]),
         FuzzFormat("gguf", ".gguf", [root / "tiny.gguf", root / "tiny.q8.gguf"],
                    GENERIC + [gguf_field, gguf_field, gguf_semantic, gguf_semantic]),
         FuzzFormat("pt2", ".pt2", [root / "digits.pt2"], GENERIC + [pt2_entries, pt2_entries, pt2_entries, zip_bomb]),

@@ -82,6 +82,7 @@ def _child(case: Case, workdir: Path) -> None:
         from . import entries
 
         _limit_memory()
+        os.environ["EDGE_SDK_DEBUG"] = "1"  # the CLI re-raises what it would report as an internal error: we see it
         os.chdir(workdir)
         kind, value = entries.run(case.format, case.entry, Path(case.path), workdir)
         result = {"kind": kind, "value": value}

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.tensors import QuantParams, TensorSpec
+from ...core.tflite import check_tflite
 from ...errors import ModelFormatError, require, shown
 from ...runtimes.tflite import WEIGHT_OPS
 
@@ -22,6 +23,7 @@ def inspect_tflite(path: Path):
     """``edge inspect`` of a .tflite file. The flatbuffer is read lazily by the generated accessors, which do
     not bounds-check: every read happens inside one error boundary and every vector length is checked
     against the file size before it drives a loop."""
+    check_tflite(path)  # indices and sizes the generated accessors below would trust
     tfl = require("tflite", "convert", "Inspecting .tflite files")
     data = path.read_bytes()
     try:
