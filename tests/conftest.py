@@ -31,6 +31,14 @@ def digits_result(digits_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def fuzz_seeds(digits_dir, tmp_path_factory) -> Path:
+    """Valid files of every format the fuzz suite and the reader tests start from (tests/fuzzing/seeds.py)."""
+    from tests.fuzzing.seeds import build_seeds
+
+    return build_seeds(tmp_path_factory.mktemp("fuzz-seeds"), digits_dir)
+
+
+@pytest.fixture(scope="session")
 def transformer_dir(tmp_path_factory) -> Path:
     from examples.tiny_transformer.train import train
 

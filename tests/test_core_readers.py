@@ -14,10 +14,8 @@ from edge_sdk import errors
 
 
 @pytest.fixture(scope="module")
-def seeds(digits_dir, tmp_path_factory) -> Path:
-    from tests.fuzzing.seeds import build_seeds
-
-    return build_seeds(tmp_path_factory.mktemp("reader-seeds"), digits_dir)
+def seeds(fuzz_seeds) -> Path:
+    return fuzz_seeds
 
 
 @pytest.mark.parametrize("name", ["digits.tflite", "digits.int8.tflite"])
@@ -99,7 +97,7 @@ def test_gguf_alignment_llama_cpp_can_hold(tmp_path, alignment, ok):
 
 def test_schema_validator_agrees_with_jsonschema(seeds):
     """The dependency-free validator accepts what jsonschema accepts and refuses what it refuses, on a real
-    report and 300 mutations of it."""
+    report and 100 mutations of it."""
     jsonschema = pytest.importorskip("jsonschema")
     from edge_sdk.core.json_schema import SchemaViolation, validate
     from edge_sdk.profilers.report import profile_schema
@@ -110,7 +108,7 @@ def test_schema_validator_agrees_with_jsonschema(seeds):
     validate(base, schema)
     jsonschema.validate(base, schema)
     disagreements = []
-    for i in range(300):
+    for i in range(100):
         doc, what = json_edit(json.loads(json.dumps(base)), random.Random(i))
         if "bomb" in what or "__bomb__" in json.dumps(doc):
             continue

@@ -25,15 +25,36 @@ def test_bad_device_urls():
     assert (t.user, t.host, t.port) == ("pi", "raspberrypi.local", 2222)
 
 
+def _real_run(model: Path) -> dict:
+    """A run as a device streams it (the local profiler's own)."""
+    import edge_sdk
+
+    report = edge_sdk.profile(model, edge_sdk.ProfileOptions(runs=5, warmup=1, idle_s=0, power="none", per_op=False))
+    return json.loads(json.dumps(report.runs[0]))
+
+
 def test_a_line_cut_by_a_dropped_connection_keeps_the_runs_before_it(digits_result):
     model = Path(digits_result.artifact("int8").path)
-    run = {"label": "threads=1", "backend": "onnxruntime", "latency": {"avg_ns": 1.0}}
+    run = _real_run(model)
     script = (f"import sys; print('@@edge-run ' + {json.dumps(json.dumps(run))}, flush=True); "
               "print('@@edge-report {\"schema\": \"edge-sd', flush=True); sys.exit(255)")
     lines = []
     doc = run_streaming([sys.executable, "-c", script], "ssh://pi", model, {"hostname": "pi"}, lines.append)
     assert doc["partial"] is True and doc["runs"] == [run] and doc["device"]["url"] == "ssh://pi"
-    assert "ended early" in doc["warnings"][0] and lines[0] == "measured threads=1"
+    assert "ended early" in doc["warnings"][0] and lines[0] == f"measured {run['label']}"
+
+
+def test_a_malformed_run_from_a_device_is_one_typed_error(digits_result):
+    """A device is not trusted: a run missing its latency (the local CLI used to die on KeyError) is refused
+    with the field named."""
+    from edge_sdk.profilers.targets.base import RemoteRunError
+
+    model = Path(digits_result.artifact("int8").path)
+    run = _real_run(model)
+    del run["latency"]
+    script = f"print('@@edge-run ' + {json.dumps(json.dumps(run))}, flush=True)"
+    with pytest.raises(RemoteRunError, match="lacks the required field 'latency'"):
+        run_streaming([sys.executable, "-c", script], "ssh://pi", model, {"hostname": "pi"}, None)
 
 
 def test_runner_stops_the_run_when_the_heartbeat_stops(digits_result):

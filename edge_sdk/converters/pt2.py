@@ -17,9 +17,9 @@ So nothing reaches torch unchecked: the archive may hold only the entries of a p
 (``ALLOWED_ENTRIES``, by name), every weight and constant must be a plain tensor file with
 ``use_pickle: false`` whose declared view fits its bytes, every target must be an operator of an
 allowed namespace, every shape expression a parse tree of constants and sympy constructors only,
-and guards are dropped. The checked program is rewritten with torch's own archive writer (sample
-inputs emptied: they are read here with ``torch.load(weights_only=True)``) and loaded while
-``pickle``, ``torch.load``, torchbind unpickling and AOTInductor loading all raise.
+and every guard a comparison of input sizes in the form torch's guard printer writes. Sample inputs must load with ``torch.load(weights_only=True)`` (PyTorch's restricted
+unpickler). The checked program is rewritten with torch's own archive writer and loaded while ``pickle``
+and torchbind unpickling and AOTInductor loading raise, and ``torch.load`` is weights-only whatever torch asks.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ class _Refused(Exception):
 
 @contextlib.contextmanager
 def _nothing_runs(torch):
-    """While torch loads the checked copy: every way to unpickle or load compiled code raises."""
+    """While torch loads the checked copy: every way to unpickle arbitrary objects or load compiled code raises;
+    ``torch.load`` is forced to its weights-only unpickler (torch falls back to the unrestricted one otherwise)."""
     import pickle
 
     from torch.export.pt2_archive import _package
@@ -130,8 +131,14 @@ def _nothing_runs(torch):
             raise _Refused(what)
         return raiser
 
+    real_load = torch.load
+
+    def weights_only_load(f, *args, **kwargs):  # the sample inputs, already read with weights_only here
+        kwargs["weights_only"] = True
+        return real_load(f, *args, **kwargs)
+
     patches = [(pickle, "loads", refuse("unpickle an object")), (pickle, "load", refuse("unpickle an object")),
-               (torch, "load", refuse("unpickle a torch file")),
+               (torch, "load", weights_only_load),
                (torch._C, "_pickle_load_obj", refuse("unpickle a torchbind object")),
                (_package, "_load_aoti", refuse("load AOTInductor compiled code"))]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
@@ -180,8 +187,9 @@ def _sanitized_copy(path: Path, dst: Path, torch) -> tuple | None:
                     if name in programs:
                         out.write_bytes(name, json.dumps(programs[name]).encode())
                     elif name.startswith("data/sample_inputs/"):
-                        example = _sample_inputs(path, z.read(info), torch)
-                        out.write_bytes(name, b"")  # torch never unpickles them: read above, weights only
+                        data = z.read(info)
+                        example = _sample_inputs(path, data, torch)  # weights-only, or refused
+                        out.write_bytes(name, data)  # torch reads them again, weights-only too (see _nothing_runs)
                     else:
                         out.write_bytes(name, z.read(info))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, UnicodeDecodeError, ValueError,
@@ -283,7 +291,11 @@ def _check_program(path: Path, name: str, program) -> None:
     """Targets from the allowlist, shape expressions that are only constructors and constants, no guards."""
     if not isinstance(program, dict):
         raise ModelFormatError(f"{path}: {name} is not a serialized program; the archive is corrupted")
-    program["guards_code"] = []  # Python source exec-ed by ep.module(): dropped (inputs are checked by edge-sdk)
+    guards = program.get("guards_code", [])
+    if not isinstance(guards, list):
+        raise ModelFormatError(f"{path}: {name} has guards_code that is not a list; the archive is corrupted")
+    for guard in guards:
+        _check_guard(path, guard)
     stack = [program]
     while stack:
         node = stack.pop()
@@ -323,6 +335,47 @@ def _check_expr(path: Path, expr) -> None:
             raise refuse("holds an unexpected string")
         if isinstance(node, ast.Constant) and not isinstance(node.value, (str, int, float, bool, type(None))):
             raise refuse("holds an unexpected constant")
+
+
+_GUARD_NODES = (ast.Expression, ast.Compare, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Subscript,
+                ast.Call, ast.Attribute, ast.Name, ast.Load, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.And,
+                ast.Or, ast.Not, ast.USub, ast.UAdd, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
+_GUARD_METHODS = {"size", "stride", "dim", "numel", "storage_offset"}
+_GUARD_MATH = {"floor", "ceil", "sqrt", "trunc"}
+
+
+def _check_guard(path: Path, guard) -> None:
+    """A guard is Python source torch pastes into a function and ``exec``s: accept only what torch's guard
+    printer writes — comparisons and arithmetic on ``L['input'].size()[i]`` (and ``.stride()``...),
+    numbers and ``math.floor``-style calls — on one line, with no quote a string could close."""
+    def refuse(why: str):
+        return ModelFormatError(f"{path}: a guard {str(guard)[:60]!r} {why}; refusing it (torch would exec it)")
+
+    if not isinstance(guard, str) or len(guard) > MAX_EXPR_CHARS or any(c in guard for c in '"\\\n\r'):
+        raise refuse("is not one short line")
+    try:
+        tree = ast.parse(guard, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        raise refuse(f"does not parse ({type(e).__name__})") from None
+    for node in ast.walk(tree):
+        if not isinstance(node, _GUARD_NODES):
+            raise refuse(f"contains {type(node).__name__}")
+        if isinstance(node, ast.Name) and node.id not in ("L", "math"):
+            raise refuse(f"names '{node.id}'")
+        if isinstance(node, ast.Attribute) and not (
+                (node.attr in _GUARD_METHODS and isinstance(node.value, ast.Subscript))
+                or (node.attr in _GUARD_MATH and isinstance(node.value, ast.Name) and node.value.id == "math")):
+            raise refuse(f"reaches attribute '{node.attr}'")
+        if isinstance(node, ast.Call) and (not isinstance(node.func, ast.Attribute) or node.keywords):
+            raise refuse("calls something other than a size method or math function")
+        if isinstance(node, ast.Subscript) and not (
+                (isinstance(node.value, ast.Name) and node.value.id == "L" and isinstance(node.slice, ast.Constant)
+                 and isinstance(node.slice.value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", node.slice.value))
+                or (isinstance(node.slice, ast.Constant) and type(node.slice.value) is int)):
+            raise refuse("indexes something other than an input's sizes")
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and not re.fullmatch(
+                r"[A-Za-z_][A-Za-z0-9_]{0,63}", node.value):
+            raise refuse("holds an unexpected string")
 
 
 def _sample_inputs(path: Path, data: bytes, torch) -> tuple | None:

@@ -425,7 +425,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a flushed temp file in the same directory and a rename."""
     p = Path(path)
     if p.is_dir():
-        raise OutputError(f"{p} is a directory: give a file name")
+        raise OutputError(f"cannot write {p}: it is a directory; give a file name")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name[:200]}.", dir=p.parent)
     except OSError as e:

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelFormatError
+from .tensors import max_data_bytes
 
 FILE_IDENTIFIER = b"TFL3"
-MAX_TENSOR_BYTES = 1 << 34  # one tensor of 16 GiB: beyond any model an edge device runs
+MAX_TENSOR_BYTES = 1 << 34  # one tensor of 16 GiB: beyond any model an edge device runs (and half this machine's memory)
 # schema.fbs TensorType -> bytes per element (0: variable size or sub-byte)
 TENSOR_TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 5: 0, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8, 13: 0, 14: 0,
                      15: 4, 16: 2, 17: 0, 18: 2}
@@ -140,6 +141,7 @@ def check_tflite(path: str | Path) -> TFLiteModel:
     p = Path(path)
     model = read_tflite(p)
     size = p.stat().st_size
+    limit = min(MAX_TENSOR_BYTES, max_data_bytes())
     if not model.subgraphs:
         raise ModelFormatError(f"{p} holds no subgraph; it is not a TFLite model")
     for offset_size in model.buffers:
@@ -175,7 +177,7 @@ def check_tflite(path: str | Path) -> TFLiteModel:
                 if d < 0:
                     raise ModelFormatError(f"{p}: tensor {ti} has shape {t.shape}; a static dim cannot be negative")
                 count *= d
-            if count * max(TENSOR_TYPE_BYTES[t.type], 1) > MAX_TENSOR_BYTES:
-                raise ModelFormatError(f"{p}: tensor {ti} of shape {t.shape} would need more than "
-                                       f"{MAX_TENSOR_BYTES >> 30} GiB; the file is corrupted")
+            if count * max(TENSOR_TYPE_BYTES[t.type], 1) > limit:
+                raise ModelFormatError(f"{p}: tensor {ti} of shape {t.shape} would need more than {limit:,} bytes "
+                                       "(half this machine's memory); the file is corrupted")
     return model

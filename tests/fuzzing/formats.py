@@ -23,6 +23,7 @@ class FuzzFormat:
     suffix: str
     seeds: list[Path]
     mutators: list[Mutator]
+    weight: float = 1.0  # mutants relative to other formats (GGUF: 2.5, so each backend gets the count)
 
     @property
     def entries(self) -> list[str]:
@@ -531,7 +532,7 @@ def all_formats(root: Path) -> list[FuzzFormat]:
         FuzzFormat("tflite", ".tflite", [root / "digits.tflite", root / "digits.int8.tflite"],
                    GENERIC + [_bytes(m.word_set), tflite_semantic, tflite_semantic, tflite_semantic]),
         FuzzFormat("gguf", ".gguf", [root / "tiny.gguf", root / "tiny.q8.gguf"],
-                   GENERIC + [gguf_field, gguf_field, gguf_semantic, gguf_semantic]),
+                   GENERIC + [gguf_field, gguf_field, gguf_semantic, gguf_semantic], weight=2.5),
         FuzzFormat("pt2", ".pt2", [root / "digits.pt2"], GENERIC + [pt2_entries, pt2_entries, pt2_entries, zip_bomb]),
         FuzzFormat("npz", ".npz", [root / "val.npz"], GENERIC + [npz_header, npz_header, zip_bomb]),
         FuzzFormat("safetensors", ".safetensors", [root / "digits.safetensors"],

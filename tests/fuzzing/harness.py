@@ -253,10 +253,10 @@ class Campaign:
 
 
 def make_cases(formats, per_format: int, root: Path, seed: int = 0) -> list[Case]:
-    """``per_format`` mutants of each format, spread over its mutators, seeds and entry points."""
+    """``per_format`` mutants of each format (times its weight), spread over its mutators, seeds and entry points."""
     cases = []
     for fmt in formats:
-        for i in range(per_format):
+        for i in range(round(per_format * fmt.weight)):
             rng = random.Random(f"{seed}:{fmt.name}:{i}")
             src = rng.choice(fmt.seeds)
             mutator = fmt.mutators[i % len(fmt.mutators)]
