@@ -312,19 +312,25 @@ def _check_program(path: Path, name: str, program) -> None:
             stack.extend(node)
 
 
+def _parsed(text: str, allowed: tuple, refuse) -> list:
+    """The nodes of ``text`` parsed (never run) as one Python expression, each of an ``allowed`` type."""
+    try:
+        nodes = list(ast.walk(ast.parse(text, mode="eval")))
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        raise refuse(f"does not parse ({type(e).__name__})") from None
+    for node in nodes:
+        if not isinstance(node, allowed):
+            raise refuse(f"contains {type(node).__name__}")
+    return nodes
+
+
 def _check_expr(path: Path, expr) -> None:
     def refuse(why: str):
         return ModelFormatError(f"{path}: a shape expression {str(expr)[:60]!r} {why}; refusing it (sympy would eval it)")
 
     if not isinstance(expr, str) or len(expr) > MAX_EXPR_CHARS:
         raise refuse("is not a short string")
-    try:
-        tree = ast.parse(expr, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
-        raise refuse(f"does not parse ({type(e).__name__})") from None
-    for node in ast.walk(tree):
-        if not isinstance(node, _EXPR_NODES):
-            raise refuse(f"contains {type(node).__name__}")
+    for node in _parsed(expr, _EXPR_NODES, refuse):
         if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and _CALLABLE.fullmatch(node.func.id)):
             raise refuse("calls something other than a sympy constructor")
         if isinstance(node, ast.Name) and not (_CALLABLE.fullmatch(node.id) or _LOWER_NAMES.fullmatch(node.id)):
@@ -353,13 +359,7 @@ def _check_guard(path: Path, guard) -> None:
 
     if not isinstance(guard, str) or len(guard) > MAX_EXPR_CHARS or any(c in guard for c in '"\\\n\r'):
         raise refuse("is not one short line")
-    try:
-        tree = ast.parse(guard, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
-        raise refuse(f"does not parse ({type(e).__name__})") from None
-    for node in ast.walk(tree):
-        if not isinstance(node, _GUARD_NODES):
-            raise refuse(f"contains {type(node).__name__}")
+    for node in _parsed(guard, _GUARD_NODES, refuse):
         if isinstance(node, ast.Name) and node.id not in ("L", "math"):
             raise refuse(f"names '{node.id}'")
         if isinstance(node, ast.Attribute) and not (

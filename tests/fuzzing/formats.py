@@ -104,12 +104,6 @@ def onnx_semantic(seed: Path, dst: Path, rng: random.Random) -> str:
     return kind
 
 
-def onnx_length(seed: Path, dst: Path, rng: random.Random) -> str:
-    data, what = m.protobuf_length_set(seed.read_bytes(), rng)
-    dst.write_bytes(data)
-    return what
-
-
 def onnx_external(seed: Path, dst: Path, rng: random.Random) -> str:
     """The model with its weights in a sidecar: sidecar truncated or replaced, or the model pointing elsewhere."""
     folder = seed.parent / "external"
@@ -196,7 +190,9 @@ def gguf_fields(data: bytes) -> list[tuple[int, int, str]]:
     pos = 24
     u32 = lambda p: struct.unpack_from("<I", data, p)[0]  # noqa: E731
     u64 = lambda p: struct.unpack_from("<Q", data, p)[0]  # noqa: E731
-    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    from edge_sdk.core.gguf import _SCALARS
+
+    sizes = {vtype: struct.calcsize(fmt) for vtype, fmt in _SCALARS.items()}
     n_tensors, n_kv = u64(8), u64(16)
     for _ in range(n_kv):
         out.append((pos, 8, "key_len"))
@@ -367,12 +363,6 @@ def pt2_entries(seed: Path, dst: Path, rng: random.Random) -> str:
     return what
 
 
-def zip_bomb(seed: Path, dst: Path, rng: random.Random) -> str:
-    data, what = m.declared_size_bomb(seed.read_bytes(), rng)
-    dst.write_bytes(data)
-    return what
-
-
 # --- npz, safetensors ---------------------------------------------------------------------------------------
 
 def npz_header(seed: Path, dst: Path, rng: random.Random) -> str:
@@ -528,13 +518,13 @@ def _spec_enum(spec_path: Path, rng: random.Random) -> str:
 def all_formats(root: Path) -> list[FuzzFormat]:
     onnx_seeds = [root / "digits.onnx", root / "digits.int8.onnx", root / "digits.int4.onnx"]
     formats = [
-        FuzzFormat("onnx", ".onnx", onnx_seeds, GENERIC + [onnx_semantic, onnx_semantic, onnx_length, onnx_external, _bytes(m.protobuf_text_corrupt)]),
+        FuzzFormat("onnx", ".onnx", onnx_seeds, GENERIC + [onnx_semantic, onnx_semantic, _bytes(m.protobuf_length_set), onnx_external, _bytes(m.protobuf_text_corrupt)]),
         FuzzFormat("tflite", ".tflite", [root / "digits.tflite", root / "digits.int8.tflite"],
                    GENERIC + [_bytes(m.word_set), tflite_semantic, tflite_semantic, tflite_semantic]),
         FuzzFormat("gguf", ".gguf", [root / "tiny.gguf", root / "tiny.q8.gguf"],
                    GENERIC + [gguf_field, gguf_field, gguf_semantic, gguf_semantic], weight=2.5),
-        FuzzFormat("pt2", ".pt2", [root / "digits.pt2"], GENERIC + [pt2_entries, pt2_entries, pt2_entries, zip_bomb]),
-        FuzzFormat("npz", ".npz", [root / "val.npz"], GENERIC + [npz_header, npz_header, zip_bomb]),
+        FuzzFormat("pt2", ".pt2", [root / "digits.pt2"], GENERIC + [pt2_entries, pt2_entries, pt2_entries, _bytes(m.declared_size_bomb)]),
+        FuzzFormat("npz", ".npz", [root / "val.npz"], GENERIC + [npz_header, npz_header, _bytes(m.declared_size_bomb)]),
         FuzzFormat("safetensors", ".safetensors", [root / "digits.safetensors"],
                    GENERIC + [safetensors_header, safetensors_header]),
         FuzzFormat("stream", ".txt", [root / "device.stream"], [stream_edit]),

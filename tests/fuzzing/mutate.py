@@ -220,17 +220,14 @@ def protobuf_lengths(data: bytes, max_fields: int = 20_000) -> list[tuple[int, i
 
 
 def _varint(buf: bytes, pos: int, end: int):
-    result = shift = 0
-    while pos < end:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            return None, None
-    return None, None
+    """(value, next position) of the varint at ``pos`` (the codec's reader), or (None, None) where it breaks."""
+    from edge_sdk.core.onnx_proto import _varint as read_varint
+    from edge_sdk.errors import ModelFormatError
+
+    try:
+        return read_varint(memoryview(buf)[:end], pos)
+    except ModelFormatError:
+        return None, None
 
 
 def protobuf_length_set(data: bytes, rng: random.Random) -> Mutant:
