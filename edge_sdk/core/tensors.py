@@ -158,12 +158,17 @@ def _check_npz_members(p: Path, z: zipfile.ZipFile) -> None:
                                    "the file is corrupted")
 
 
+def physical_memory_bytes() -> int:
+    """This machine's RAM (8 GiB where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 33
+
+
 def max_data_bytes() -> int:
     """Ceiling for data read from one file or synthesized for one call: half the physical memory."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError, AttributeError):
-        return 1 << 32
+    return physical_memory_bytes() // 2
 
 
 def _castable(src: np.dtype, dst: np.dtype) -> bool:
@@ -274,10 +279,9 @@ def random_input_set(specs: list[TensorSpec], num_samples: int, seed: int = 0,
     """
     rng = np.random.default_rng(seed)
     arrays = {}
-    checked_sizes([TensorSpec(s.name, (num_samples,) + tuple(d if isinstance(d, int) else 1 for d in s.sample_shape()),
-                              s.dtype) for s in specs])
-    for s in specs:
-        shape = (num_samples,) + tuple(d if isinstance(d, int) else 1 for d in s.sample_shape())
+    shapes = [(num_samples,) + tuple(d if isinstance(d, int) else 1 for d in s.sample_shape()) for s in specs]
+    checked_sizes([TensorSpec(s.name, shape, s.dtype) for s, shape in zip(specs, shapes)])
+    for s, shape in zip(specs, shapes):
         dt = _spec_dtype(s)
         if np.issubdtype(dt, np.floating):
             arrays[s.name] = rng.standard_normal(shape).astype(dt)

@@ -8,7 +8,6 @@ below reads top to bottom like the architecture diagram.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from ..core.formats import ModelFormat
 from ..core.gguf import read_gguf_info
-from ..core.tensors import TensorSpec
+from ..core.tensors import TensorSpec, physical_memory_bytes
 from ..errors import InputMismatchError, InvalidOptionError, ModelFormatError
 from .base import Session, register_backend
 from .gguf_kernels import KERNELS, rows_of
@@ -102,13 +101,6 @@ class HParams:
         if kv_bytes > physical_memory_bytes():
             raise InvalidOptionError(f"a {self.n_ctx}-token KV cache needs {kv_bytes / 2**30:.1f} GiB, more than this "
                                      "machine's memory: load with a smaller n_ctx")
-
-
-def physical_memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 40
 
 
 @dataclass
