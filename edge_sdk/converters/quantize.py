@@ -35,6 +35,8 @@ class ConvertOptions:
     coreml_precision: str = "fp16"  # coreml: compute precision of the compressed modes
     # per-conversion memo for work every mode of a target shares (e.g. the prepared lowering graph)
     shared: dict = field(default_factory=dict)
+    # nodes to keep in float (fp32): accuracy-aware mixed precision, found by converters/repair.py
+    float_nodes: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -127,14 +129,117 @@ def _fp32(model, opts: ConvertOptions):
     return copy.deepcopy(model), QuantInfo("fp32", "fp32")
 
 
+FP16_MAX = 65504.0
+
+
 @register_quant_mode("fp16", tag="fp16", summary="fp16 weights and compute, fp32 inputs/outputs")
 def _fp16(model, opts: ConvertOptions):
+    """fp16 everywhere except nodes whose activations, measured on the data, leave fp16's range (they would
+    compute inf) and nodes the mixed-precision repair chose: those stay fp32 between casts."""
+    from .repair import activation_absmax
+
+    data = opts.calibration if opts.calibration is not None else opts.shared.get("parity.inputs")
+    overflow: list[str] = []
+    if data is not None:
+        absmax = activation_absmax(model, data, opts.shared)
+        for node in model.graph.node:
+            if any(absmax.get(t, 0.0) > FP16_MAX / 2 for t in [*node.input, *node.output] if t):
+                overflow.append(node.name)
+    block = sorted(set(overflow) | set(opts.float_nodes))
     with preserved_logging():
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        out = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True)
+        out = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True, node_block_list=block or None)
+    _drop_fp16_round_trips(out)
     onnx_graph.topological_sort(out)
-    return out, QuantInfo("fp16", "fp16 (fp32 at inputs/outputs)")
+    info = QuantInfo("fp16", "fp16 (fp32 at inputs/outputs)")
+    if block:
+        info.activations += f"; {len(block)} node(s) kept fp32"
+        info.details["fp32_nodes"] = block
+    if overflow:
+        info.details["fp16_overflow_nodes"] = sorted(overflow)
+        info.warnings.append(f"{len(overflow)} node(s) see activations beyond half fp16's range (65504) on "
+                             f"{data.source} data and stay fp32: {', '.join(sorted(overflow)[:6])}"
+                             + (" ..." if len(overflow) > 6 else ""))
+    return out, info
+
+
+MIN_PER_CHANNEL_OPSET = 13  # DequantizeLinear's axis attribute (per-channel weights) arrived in opset 13
+
+
+def _per_channel_opset(model, notes: list[str]):
+    """Per-channel int8 weights need opset 13: older graphs (opset 11/12 exports, tf2onnx's defaults) are
+    upgraded with onnx's version converter, and the report says so."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_PER_CHANNEL_OPSET)
+    if opset >= MIN_PER_CHANNEL_OPSET:
+        return model
+    from onnx import version_converter
+
+    from .torch_export import one_line
+
+    try:
+        upgraded = version_converter.convert_version(model, MIN_PER_CHANNEL_OPSET)
+        onnx_graph.check_model(upgraded, "the opset-upgraded graph")
+    except Exception as e:
+        raise QuantizationError(f"per-channel int8 needs ONNX opset {MIN_PER_CHANNEL_OPSET} and upgrading this opset-"
+                                f"{opset} graph failed ({one_line(e)}); re-export it with opset >= 13") from e
+    notes.append(f"the graph was upgraded from opset {opset} to {MIN_PER_CHANNEL_OPSET} for per-channel int8 weights")
+    return upgraded
+
+
+def _pre_process(quant_pre_process, src: Path, pre: Path, notes: list[str]) -> None:
+    """ORT's pre-processing (symbolic shape inference, then optimization and ONNX shape inference). Symbolic
+    inference fails on many exported graphs with dynamic dims ("Incomplete symbolic shape inference"): retry
+    without it, then quantize the graph as it is; the report says which step was skipped."""
+    import shutil
+
+    from .torch_export import one_line
+
+    try:
+        quant_pre_process(str(src), str(pre))
+        return
+    except Exception as e:
+        first = one_line(e)
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        notes.append(f"symbolic shape inference failed ({first[:80]}); pre-processed without it")
+    except Exception as e:
+        shutil.copyfile(src, pre)
+        notes.append(f"ORT's quantization pre-processing failed ({one_line(e)[:80]}); quantized the graph as exported")
+
+
+def _drop_fp16_round_trips(model) -> None:
+    """ORT's fp16 converter casts every kept-fp32 node's output to fp16 and back before the next kept-fp32
+    node: a value beyond 65504 becomes inf between two fp32 nodes. Consumers of such a round trip read the
+    fp32 value directly; casts nothing reads any more are dropped."""
+    FLOAT, FLOAT16 = 1, 10
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def cast_to(n) -> int | None:
+        return next((a.i for a in n.attribute if a.name == "to"), None) if n.op_type == "Cast" else None
+
+    rename: dict[str, str] = {}
+    for n in model.graph.node:
+        src = producer.get(n.input[0]) if n.input else None
+        if cast_to(n) == FLOAT and src is not None and cast_to(src) == FLOAT16:
+            origin = producer.get(src.input[0])
+            if origin is not None and cast_to(origin) != FLOAT16:  # the fp16 cast read a computed fp32 value
+                rename[n.output[0]] = src.input[0]
+    if not rename:
+        return
+    outputs = {o.name for o in model.graph.output}
+    for n in model.graph.node:
+        for i, name in enumerate(n.input):
+            if name in rename and name not in outputs:
+                n.input[i] = rename[name]
+    used = {i for n in model.graph.node for i in n.input} | outputs
+    while True:
+        dead = [n for n in model.graph.node if n.op_type == "Cast" and all(o not in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+        used = {i for n in model.graph.node for i in n.input} | outputs
 
 
 class _Reader:
@@ -143,7 +248,8 @@ class _Reader:
     def __init__(self, data: InputSet, model) -> None:
         from ..runtimes.base import fixed_batch, iter_batches
 
-        self._it = (feeds for feeds, _ in iter_batches(data, fixed_batch(onnx_graph.input_specs(model)), 16))
+        specs = onnx_graph.input_specs(model)
+        self._it = (feeds for feeds, _ in iter_batches(data, fixed_batch(specs, data.unbatched), 16))
 
     def get_next(self):
         return next(self._it, None)
@@ -171,19 +277,31 @@ def _int8_static(model, opts: ConvertOptions):
         raise QuantizationError(f"calibration method '{opts.calibration_method}' unknown; use {', '.join(methods)}")
     import onnx
 
-    with tempfile.TemporaryDirectory(prefix="edge-int8-") as tmp, preserved_logging():
+    notes: list[str] = []
+    model = _per_channel_opset(model, notes)
+    # ORT's tools write scratch files (sym_shape_infer_temp.onnx, <uuid>.data) into the working directory
+    with tempfile.TemporaryDirectory(prefix="edge-int8-") as tmp, preserved_logging(), contextlib.chdir(tmp):
         src, pre, dst = (Path(tmp) / n for n in ("src.onnx", "pre.onnx", "int8.onnx"))
         onnx.save_model(model, str(src))
-        quant_pre_process(str(src), str(pre))
-        q.quantize_static(
-            str(pre), str(dst), _Reader(opts.calibration, model),
-            quant_format=q.QuantFormat.QDQ, per_channel=True,
-            activation_type=act, weight_type=q.QuantType.QInt8,
-            calibrate_method=methods[opts.calibration_method],
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-        )
+        _pre_process(quant_pre_process, src, pre, notes)
+        try:
+            q.quantize_static(
+                str(pre), str(dst), _Reader(opts.calibration, model),
+                quant_format=q.QuantFormat.QDQ, per_channel=True,
+                activation_type=act, weight_type=q.QuantType.QInt8,
+                calibrate_method=methods[opts.calibration_method],
+                nodes_to_exclude=sorted(opts.float_nodes),
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+        except Exception as e:
+            from .torch_export import one_line
+
+            raise QuantizationError(f"ONNX Runtime's static int8 quantizer failed on this graph: {one_line(e)}") from e
         out = onnx.load(str(dst))
     onnx_graph.prune_opset_imports(out)
+    if not any(n.op_type == "DequantizeLinear" for n in out.graph.node):
+        raise QuantizationError("int8 quantized nothing in this model (no Conv, MatMul, Gemm or other op ONNX Runtime "
+                                "quantizes reads a constant weight); convert it with -q fp16 or -q none")
     info = QuantInfo(
         "int8 per-channel symmetric",
         f"{opts.activation_type} per-tensor asymmetric, {opts.calibration_method} calibration",
@@ -191,6 +309,11 @@ def _int8_static(model, opts: ConvertOptions):
                  "calibration_source": opts.calibration.source,
                  "synthetic_ranges": opts.calibration.synthetic},
     )
+    if notes:
+        info.details["notes"] = notes
+        info.warnings.extend(notes)
+    if opts.float_nodes:
+        info.details["fp32_nodes"] = sorted(opts.float_nodes)
     if opts.calibration.synthetic:
         info.warnings.append("activation ranges were calibrated on random data (synthetic): "
                              "accuracy figures of this artifact are not representative")
@@ -224,7 +347,8 @@ def _int8_dynamic(model, opts: ConvertOptions):
     quantized = sum(1 for n in out.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul"))
     info.details = {"matmuls": n_matmul, "quantized_matmuls": quantized}
     if quantized == 0:
-        info.warnings.append("no MatMul with constant weights found: nothing was quantized")
+        raise QuantizationError("int8-dynamic reaches no weight in this model: it has no MatMul with constant weights; "
+                                "use -q int8 (static) for convolution nets")
     return out, info
 
 
@@ -243,7 +367,8 @@ def _int4(model, opts: ConvertOptions):
     onnx_graph.gemm_to_matmul(m)
     n_matmul = sum(1 for n in m.graph.node if n.op_type == "MatMul")
     with preserved_logging():
-        quantizer = MatMulNBitsQuantizer(m, bits=4, block_size=opts.block_size, is_symmetric=opts.symmetric)
+        quantizer = MatMulNBitsQuantizer(m, bits=4, block_size=opts.block_size, is_symmetric=opts.symmetric,
+                                         nodes_to_exclude=sorted(opts.float_nodes))
         quantizer.process()
         out = quantizer.model.model
     onnx_graph.prune_opset_imports(out)
@@ -261,7 +386,11 @@ def _int4(model, opts: ConvertOptions):
     if kept:
         info.warnings.append(f"int4 (MatMulNBits) covers MatMul/Gemm weights only; {', '.join(kept)} weights stay fp32")
     if quantized == 0:
-        info.warnings.append("no MatMul/Gemm with constant weights found: nothing was quantized to int4")
+        what = f" (its weights are in {', '.join(kept)})" if kept else ""
+        raise QuantizationError(f"int4 reaches no weight in this model: it has no MatMul/Gemm with constant weights"
+                                f"{what}; use -q int8 for convolution nets")
+    if opts.float_nodes:
+        info.details["fp32_nodes"] = sorted(opts.float_nodes)
     return out, info
 
 

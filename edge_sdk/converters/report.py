@@ -37,6 +37,7 @@ class SourceInfo:
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     notes: list[str] = field(default_factory=list)
+    input_shapes: dict[str, list] = field(default_factory=dict)  # as settled (converters/signature.py)
 
 
 @dataclass
@@ -58,6 +59,11 @@ class Artifact:
     parity: Parity
     weight_storage: dict[str, int] = field(default_factory=dict)  # dtype -> bytes
     warnings: list[str] = field(default_factory=list)
+    status: str = "passed"  # "failed": below its parity gate (written only with --keep-failed)
+    gate: dict = field(default_factory=dict)  # parity.Gate: thresholds and what failed
+    float_nodes: list[str] = field(default_factory=list)  # nodes kept fp32 (fp16 overflow, mixed precision)
+    built_shapes: dict[str, list] = field(default_factory=dict)  # input shapes the artifact was built for
+    layer_errors: list[dict] = field(default_factory=list)  # failed artifacts: first layers where error jumps
 
     @property
     def mode(self) -> str:

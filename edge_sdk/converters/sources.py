@@ -215,9 +215,12 @@ def load_safetensors_into(model, path: Path) -> None:
         )
 
 
-def example_inputs_from_shapes(shapes: dict[str, tuple[int, ...]]) -> tuple:
+def example_inputs_from_shapes(shapes: dict[str, tuple[int | None, ...]]) -> tuple:
     import torch
 
+    if any(d is None for shape in shapes.values() for d in shape):
+        raise SourceError("a factory source needs every --input-shape dim as a size ('?' applies to ONNX sources); "
+                          "the exported batch axis is dynamic anyway")
     return tuple(torch.zeros(s) for s in shapes.values())
 
 
@@ -229,18 +232,3 @@ def example_inputs_from_arrays(arrays: dict[str, np.ndarray], n: int = 2) -> tup
         return torch.from_numpy(a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a)
 
     return tuple(example(a) for a in arrays.values())
-
-
-def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``NAME=1x3x224x224`` (or comma-separated dims)."""
-    name, sep, dims = text.partition("=")
-    try:
-        if not sep or not name:
-            raise ValueError
-        shape = tuple(int(d) for d in dims.replace(",", "x").split("x"))
-        if any(d <= 0 for d in shape):
-            raise ValueError
-    except ValueError:
-        raise SourceError(f"bad --input-shape '{text}': write NAME=1x3x224x224") from None
-    return name, shape
-

@@ -15,16 +15,22 @@ class Target:
     build: Callable  # (base_model, mode, options, staging, name) -> BuiltArtifact
     # The format fixes the batch at 1 (TFLite): a dynamic batch axis in the export is wasted work.
     fixed_batch: bool = False
+    # (prepared graph) -> None: raises UnsupportedOperatorError listing every node the target cannot express,
+    # before any reference run (lowering targets only)
+    precheck: Callable | None = None
+    # modes whose artifacts can keep named nodes in float (ConvertOptions.float_nodes): mixed-precision repair
+    repairable: tuple[str, ...] = ()
 
 
 TARGETS: dict[str, Target] = {}
 
 
-def register_target(name: str, *, suffix: str, fixed_batch: bool = False):
+def register_target(name: str, *, suffix: str, fixed_batch: bool = False, precheck: Callable | None = None,
+                    repairable: tuple[str, ...] = ()):
     def deco(fn):
         if name in TARGETS:
             raise ValueError(f"target '{name}' is already registered")
-        TARGETS[name] = Target(name, suffix, fn, fixed_batch)
+        TARGETS[name] = Target(name, suffix, fn, fixed_batch, precheck, repairable)
         return fn
 
     return deco

@@ -32,7 +32,13 @@ MIN_WEIGHT_ELEMENTS = 2048  # coremltools' default weight_threshold: smaller ten
 FLEXIBLE_BATCH = 64  # upper bound of a flexible batch axis (torch sources with a dynamic batch)
 
 
-@register_target("coreml", suffix=".mlpackage", fixed_batch=True)
+def _check_supported(graph) -> None:
+    from .coreml.lower import check_supported
+
+    check_supported(graph)
+
+
+@register_target("coreml", suffix=".mlpackage", fixed_batch=True, precheck=_check_supported)
 def build_coreml(base_model, mode: QuantMode, opts: ConvertOptions, staging: StagingDir, name: str) -> BuiltArtifact:
     from .torch_export import quiet_exporter
 

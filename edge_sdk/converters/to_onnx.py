@@ -24,7 +24,7 @@ class BuiltArtifact:
     weight_storage: dict[str, int]  # bytes per storage dtype
 
 
-@register_target("onnx", suffix=".onnx")
+@register_target("onnx", suffix=".onnx", repairable=("fp16", "int8", "int4"))
 def build_onnx(base_model, mode: QuantMode, opts: ConvertOptions, staging: StagingDir, name: str) -> BuiltArtifact:
     model, info = mode.apply(base_model, opts)
     onnx_graph.check_model(model, f"the {mode.name} artifact")

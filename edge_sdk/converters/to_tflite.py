@@ -19,7 +19,14 @@ TFLITE_MODES = ("none", "fp16", "int8-dynamic", "int8", "int4")
 _WEIGHTS = {"none": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8": "fp32", "int4": "int4"}
 
 
-@register_target("tflite", suffix=".tflite", fixed_batch=True)
+def _check_supported(graph) -> None:
+    from .tflite.lower import check_supported
+
+    check_supported(graph)
+
+
+@register_target("tflite", suffix=".tflite", fixed_batch=True, precheck=_check_supported,
+                 repairable=("int8",))
 def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: StagingDir, name: str) -> BuiltArtifact:
     if mode.name not in TFLITE_MODES:
         raise QuantizationError(
@@ -41,7 +48,7 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
     float_ops: list[str] = []
     int8_io = opts.int8_io and mode.name == "int8"
     data = lower(graph, weights=_WEIGHTS[mode.name], nhwc_io=opts.nhwc_io, ranges=ranges, float_ops=float_ops,
-                 int8_io=int8_io, description=f"edge-sdk: {name} ({mode.tag})")
+                 int8_io=int8_io, description=f"edge-sdk: {name} ({mode.tag})", keep_float=opts.float_nodes)
     file_name = f"{name}.{mode.tag}.tflite"
     staging.file(file_name).write_bytes(data)
     _smoke_load(staging.file(file_name))

@@ -280,6 +280,17 @@ class StagingDir:
                 self._names.append(name)
         return [self.out_dir / n for n in names]
 
+    def discard(self, *names: str) -> None:
+        """Drop staged files (or package directories): an artifact that failed its checks is not published."""
+        for name in names:
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            if name in self._names:
+                self._names.remove(name)
+
     def publish(self) -> list[Path]:
         """Flush the staged set to storage and make it appear in ``out_dir`` in one step."""
         try:

@@ -44,12 +44,45 @@ class TensorSpec:
 LABELS_KEY = "labels"
 
 
+BATCH_NAMES = ("batch", "batch_size", "n", "b", "bs", "num_batches")
+
+
+def batch_axes(specs: list[TensorSpec], given: dict[str, int | None] | None = None) -> dict[str, int | None]:
+    """Per input, whether axis 0 is a batch (sample) axis: ``0``, or ``None`` for inputs fed whole
+    (scalars, recurrent state tensors, a sample rate).
+
+    ``given`` (``--batch-axis name=-``) wins. Otherwise a rank-0 input has none; a symbolic axis 0 is a
+    batch; an input whose batch-named dim sits elsewhere (a state ``[2, batch, 128]``) is fed whole; a fixed
+    axis 0 is a batch only when it agrees with the other inputs' batch (1, or every input the same size)."""
+    given = given or {}
+    out: dict[str, int | None] = {}
+    symbolic0 = any(s.shape and not isinstance(s.shape[0], int) for s in specs)
+    for s in specs:
+        if s.name in given:
+            out[s.name] = given[s.name]
+        elif not s.shape:
+            out[s.name] = None
+        elif any(isinstance(d, str) and d.lower() in BATCH_NAMES for d in s.shape[1:]) and not (
+                isinstance(s.shape[0], str) and s.shape[0].lower() in BATCH_NAMES):
+            out[s.name] = None
+        elif not isinstance(s.shape[0], int):
+            out[s.name] = 0
+        elif symbolic0:  # other inputs carry the batch: a fixed axis 0 here is the input's own
+            out[s.name] = None
+        else:
+            firsts = {t.shape[0] for t in specs if t.shape and isinstance(t.shape[0], int)}
+            out[s.name] = 0 if (s.shape[0] == 1 or len(firsts) == 1) else None
+    return out
+
+
 @dataclass
 class InputSet:
     """Samples keyed by input name (first axis = samples), optional labels, and where they came from.
 
     ``synthetic`` is true for random data: quantization ranges and parity figures computed on it
-    say nothing about real inputs, and reports must say so.
+    say nothing about real inputs, and reports must say so. Inputs in ``unbatched`` have no batch axis in
+    the model (a scalar, a recurrent state): their arrays still stack one value per sample on axis 0, and
+    each model call gets one sample's value without that axis, so such models run one sample per call.
     """
 
     arrays: dict[str, np.ndarray]
@@ -57,31 +90,34 @@ class InputSet:
     source: str = "random"
     synthetic: bool = True
     notes: list[str] = field(default_factory=list)
+    unbatched: frozenset[str] = frozenset()
 
     @property
     def num_samples(self) -> int:
         return int(next(iter(self.arrays.values())).shape[0]) if self.arrays else 0
 
+    def _feed(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: (v[rows[0]] if k in self.unbatched else v[rows]) for k, v in self.arrays.items()}
+
     def batches(self, batch_size: int):
-        """Yield feeds of at most ``batch_size`` samples."""
+        """Yield feeds of at most ``batch_size`` samples (one per call when an input is unbatched)."""
         n = self.num_samples
-        for start in range(0, n, batch_size):
-            yield {k: v[start : start + batch_size] for k, v in self.arrays.items()}
+        step = 1 if self.unbatched else batch_size
+        for start in range(0, n, step):
+            yield self._feed(np.arange(start, min(start + step, n)))
 
     def fixed_batches(self, batch_size: int):
         """Yield (feeds, valid) with exactly ``batch_size`` samples each, for models whose batch axis
         is fixed: the last batch is padded by repeating its final sample; ``valid`` says how many
-        leading rows of its outputs are real."""
+        leading rows of its outputs are real. With unbatched inputs every call holds one sample,
+        repeated to the fixed batch size."""
         n = self.num_samples
-        for start in range(0, n, batch_size):
-            valid = min(batch_size, n - start)
-            feeds = {}
-            for k, v in self.arrays.items():
-                chunk = v[start : start + valid]
-                if valid < batch_size:
-                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - valid, axis=0)])
-                feeds[k] = chunk
-            yield feeds, valid
+        step = 1 if self.unbatched else batch_size
+        for start in range(0, n, step):
+            valid = min(step, n - start)
+            rows = np.arange(start, start + valid)
+            rows = np.concatenate([rows, np.repeat(rows[-1:], batch_size - valid)])
+            yield self._feed(rows), valid
 
     def head(self, n: int) -> "InputSet":
         return InputSet(
@@ -90,6 +126,7 @@ class InputSet:
             self.source,
             self.synthetic,
             list(self.notes),
+            self.unbatched,
         )
 
 
@@ -186,8 +223,13 @@ def validate_inputs(
     labels: np.ndarray | None,
     specs: list[TensorSpec],
     origin: str,
+    unbatched: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Check names, per-sample shapes and dtypes against ``specs``; return arrays cast to them."""
+    """Check names, per-sample shapes and dtypes against ``specs``; return arrays cast to them.
+
+    Axis 0 of a batched input's array is the sample axis. An input in ``unbatched`` may hold one value for
+    every sample (the input's own shape: a scalar, a state tensor) or one per sample (stacked on a new
+    axis 0); the first is broadcast so that every returned array has the same number of samples."""
     want = {s.name for s in specs}
     have = set(arrays)
     if want != have:
@@ -196,23 +238,28 @@ def validate_inputs(
             f"{origin}: input names do not match the model (missing {missing}, unexpected {extra}); "
             f"key the arrays by {sorted(want)}"
         )
-    counts = {name: a.shape[0] if a.ndim else 0 for name, a in arrays.items()}
-    if len(set(counts.values())) != 1 or 0 in counts.values():
+    by_name = {s.name: s for s in specs}
+    shared = {k for k in unbatched if k in arrays and arrays[k].ndim == len(by_name[k].shape)}
+    counts = {name: a.shape[0] if a.ndim else 0 for name, a in arrays.items() if name not in shared}
+    if len(set(counts.values())) > 1 or 0 in counts.values():
         raise CalibrationError(
             f"{origin}: every array needs the same number (> 0) of samples on axis 0, got {counts}"
         )
+    n = next(iter(counts.values()), 1)
     out = {}
     for s in specs:
         a = arrays[s.name]
-        expected = s.sample_shape()
-        got = a.shape[1:]
+        expected = s.shape if s.name in unbatched else s.sample_shape()
+        got = a.shape if s.name in shared else a.shape[1:]
         ok = len(got) == len(expected) and all(
             not isinstance(e, int) or e == g for e, g in zip(expected, got)
         )
         if not ok:
+            layout = ("it has no batch axis: give its exact shape, or one value per sample stacked on a new axis 0"
+                      if s.name in unbatched else "axis 0 of the array is the sample axis")
             raise CalibrationError(
                 f"{origin}: '{s.name}' has samples of shape {tuple(got)} but the model expects "
-                f"{tuple(expected)} (axis 0 of the array is the sample axis)"
+                f"{tuple(expected)} ({layout})"
             )
         dst = np.dtype(s.dtype)
         if not _castable(a.dtype, dst):
@@ -225,8 +272,9 @@ def validate_inputs(
             if a.min() < info.min or a.max() > info.max:
                 raise CalibrationError(
                     f"{origin}: '{s.name}' holds values outside {dst}'s range [{info.min}, {info.max}]")
-        out[s.name] = np.ascontiguousarray(a.astype(dst, copy=False))
-    n = next(iter(counts.values()))
+        a = a.astype(dst, copy=False)
+        a = a if a.flags.c_contiguous else a.copy()  # (ascontiguousarray makes a scalar 1-D)
+        out[s.name] = np.broadcast_to(a, (n, *a.shape)) if s.name in shared else a
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
@@ -237,10 +285,10 @@ def validate_inputs(
     return out, labels
 
 
-def load_input_set(path: str | Path, specs: list[TensorSpec]) -> InputSet:
+def load_input_set(path: str | Path, specs: list[TensorSpec], unbatched: frozenset[str] = frozenset()) -> InputSet:
     arrays, labels = read_npz(path)
-    arrays, labels = validate_inputs(arrays, labels, specs, str(path))
-    return InputSet(arrays, labels, source=str(path), synthetic=False)
+    arrays, labels = validate_inputs(arrays, labels, specs, str(path), unbatched)
+    return InputSet(arrays, labels, source=str(path), synthetic=False, unbatched=frozenset(unbatched))
 
 
 MAX_RANDOM_INPUT_BYTES = 1 << 30  # synthetic inputs for one call: beyond 1 GiB a dim is not a real image size
@@ -271,24 +319,31 @@ def checked_sizes(specs: list[TensorSpec], limit: int | None = None) -> list[Ten
 
 
 def random_input_set(specs: list[TensorSpec], num_samples: int, seed: int = 0,
-                     int_high: dict[str, int] | None = None) -> InputSet:
-    """Seeded synthetic samples for every input (symbolic dims other than the first become 1).
+                     int_high: dict[str, int] | None = None, unbatched: frozenset[str] = frozenset(),
+                     ranges: dict[str, tuple[float, float]] | None = None) -> InputSet:
+    """Seeded synthetic samples for every input (symbolic dims other than a batch axis become 1).
 
     Integer inputs (token ids, masks) are drawn from [0, ``int_high[name]``), default [0, 2), so
-    they stay valid indices into any embedding table.
+    they stay valid indices into any embedding table; ``ranges`` (``--input-range name=lo..hi``, inclusive)
+    overrides both for any input. Inputs in ``unbatched`` get the input's whole shape per sample.
     """
     rng = np.random.default_rng(seed)
     arrays = {}
-    shapes = [(num_samples,) + tuple(d if isinstance(d, int) else 1 for d in s.sample_shape()) for s in specs]
+    ranges = ranges or {}
+    shapes = [(num_samples,) + tuple(d if isinstance(d, int) else 1
+                                     for d in (s.shape if s.name in unbatched else s.sample_shape())) for s in specs]
     checked_sizes([TensorSpec(s.name, shape, s.dtype) for s, shape in zip(specs, shapes)])
     for s, shape in zip(specs, shapes):
         dt = _spec_dtype(s)
+        lo, hi = ranges.get(s.name, (None, None))
         if np.issubdtype(dt, np.floating):
-            arrays[s.name] = rng.standard_normal(shape).astype(dt)
+            v = rng.standard_normal(shape) if lo is None else rng.uniform(lo, hi, size=shape)
+            arrays[s.name] = v.astype(dt)
         elif np.issubdtype(dt, np.integer):
-            arrays[s.name] = rng.integers(0, (int_high or {}).get(s.name, 2), size=shape).astype(dt)
+            lo, hi = (0, (int_high or {}).get(s.name, 2) - 1) if lo is None else (int(lo), int(hi))
+            arrays[s.name] = rng.integers(lo, hi, size=shape, endpoint=True).astype(dt)
         elif dt == np.bool_:
             arrays[s.name] = rng.integers(0, 2, size=shape).astype(bool)
         else:
             raise CalibrationError(f"cannot synthesize random data for '{s.name}' of dtype {dt}")
-    return InputSet(arrays, None, source="random", synthetic=True)
+    return InputSet(arrays, None, source="random", synthetic=True, unbatched=frozenset(unbatched))

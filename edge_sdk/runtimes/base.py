@@ -78,9 +78,9 @@ def register_backend(name: str, *, formats: tuple[ModelFormat, ...], package: st
     return deco
 
 
-def fixed_batch(specs: list[TensorSpec]) -> int | None:
-    """The batch size every input is fixed to, or None when the batch axis is dynamic."""
-    dims = [s.shape[0] for s in specs if s.shape]
+def fixed_batch(specs: list[TensorSpec], unbatched: frozenset[str] = frozenset()) -> int | None:
+    """The batch size every batched input is fixed to, or None when the batch axis is dynamic."""
+    dims = [s.shape[0] for s in specs if s.shape and s.name not in unbatched]
     return dims[0] if dims and all(isinstance(d, int) for d in dims) and len(set(dims)) == 1 else None
 
 
@@ -97,8 +97,17 @@ def run_all(session: Session, data: InputSet, batch_size: int = 64) -> dict[str,
     """Run every sample of ``data`` through ``session``: in batches of ``batch_size`` when the batch
     axis is dynamic, else in padded batches of the model's fixed size."""
     chunks: dict[str, list[np.ndarray]] = {s.name: [] for s in session.outputs}
-    for feeds, valid in iter_batches(data, fixed_batch(session.inputs), batch_size):
-        for name, value in session.run(feeds).items():
+    from ..errors import EdgeError, InferenceError
+
+    for feeds, valid in iter_batches(data, fixed_batch(session.inputs, data.unbatched), batch_size):
+        try:
+            outputs = session.run(feeds)
+        except EdgeError:
+            raise
+        except Exception as e:  # the runtime's own error (ORT's Fail, LiteRT's RuntimeError): one line
+            text = " ".join(str(e).split())[:240] or type(e).__name__
+            raise InferenceError(f"running the model on {data.source} data failed: {text}") from e
+        for name, value in outputs.items():
             chunks[name].append(value[:valid])
     return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
 

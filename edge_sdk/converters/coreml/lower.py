@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ...errors import UnsupportedOperatorError
-from ..graph import Graph, Node
+from ..graph import Graph, Node, describe_nodes
 
 MIN_TARGETS = {"iOS16": 16, "iOS17": 17, "iOS18": 18}
 
@@ -94,10 +94,15 @@ def unsupported_nodes(graph: Graph) -> list[tuple[str, str]]:
             if n.op_type not in MIL_LOWERINGS or n.domain not in ("", "ai.onnx")]
 
 
-def _describe(nodes, what: str) -> str:
-    listed = ", ".join(f"{op} ({name})" for name, op in nodes[:25])
-    more = f" and {len(nodes) - 25} more" if len(nodes) > 25 else ""
-    return f"{len(nodes)} node(s) {what}: {listed}{more}"
+def check_supported(graph: Graph) -> None:
+    """Every node without a Core ML lowering, listed in one error, before anything is built or run."""
+    from . import ops  # noqa: F401  (registers the lowerings)
+
+    missing = unsupported_nodes(graph)
+    if missing:
+        raise UnsupportedOperatorError(describe_nodes(missing, "has no Core ML lowering"), nodes=missing)
+
+
 
 
 def lower_to_mil(graph: Graph, target: str = "iOS16"):
@@ -109,9 +114,7 @@ def lower_to_mil(graph: Graph, target: str = "iOS16"):
 
     from . import ops  # noqa: F401  (registers the lowerings)
 
-    missing = unsupported_nodes(graph)
-    if missing:
-        raise UnsupportedOperatorError(_describe(missing, "has no Core ML lowering"), nodes=missing)
+    check_supported(graph)
     ctx = MILContext(graph)
     # Core ML has no int64: integer inputs (token ids) become int32
     input_types = {np.dtype("float32"): types.fp32, np.dtype("float16"): types.fp16, np.dtype("bool"): types.bool}
@@ -139,7 +142,7 @@ def lower_to_mil(graph: Graph, target: str = "iOS16"):
                 failed.append((node.name, f"{node.op_type} ({' '.join(str(e).split())[:120]})"))
             poisoned.update(node.outputs)
         if failed:
-            raise UnsupportedOperatorError(_describe(failed, "cannot be lowered to Core ML"), nodes=failed)
+            raise UnsupportedOperatorError(describe_nodes(failed, "cannot be lowered to Core ML"), nodes=failed)
         outs = []
         for name in graph.outputs:
             v = ctx.get(name)

@@ -8,7 +8,7 @@ import copy
 import numpy as np
 
 from ...core.tensors import InputSet
-from ...runtimes.base import iter_batches
+from ...runtimes.base import fixed_batch, iter_batches
 from ...runtimes.ort import OrtSession
 from ..graph import Graph
 
@@ -23,8 +23,7 @@ def calibrate_ranges(graph: Graph, data: InputSet) -> dict[str, tuple[float, flo
             model.graph.output.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(dt), None))
     session = OrtSession(model.SerializeToString())
     ranges: dict[str, tuple[float, float]] = {}
-    batch = session.inputs[0].shape[0] if session.inputs and isinstance(session.inputs[0].shape[0], int) else None
-    for feeds, _ in iter_batches(data, batch):
+    for feeds, _ in iter_batches(data, fixed_batch(session.inputs, data.unbatched)):
         for name, value in zip(session._output_names, session.session.run(None, feeds)):
             if value.dtype != np.float32 or value.size == 0:
                 continue

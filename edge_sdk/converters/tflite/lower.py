@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from ...errors import UnsupportedOperatorError
-from ..graph import Graph, Node
+from ...errors import ConversionError, UnsupportedOperatorError
+from ..graph import Graph, Node, describe_nodes
 from .builder import TFLiteBuilder
 
 TO_NHWC = (0, 2, 3, 1)
@@ -249,21 +249,29 @@ def unsupported_nodes(graph: Graph) -> list[tuple[str, str]]:
     return [(n.name, n.op_type) for n in graph.nodes if n.op_type not in LOWERINGS or n.domain not in ("", "ai.onnx")]
 
 
+def check_supported(graph: Graph) -> None:
+    """Every node without a TFLite lowering, listed in one error, before anything is built or run."""
+    from . import ops  # noqa: F401  (registers the lowerings)
+
+    missing = unsupported_nodes(graph)
+    if missing:
+        raise UnsupportedOperatorError(describe_nodes(missing, "has no TFLite lowering"), nodes=missing)
+
+
 def lower(graph: Graph, *, weights: str = "fp32", nhwc_io: bool = False, description: str = "edge-sdk",
           ranges: dict[str, tuple[float, float]] | None = None, int8_io: bool = False,
-          float_ops: list[str] | None = None) -> bytes:
+          float_ops: list[str] | None = None, keep_float: frozenset[str] = frozenset()) -> bytes:
     """Lower ``graph`` to a TFLite flatbuffer; every unsupported node is listed in one error.
 
     With ``ranges`` (calibrated min/max per tensor) the model is full-integer int8: int8 activations,
     per-channel int8 weights, int32 biases; float inputs/outputs get QUANTIZE/DEQUANTIZE at the
     ends unless ``int8_io``. Ops without an int8 lowering run in float between DEQUANTIZE and
-    QUANTIZE; their types are appended to ``float_ops``.
+    QUANTIZE; their types are appended to ``float_ops``. Nodes named in ``keep_float`` run in float too
+    (accuracy-aware mixed precision: the nodes the int8 artifact was most wrong at).
     """
     from . import ops  # noqa: F401  (registers the lowerings)
 
-    missing = unsupported_nodes(graph)
-    if missing:
-        raise UnsupportedOperatorError(_describe(missing, "has no TFLite lowering"), nodes=missing)
+    check_supported(graph)
     ctx = LoweringContext(graph, TFLiteBuilder(description), weights, ranges=ranges)
     for name in graph.inputs:
         dtype = graph.dtypes[name].name
@@ -279,10 +287,14 @@ def lower(graph: Graph, *, weights: str = "fp32", nhwc_io: bool = False, descrip
         else:
             ctx.builder.inputs.append(ctx.output(name, layout, dtype))
     failed = []
+    poisoned: set[str] = set()  # outputs of failed nodes: their consumers are not reported again
     for node in graph.nodes:
         if node.name in ctx.skip:
             continue
-        ctx.float_island = ranges is not None and node.op_type not in INT8_OPS
+        if poisoned.intersection(node.inputs):
+            poisoned.update(node.outputs)
+            continue
+        ctx.float_island = ranges is not None and (node.op_type not in INT8_OPS or node.name in keep_float)
         mark = (len(ctx.builder.ops), len(ctx.builder.tensors))
         try:
             LOWERINGS[node.op_type].fn(ctx, node)
@@ -293,13 +305,20 @@ def lower(graph: Graph, *, weights: str = "fp32", nhwc_io: bool = False, descrip
                     LOWERINGS[node.op_type].fn(ctx, node)
                 except Unsupported as e2:
                     failed.append((node.name, f"{node.op_type} ({e2})"))
+                    poisoned.update(node.outputs)
             else:
                 failed.append((node.name, f"{node.op_type} ({e})"))
+                poisoned.update(node.outputs)
+        except (KeyError, ValueError, TypeError, IndexError, ConversionError) as e:
+            # a pattern this lowering does not handle yet (e.g. a tensor layout it did not expect): the node is
+            # named, the user gets one line, nothing is written
+            failed.append((node.name, f"{node.op_type} (not lowered: {type(e).__name__} {' '.join(str(e).split())[:80]})"))
+            poisoned.update(node.outputs)
         if ctx.float_island and ranges is not None:
             ctx.float_nodes.append(node.op_type)
     ctx.float_island = False
     if failed:
-        raise UnsupportedOperatorError(_describe(failed, "cannot be lowered to TFLite"), nodes=failed)
+        raise UnsupportedOperatorError(describe_nodes(failed, "cannot be lowered to TFLite"), nodes=failed)
     ctx.float_island = ranges is not None and not int8_io  # float outputs: DEQUANTIZE int8 results
     for name in graph.outputs:
         ctx.builder.outputs.append(_named_output(ctx, name, "nhwc" if nhwc_io else "nchw"))
@@ -318,7 +337,3 @@ def _named_output(ctx: LoweringContext, name: str, layout: str) -> int:
     return idx
 
 
-def _describe(nodes: list[tuple[str, str]], what: str) -> str:
-    listed = ", ".join(f"{op} ({name})" for name, op in nodes[:25])
-    more = f" and {len(nodes) - 25} more" if len(nodes) > 25 else ""
-    return f"{len(nodes)} node(s) {what}: {listed}{more}"

@@ -90,7 +90,7 @@ def _fused_activation(ctx: LoweringContext, node: Node) -> tuple[int, str]:
     kind = None
     if u.op_type == "Relu":
         kind = act.RELU
-    elif u.op_type == "Clip":
+    elif u.op_type == "Clip" and _clip_bounds_constant(ctx, u):
         lo, hi = _clip_bounds(ctx, u)
         kind = {(0.0, 6.0): act.RELU6, (-1.0, 1.0): act.RELU_N1_TO_1}.get((lo, hi))
     if kind is None:
@@ -98,6 +98,10 @@ def _fused_activation(ctx: LoweringContext, node: Node) -> tuple[int, str]:
     ctx.skip.add(u.name)
     ctx.aliases[u.outputs[0]] = out
     return kind, out
+
+
+def _clip_bounds_constant(ctx: LoweringContext, node: Node) -> bool:
+    return all(ctx.is_const(b) for b in node.inputs[1:3] if b)
 
 
 def _clip_bounds(ctx: LoweringContext, node: Node) -> tuple[float, float]:
@@ -252,6 +256,20 @@ def gelu(ctx, node):
 
 @lowering("Clip")
 def clip(ctx: LoweringContext, node: Node) -> None:
+    if not _clip_bounds_constant(ctx, node):  # bounds computed in the graph (a dB floor below the peak)
+        if ctx.int8:
+            raise Unsupported("Clip with computed bounds in full-integer int8")
+        layout = ctx.layout_of(node.inputs[0])
+        x = ctx.get(node.inputs[0], layout)
+        for i, (op, bound) in enumerate((("MAXIMUM", node.inputs[1:2]), ("MINIMUM", node.inputs[2:3]))):
+            if not bound or not bound[0]:
+                continue
+            last = i == 1 or len(node.inputs) < 3 or not node.inputs[2]
+            y = ctx.output(node.outputs[0], layout) if last else ctx.builder.tensor(f"{node.name}_lo", ctx.builder.tensors[x].shape)
+            b = ctx.get(bound[0], "nchw")
+            ctx.builder.op(op, [x, b], [y])
+            x = y
+        return
     lo, hi = _clip_bounds(ctx, node)
     op = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, np.inf): "RELU"}.get((lo, hi))
     if op:
