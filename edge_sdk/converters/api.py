@@ -264,27 +264,31 @@ def _locate_and_repair(target, mode, opts, staging, name, base, built, par, verd
     located = [e.to_dict() for e in rp.first_breaks(errors)]
     if not repair or mode.name not in target.repairable:
         return built, par, verdict, located
-    candidates = rp.repair_candidates(errors, eligible, reference)
-    limit = max(1, int(rp.MAX_FLOAT_SHARE * len(base.graph.node)))
+    plans = rp.repair_plans(errors, eligible, reference, mode.name)
     first_cos = par.primary.cosine_similarity
-    for count in rp.REPAIR_STEPS:
-        if count > min(len(candidates), limit) and count != rp.REPAIR_STEPS[0]:
-            break
-        keep = frozenset(candidates[:count])
-        if not keep:
-            break
-        report(f"{target.name} {mode.name}: repairing ({len(keep)} node(s) in float)")
+    best = (first_cos, frozenset())
+    plan: frozenset[str] = frozenset()
+    for plan in plans:
+        report(f"{target.name} {mode.name}: repairing ({len(plan)} node(s) in float)")
         built.session.close()
-        built = target.build(base, mode, replace(opts, float_nodes=keep), staging, name)
+        built = target.build(base, mode, replace(opts, float_nodes=plan), staging, name)
         par, verdict = check(built, mode)
+        if par.primary.cosine_similarity > best[0]:
+            best = (par.primary.cosine_similarity, plan)
         if verdict.passed:
-            built.info.warnings.append(
-                f"mixed precision: {len(keep)} node(s) kept in float lifted the primary output's cosine from "
-                f"{first_cos:.4f} to {par.primary.cosine_similarity:.4f}: {', '.join(sorted(keep)[:8])}"
-                + (" ..." if len(keep) > 8 else ""))
-            built.info.details["repair"] = {"cosine_before": first_cos, "cosine_after": par.primary.cosine_similarity,
-                                            "float_nodes": sorted(keep)}
             break
+    if plans and not verdict.passed and plan != best[1]:  # none passed: hand back the closest
+        built.session.close()
+        built = target.build(base, mode, replace(opts, float_nodes=best[1]), staging, name)
+        par, verdict = check(built, mode)
+    if plans:
+        kept = sorted(best[1] if not verdict.passed else plan)
+        built.info.details["repair"] = {"cosine_before": first_cos, "cosine_after": par.primary.cosine_similarity,
+                                        "attempts": len(plans), "passed": verdict.passed, "float_nodes": kept}
+        built.info.warnings.append(
+            f"mixed precision: {len(kept)} node(s) kept in float {'lifted' if verdict.passed else 'moved'} the "
+            f"primary output's cosine from {first_cos:.4f} to {par.primary.cosine_similarity:.4f}"
+            + ("" if verdict.passed else f" in the best of {len(plans)} attempts, still below the gate"))
     return built, par, verdict, located
 
 
@@ -302,7 +306,7 @@ def _layer_errors(target, mode, base, built, opts, data, staging):
         return base, rp.layer_errors(base, rp.onnx_artifact_tensors(art, data), data), eligible
     if target.name == "tflite":
         from .graph import shared_graph
-        from .tflite.ops import INT8_OPS
+        from .tflite.lower import INT8_OPS
 
         graph = shared_graph(base, opts.shared)
         eligible = {n.name for n in graph.nodes if n.op_type in INT8_OPS}

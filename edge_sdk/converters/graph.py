@@ -100,18 +100,133 @@ def prepare_graph(model, batch: int = 1, shapes: dict[str, tuple[int, ...]] | No
 
     # Folding can reveal shapes inference could not see (an Expand whose target shape comes from
     # ConstantOfShape/Where chains, as TorchScript traces write): fold, re-infer, until stable.
-    for _ in range(4):
+    for _ in range(6):
         nodes, constants, shapes, dtypes, folded = _collect(m)
-        if not folded or all(o in shapes for n in nodes for o in n.outputs if o):
+        decided = {n.outputs[0]: bool(np.asarray(constants[n.inputs[0]]).reshape(-1)[0])
+                   for n in nodes if n.op_type == "If" and n.inputs[0] in constants}
+        if not decided and (not folded or all(o in shapes for n in nodes for o in n.outputs if o)):
             break
         m = _rebuilt(m, nodes, constants)
+        if decided:
+            _inline_ifs(m, decided)
         try:
             m = shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
         except Exception as e:
             raise ConversionError(f"cannot infer the ONNX graph's shapes: {one_line(e)}") from e
     init = set(constants)
     inputs = [v.name for v in m.graph.input if v.name not in init]
+    normalize_attributes(nodes, shapes, constants)
     return Graph(nodes, inputs, [v.name for v in m.graph.output], constants, shapes, dtypes, m)
+
+
+_REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceL1",
+           "ReduceLogSumExp", "ReduceSumSquare")
+_AUTO_PAD = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
+
+
+def normalize_attributes(nodes: list[Node], shapes: dict, constants: dict) -> None:
+    """ONNX attribute semantics settled once, here, for every lowering (they read only the normalized form):
+
+    - reductions: ``axes`` always an attribute (opset 18 moved it to an input), non-negative and sorted, all axes
+      when absent; ``noop_with_empty_axes`` with no axes becomes an Identity;
+    - ``auto_pad`` SAME_UPPER / SAME_LOWER / VALID become explicit ``pads`` (static shapes give them);
+    - nearest Resize by whole factors: every coordinate mode that picks the same pixels as (asymmetric, floor)
+      is written as that one (torch writes half_pixel + round_prefer_floor, paddle asymmetric + floor)."""
+    for n in nodes:
+        if n.domain not in ("", "ai.onnx"):
+            continue
+        if n.op_type in _REDUCE and n.inputs and n.inputs[0] in shapes:
+            rank = len(shapes[n.inputs[0]])
+            axes = n.attrs.get("axes")
+            if axes is None and len(n.inputs) > 1 and n.inputs[1]:
+                if n.inputs[1] not in constants:
+                    continue
+                axes = np.asarray(constants[n.inputs[1]]).reshape(-1).tolist()
+            if not axes and n.attrs.get("noop_with_empty_axes", 0):
+                n.op_type, n.inputs, n.attrs = "Identity", n.inputs[:1], {}
+                continue
+            n.attrs["axes"] = sorted({int(a) % rank for a in axes}) if axes else list(range(rank))
+            n.attrs.pop("noop_with_empty_axes", None)
+            n.inputs = n.inputs[:1]
+        elif n.op_type in _AUTO_PAD and n.attrs.get("auto_pad", "NOTSET") != "NOTSET" and n.inputs[0] in shapes:
+            _explicit_pads(n, shapes[n.inputs[0]], constants)
+        elif n.op_type == "Resize" and n.attrs.get("mode", "nearest") == "nearest" and n.inputs[0] in shapes \
+                and n.outputs[0] in shapes:
+            src, dst = shapes[n.inputs[0]], shapes[n.outputs[0]]
+            factors = [b / a for a, b in zip(src, dst) if a]
+            whole = len(factors) == len(src) and all(f >= 1 and f == int(f) for f in factors)
+            ct = n.attrs.get("coordinate_transformation_mode", "half_pixel")
+            rounding = n.attrs.get("nearest_mode", "round_prefer_floor")
+            same = (ct in ("half_pixel", "pytorch_half_pixel") and rounding in ("round_prefer_floor", "round_prefer_ceil")) \
+                or (ct == "asymmetric" and rounding in ("floor", "round_prefer_floor"))
+            if whole and same:
+                n.attrs["coordinate_transformation_mode"], n.attrs["nearest_mode"] = "asymmetric", "floor"
+
+
+def _explicit_pads(n: Node, in_shape: tuple[int, ...], constants: dict) -> None:
+    mode = n.attrs.pop("auto_pad")
+    spatial = len(in_shape) - 2
+    if mode == "VALID":
+        n.attrs["pads"] = [0] * (2 * spatial)
+        return
+    if n.op_type in ("Conv", "ConvTranspose"):
+        w = constants.get(n.inputs[1]) if len(n.inputs) > 1 else None
+        kernel = list(n.attrs.get("kernel_shape") or ([] if w is None else list(w.shape[2:])))
+    else:
+        kernel = list(n.attrs.get("kernel_shape", []))
+    if len(kernel) != spatial:
+        n.attrs["auto_pad"] = mode  # cannot tell: leave it for the lowering to refuse
+        return
+    strides = list(n.attrs.get("strides", [1] * spatial))
+    dilations = list(n.attrs.get("dilations", [1] * spatial))
+    begin, end = [], []
+    for size, k, s, d in zip(in_shape[2:], kernel, strides, dilations):
+        if n.op_type == "ConvTranspose":
+            total = max(0, (k - 1) * d + 1 - s)
+        else:
+            out = -(-size // s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        begin.append(small if mode == "SAME_UPPER" else big)
+        end.append(big if mode == "SAME_UPPER" else small)
+    n.attrs["pads"] = begin + end
+
+
+def _inline_ifs(m, decided: dict[str, bool]) -> None:
+    """Replace each If whose condition static shapes decided (keyed by its first output) with the nodes of the
+    branch taken: exporters guard rank- or size-dependent code with If (torch 1.12's LayerNorm), and control
+    flow has no lowering. Names made inside the branch get the If's output name as prefix."""
+    from onnx import helper
+
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type != "If" or not n.output or n.output[0] not in decided:
+            nodes.append(n)
+            continue
+        key = "then_branch" if decided[n.output[0]] else "else_branch"
+        branch = next(a.g for a in n.attribute if a.name == key)
+        prefix = f"{n.output[0]}/"
+        made = {o for bn in branch.node for o in bn.output if o} | {t.name for t in branch.initializer}
+
+        def renamed(x: str) -> str:
+            return prefix + x if x in made else x
+
+        for t in branch.initializer:
+            c = type(t)()
+            c.CopyFrom(t)
+            c.name = renamed(t.name)
+            m.graph.initializer.append(c)
+        for bn in branch.node:
+            c = type(bn)()
+            c.CopyFrom(bn)
+            c.name = prefix + (bn.name or bn.op_type)
+            c.input[:] = [renamed(i) for i in bn.input]
+            c.output[:] = [renamed(o) for o in bn.output]
+            nodes.append(c)
+        for sub, out in zip(branch.output, n.output):
+            nodes.append(helper.make_node("Identity", [renamed(sub.name)], [out], name=f"{prefix}{out}_out"))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
 
 
 def canonicalize(m) -> None:

@@ -145,11 +145,15 @@ def _fp16(model, opts: ConvertOptions):
         for node in model.graph.node:
             if any(absmax.get(t, 0.0) > FP16_MAX / 2 for t in [*node.input, *node.output] if t):
                 overflow.append(node.name)
-    block = sorted(set(overflow) | set(opts.float_nodes))
+    block = sorted(set(overflow) | set(opts.float_nodes) | _shape_arithmetic(model))
     with preserved_logging():
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        out = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True, node_block_list=block or None)
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
+        # Range binds start/limit/delta to one type: half-converted it fails to load (YOLOv8's anchor grid)
+        out = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True, node_block_list=block or None,
+                                       op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Range"])
     _drop_fp16_round_trips(out)
     onnx_graph.topological_sort(out)
     info = QuantInfo("fp16", "fp16 (fp32 at inputs/outputs)")
@@ -206,6 +210,24 @@ def _pre_process(quant_pre_process, src: Path, pre: Path, notes: list[str]) -> N
     except Exception as e:
         shutil.copyfile(src, pre)
         notes.append(f"ORT's quantization pre-processing failed ({one_line(e)[:80]}); quantized the graph as exported")
+
+
+def _shape_arithmetic(model, depth: int = 4) -> set[str]:
+    """Nodes computing a Range's float operands (YOLOv8's anchor grid: Shape -> Cast -> Gather -> Range): ORT's fp16
+    converter half-converts the chain and the model fails to load ("Type parameter (T) of Optype (Range) bound to
+    different types"), so the chain stays fp32; it is index arithmetic, not compute."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out: set[str] = set()
+    frontier = [i for n in model.graph.node if n.op_type == "Range" for i in n.input]
+    for _ in range(depth):
+        nxt = []
+        for name in frontier:
+            n = producer.get(name)
+            if n is not None and n.name not in out and n.op_type not in ("Conv", "MatMul", "Gemm"):
+                out.add(n.name)
+                nxt.extend(n.input)
+        frontier = nxt
+    return out
 
 
 def _drop_fp16_round_trips(model) -> None:

@@ -19,7 +19,11 @@ from ..core.tensors import InputSet
 from ..runtimes.base import fixed_batch, iter_batches
 
 LAYER_SAMPLES = 32  # samples the layer-wise comparison runs: enough to rank layers, cheap on big graphs
-REPAIR_STEPS = (1, 2, 4, 8, 16, 32)  # float-node counts tried, in order, until the gate holds
+REPAIR_STEPS = (1, 2, 4, 8, 16, 32)  # heavy float-node counts tried, in order, until the gate holds
+# ops whose weights carry the model: the ones a repair keeps quantized longest. Elementwise ops (a BatchNorm or
+# hard-swish that paddle2onnx/tf2onnx decomposed into Mul/Add/Clip/Div) each add a requantization step and
+# little compute, so the first repair keeps all of them in float.
+HEAVY_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "MatMulNBits", "Gather"}
 MAX_FLOAT_SHARE = 0.25  # never keep more than this share of the nodes in float: past it, the mode is wrong
 
 
@@ -75,8 +79,11 @@ def _run_exposed(model, data: InputSet, samples: int, reduce=None) -> dict[str, 
 
 
 def _stack(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([p.reshape(1, -1) if p.ndim == 0 else p.reshape(p.shape[0], -1) for p in parts], axis=0) \
-        if all(p.ndim and p.shape[0] == parts[0].shape[0] for p in parts) else np.concatenate([p.ravel() for p in parts])
+    """Per-call values joined on their first axis (layouts kept: a TFLite NHWC tensor is matched later)."""
+    try:
+        return np.concatenate([p if p.ndim else p.reshape(1) for p in parts], axis=0)
+    except ValueError:  # shapes that vary between calls: compare element order only
+        return np.concatenate([p.ravel() for p in parts])
 
 
 def activation_absmax(model, data: InputSet, shared: dict | None = None) -> dict[str, float]:
@@ -111,6 +118,8 @@ def layer_errors(reference_model, artifact_tensors: dict[str, np.ndarray], data:
     errors: dict[str, float] = {}
     out = []
     for node in reference_model.graph.node:
+        if node.op_type == "Constant":
+            continue
         for name in node.output:
             if name not in ref or name not in artifact_tensors:
                 continue
@@ -203,6 +212,29 @@ def repair_candidates(errors: list[LayerError], eligible: set[str], reference_mo
                 continue
             frontier.extend(producer.get(i) for i in node.input if i in producer)
     return list(dict.fromkeys(out))
+
+
+def repair_plans(errors: list[LayerError], eligible: set[str], reference_model, mode: str) -> list[frozenset[str]]:
+    """The float-node sets to try, in order. Quantized modes first keep every eligible light (elementwise) node
+    in float, then add the heavy nodes that add the most error, doubling; fp16 adds the most damaging nodes of
+    any kind. No plan keeps more than ``MAX_FLOAT_SHARE`` of the graph's heavy nodes in float."""
+    ops = {n.name: n.op_type for n in reference_model.graph.node}
+    ranked = repair_candidates(errors, eligible, reference_model)
+    plans: list[frozenset[str]] = []
+    if mode == "fp16":
+        light, heavy = frozenset(), ranked
+        limit = max(1, int(MAX_FLOAT_SHARE * len(ops)))
+    else:
+        light = frozenset(n for n in eligible if ops.get(n) not in HEAVY_OPS and n in ops)
+        heavy = [n for n in ranked if ops.get(n) in HEAVY_OPS]
+        limit = max(1, int(MAX_FLOAT_SHARE * sum(1 for op in ops.values() if op in HEAVY_OPS)))
+        if light:
+            plans.append(light)
+    for count in REPAIR_STEPS:
+        if count > min(len(heavy), limit):
+            break
+        plans.append(light | frozenset(heavy[:count]))
+    return list(dict.fromkeys(plans))
 
 
 def first_breaks(errors: list[LayerError], count: int = 3) -> list[LayerError]:

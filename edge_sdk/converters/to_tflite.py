@@ -67,6 +67,8 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
                       }.get(mode.name, "fp32"),
                      details={"transpose_ops": count_ops(session.interpreter, "TRANSPOSE"),
                               "pad_ops": count_ops(session.interpreter, "PAD") + count_ops(session.interpreter, "PADV2")})
+    if opts.float_nodes:
+        info.details["fp32_nodes"] = sorted(opts.float_nodes)
     if float_ops:
         from collections import Counter
 

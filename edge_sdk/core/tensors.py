@@ -97,7 +97,7 @@ class InputSet:
         return int(next(iter(self.arrays.values())).shape[0]) if self.arrays else 0
 
     def _feed(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        return {k: (v[rows[0]] if k in self.unbatched else v[rows]) for k, v in self.arrays.items()}
+        return {k: (np.asarray(v[rows[0]]) if k in self.unbatched else v[rows]) for k, v in self.arrays.items()}
 
     def batches(self, batch_size: int):
         """Yield feeds of at most ``batch_size`` samples (one per call when an input is unbatched)."""

@@ -299,6 +299,23 @@ def _silu(x):
     return x / (1 + np.exp(-x))
 
 
+@mil_op("cumsum")
+def _cumsum(x, axis=0, exclusive=False, reverse=False):
+    x = _f(x) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x)
+    axis = int(axis)
+    if reverse:
+        x = np.flip(x, axis)
+    out = np.cumsum(x, axis=axis, dtype=x.dtype)
+    if exclusive:
+        out = np.concatenate([np.zeros_like(np.take(out, [0], axis=axis)), np.delete(out, -1, axis=axis)], axis=axis)
+    return np.flip(out, axis) if reverse else out
+
+
+@mil_op("upsample_nearest_neighbor")
+def _upsample_nearest(x, scale_factor_height=1, scale_factor_width=1):
+    return np.repeat(np.repeat(_f(x), int(scale_factor_height), axis=-2), int(scale_factor_width), axis=-1)
+
+
 @mil_op("select")
 def _select(cond, a, b):
     return np.where(cond, _f(a), _f(b))

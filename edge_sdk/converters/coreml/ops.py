@@ -351,3 +351,47 @@ def pad(ctx: MILContext, node: Node) -> None:
     _out(ctx, node, _mb().pad, x=ctx.get(node.inputs[0]), pad=np.array(
         [v for i in range(n) for v in (pads[i], pads[i + n])], np.int32),
         mode="replicate" if mode == "edge" else mode, constant_val=float(np.asarray(value).reshape(-1)[0]))
+
+
+# --- what today's exporters emit -------------------------------------------------------------------
+
+
+@mil_lowering("IsNaN")
+def is_nan(ctx: MILContext, node: Node) -> None:
+    """NaN is the one value not equal to itself (SDPA exports guard fully-masked rows with IsNaN)."""
+    x = ctx.get(node.inputs[0])
+    _out(ctx, node, _mb().not_equal, x=x, y=x)
+
+
+@mil_lowering("Trilu")
+def trilu(ctx: MILContext, node: Node) -> None:
+    """The triangle kept is a constant mask (shapes are static): a multiply, or a logical and for masks."""
+    rows, cols = ctx.shape(node.inputs[0])[-2:]
+    k = int(np.asarray(ctx.const(node.inputs[1])).reshape(-1)[0]) if len(node.inputs) > 1 and node.inputs[1] else 0
+    keep = np.triu(np.ones((rows, cols), bool), k) if node.attrs.get("upper", 1) else np.tril(np.ones((rows, cols), bool), k)
+    x = ctx.get(node.inputs[0])
+    if ctx.graph.dtypes.get(node.inputs[0]) == np.dtype(bool):
+        _out(ctx, node, _mb().logical_and, x=x, y=keep)
+    else:
+        _out(ctx, node, _mb().mul, x=x, y=keep.astype(np.float32))
+
+
+@mil_lowering("CumSum")
+def cumsum(ctx: MILContext, node: Node) -> None:
+    rank = len(ctx.shape(node.inputs[0]))
+    axis = int(np.asarray(ctx.const(node.inputs[1])).reshape(-1)[0]) % rank
+    _out(ctx, node, _mb().cumsum, x=ctx.get(node.inputs[0]), axis=axis,
+         exclusive=bool(node.attrs.get("exclusive", 0)), reverse=bool(node.attrs.get("reverse", 0)))
+
+
+@mil_lowering("Resize")
+def resize(ctx: MILContext, node: Node) -> None:
+    """Nearest-neighbour upsampling of the last two axes by whole factors (FPN and YOLO necks)."""
+    src, dst = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
+    if node.attrs.get("mode", "nearest") != "nearest" or len(src) != 4 or src[:2] != dst[:2]:
+        raise Unsupported("only nearest upsampling of H and W by whole factors")
+    fh, fw = dst[2] / src[2], dst[3] / src[3]
+    if fh != int(fh) or fw != int(fw) or fh < 1 or fw < 1:
+        raise Unsupported(f"scale {fh}x{fw} is not a whole factor")
+    _out(ctx, node, _mb().upsample_nearest_neighbor, x=ctx.get(node.inputs[0]),
+         scale_factor_height=int(fh), scale_factor_width=int(fw))

@@ -419,12 +419,24 @@ def concat(ctx: LoweringContext, node: Node) -> None:
 
 @lowering("Softmax")
 def softmax(ctx: LoweringContext, node: Node) -> None:
-    rank = len(ctx.shape(node.inputs[0]))
-    if node.attrs.get("axis", -1) % rank != rank - 1:
-        raise Unsupported("softmax over an axis other than the last")
+    """TFLite's SOFTMAX works on the last axis: another axis (YOLOv8's DFL head) is moved there and back."""
+    shape = ctx.shape(node.inputs[0])
+    rank = len(shape)
+    axis = node.attrs.get("axis", -1) % rank
     x = ctx.get(node.inputs[0], "nchw")
-    y = ctx.output(node.outputs[0], "nchw")
-    ctx.builder.op("SOFTMAX", [x], [y], "SoftmaxOptions", Beta=1.0)
+    if axis == rank - 1:
+        ctx.builder.op("SOFTMAX", [x], [ctx.output(node.outputs[0], "nchw")], "SoftmaxOptions", Beta=1.0)
+        return
+    if ctx.int8:
+        raise Unsupported("softmax over an inner axis in full-integer int8")
+    perm = [d for d in range(rank) if d != axis] + [axis]
+    moved = tuple(shape[d] for d in perm)
+    t = ctx.builder.tensor(f"{node.name}_moved", moved)
+    ctx.builder.op("TRANSPOSE", [x, ctx.constant(f"{node.name}_perm", np.array(perm, np.int32))], [t])
+    sm = ctx.builder.tensor(f"{node.name}_softmax", moved)
+    ctx.builder.op("SOFTMAX", [t], [sm], "SoftmaxOptions", Beta=1.0)
+    back = np.argsort(perm).astype(np.int32)
+    ctx.builder.op("TRANSPOSE", [sm, ctx.constant(f"{node.name}_perm_back", back)], [ctx.output(node.outputs[0], "nchw")])
 
 
 # --- transformer ops ----------------------------------------------------------------------------
@@ -464,6 +476,90 @@ def logical(ctx: LoweringContext, node: Node) -> None:
     ins = [ctx.get(n) if not ctx.is_const(n) else ctx.constant(f"{node.name}_{k}", ctx.const_value(n))
            for k, n in enumerate(node.inputs)]
     ctx.builder.op(op, ins, [ctx.output(node.outputs[0], dtype="bool")])
+
+
+def _operands(ctx: LoweringContext, node: Node) -> list[int]:
+    return [ctx.get(n) if not ctx.is_const(n) else ctx.constant(f"{node.name}_{k}", ctx.const_value(n))
+            for k, n in enumerate(node.inputs)]
+
+
+_COMPARE = {"Equal": "EQUAL", "Greater": "GREATER", "GreaterOrEqual": "GREATER_EQUAL", "Less": "LESS",
+            "LessOrEqual": "LESS_EQUAL"}
+
+
+@lowering(*_COMPARE)
+def compare(ctx: LoweringContext, node: Node) -> None:
+    if ctx.int8:
+        raise Unsupported("comparisons run in float")
+    ctx.builder.op(_COMPARE[node.op_type], _operands(ctx, node), [ctx.output(node.outputs[0], dtype="bool")])
+
+
+@lowering("Not")
+def logical_not(ctx: LoweringContext, node: Node) -> None:
+    ctx.builder.op("LOGICAL_NOT", _operands(ctx, node), [ctx.output(node.outputs[0], dtype="bool")])
+
+
+@lowering("IsNaN")
+def is_nan(ctx: LoweringContext, node: Node) -> None:
+    """NaN is the one value not equal to itself (SDPA exports guard fully-masked rows with IsNaN)."""
+    if ctx.int8:
+        raise Unsupported("IsNaN runs in float")
+    x = ctx.get(node.inputs[0])
+    ctx.builder.op("NOT_EQUAL", [x, x], [ctx.output(node.outputs[0], dtype="bool")])
+
+
+@lowering("Reciprocal")
+def reciprocal(ctx: LoweringContext, node: Node) -> None:
+    if ctx.int8:
+        raise Unsupported("Reciprocal runs in float")
+    layout = ctx.layout_of(node.inputs[0])
+    one = ctx.constant(f"{node.name}_one", np.array(1.0, np.float32))
+    ctx.builder.op("DIV", [one, ctx.get(node.inputs[0], layout)], [ctx.output(node.outputs[0], layout)], "DivOptions")
+
+
+@lowering("Floor", "Ceil", "Sin", "Cos")
+def rounding_and_trig(ctx: LoweringContext, node: Node) -> None:
+    _unary(ctx, node, node.op_type.upper())
+
+
+@lowering("GlobalMaxPool")
+def global_max_pool(ctx: LoweringContext, node: Node) -> None:
+    rank = len(ctx.shape(node.inputs[0]))
+    if rank == 4:
+        x, y, axes = ctx.get(node.inputs[0], "nhwc"), ctx.output(node.outputs[0], "nhwc"), [1, 2]
+    else:
+        x, y, axes = ctx.get(node.inputs[0]), ctx.output(node.outputs[0]), list(range(2, rank))
+    ctx.builder.op("REDUCE_MAX", [x, ctx.constant(f"{node.name}_axes", np.array(axes, np.int32))], [y],
+                   "ReducerOptions", KeepDims=True)
+
+
+@lowering("CumSum")
+def cumsum(ctx: LoweringContext, node: Node) -> None:
+    if ctx.int8:
+        raise Unsupported("CumSum runs in float")
+    rank = len(ctx.shape(node.inputs[0]))
+    axis = int(np.asarray(ctx.const_value(node.inputs[1])).reshape(-1)[0]) % rank
+    ctx.builder.op("CUMSUM", [ctx.get(node.inputs[0]), ctx.constant(f"{node.name}_axis", np.array(axis, np.int32))],
+                   [ctx.output(node.outputs[0])], "CumsumOptions", Exclusive=bool(node.attrs.get("exclusive", 0)),
+                   Reverse=bool(node.attrs.get("reverse", 0)))
+
+
+@lowering("Trilu")
+def trilu(ctx: LoweringContext, node: Node) -> None:
+    """The triangle kept is a constant mask here (shapes are static): a multiply, or a logical and for masks."""
+    shape = ctx.shape(node.inputs[0])
+    k = int(np.asarray(ctx.const_value(node.inputs[1])).reshape(-1)[0]) if len(node.inputs) > 1 and node.inputs[1] else 0
+    rows, cols = shape[-2], shape[-1]
+    keep = np.tril(np.ones((rows, cols), bool), k) if not node.attrs.get("upper", 1) else np.triu(np.ones((rows, cols), bool), k)
+    dtype = ctx.dtype(node.inputs[0])
+    if dtype == "bool":
+        ctx.builder.op("LOGICAL_AND", [ctx.get(node.inputs[0]), ctx.constant(f"{node.name}_mask", keep)],
+                       [ctx.output(node.outputs[0], dtype="bool")])
+        return
+    if ctx.int8:
+        raise Unsupported("Trilu runs in float")
+    mask = ctx.constant(f"{node.name}_mask", keep.astype(np.dtype(dtype)))
+    ctx.builder.op("MUL", [ctx.get(node.inputs[0]), mask], [ctx.output(node.outputs[0])], "MulOptions")
 
 
 @lowering("Where")
