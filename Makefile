@@ -10,7 +10,7 @@ LLAMA_VERSION := 0.3.36
 WHEELS := $(HOME)/.cache/edge-sdk/wheels
 LLAMA_WHEEL = $(firstword $(wildcard $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl))
 
-.PHONY: demo test fuzz bench clean llama-wheel system-deps
+.PHONY: demo test fuzz corpus bench clean llama-wheel system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test: $(STAMP) system-deps
 # the full fuzz campaign: 300 mutants per format through every entry point (tests/fuzzing/, ~25 min on 2 cores)
 fuzz: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m fuzz tests/test_fuzz.py $(PYTEST_ARGS)
+
+# every real third-party model (examples/models/corpus.py) through every target and mode (~20 min on 2 cores)
+corpus: $(STAMP)
+	$(BIN)/python -m pytest -q -m corpus tests/test_real_models.py $(PYTEST_ARGS)
 
 # Debian packages the tests use: headless Chromium renders the HTML reports, an OpenSSH server on 127.0.0.1
 # is the "device" of the remote-profiling tests (root installs them; otherwise those tests skip and say why)

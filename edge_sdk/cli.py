@@ -224,7 +224,7 @@ def run(
 
     from .core.atomic import atomic_write_bytes
     from .core.formats import ModelFormat, detect_format
-    from .core.tensors import random_input_set, read_npz, validate_inputs
+    from .core.tensors import batch_axes, random_input_set, read_npz, validate_inputs
     from .errors import InvalidOptionError
     from .runtimes.model import load
 
@@ -259,13 +259,17 @@ def run(
                         f"resident weights {st.peak_resident_weight_bytes / 1e6:.1f} MB; I/O wait {st.io_wait_s:.2f} s, "
                         f"compute {st.compute_s:.2f} s", highlight=False)
                 return
+            # inputs without a batch axis (a recurrent state, a scalar) are fed whole, the others batched
+            unbatched = frozenset(k for k, axis in batch_axes(m.inputs).items() if axis is None)
             if input is not None:
                 arrays, _ = read_npz(input)
-                feeds, _ = validate_inputs(arrays, None, m.inputs, str(input))
-            else:  # axis 0 is the batch: the model's fixed size, else --batch
-                first = m.inputs[0].shape[0] if m.inputs and m.inputs[0].shape else None
+                arrays, _ = validate_inputs(arrays, None, m.inputs, str(input), unbatched)
+            else:  # the model's fixed batch size, else --batch
+                batched = [s for s in m.inputs if s.name not in unbatched and s.shape]
+                first = batched[0].shape[0] if batched else None
                 n = first if isinstance(first, int) else batch
-                feeds = random_input_set(m.inputs, n, seed=seed).arrays
+                arrays = random_input_set(m.inputs, n, seed=seed, unbatched=unbatched).arrays
+            feeds = {k: (v[0] if k in unbatched else v) for k, v in arrays.items()}
             outputs = m.run(feeds)
         if save is not None:
             buf = io.BytesIO()

