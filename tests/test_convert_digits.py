@@ -126,7 +126,8 @@ def test_onnx_source_requantized_against_source_onnx(digits_dir, digits_result, 
 
 
 def test_random_calibration_is_reported_as_synthetic(digits_dir, tmp_path):
-    r = edge_sdk.convert(digits_dir / "digits.pt2", quantize="int8", calibration="random", out=tmp_path)
+    r = edge_sdk.convert(digits_dir / "digits.pt2", quantize="int8", calibration="random", out=tmp_path,
+                         min_cosine=0.9)  # random ranges, random parity inputs: held to a looser gate here
     a = r.artifact("int8")
     assert a.quantization.details["synthetic_ranges"] is True
     assert any("synthetic" in w for w in a.warnings)

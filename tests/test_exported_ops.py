@@ -111,3 +111,30 @@ def test_if_with_a_condition_static_shapes_decide_is_inlined(tmp_path):
     np.testing.assert_allclose(expected, np.maximum(x, 0) + 1, rtol=1e-6)  # the then-branch is the one taken
     for a in r.artifacts:
         assert a.status == "passed" and a.parity.primary.max_abs_error < 1e-5
+
+
+def test_data_dependent_if_with_small_branches_becomes_a_select(tmp_path):
+    """openWakeWord's heads run a small verifier only above a threshold (an If on data). Both branches are
+    computed and Where picks: the artifacts agree with ONNX Runtime on inputs that take either branch."""
+    import onnx
+    import onnxruntime as ort
+
+    then_g = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", F, None)])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", F, None)])
+    nodes = [helper.make_node("ReduceMax", ["x"], ["mx"], keepdims=0),
+             helper.make_node("Greater", ["mx", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)]
+    src = tmp_path / "if_data.onnx"
+    onnx.save(_model(nodes, {"zero": np.float32(0), "two": np.float32(2)}, [1, 4, 6], [1, 4, 6], opset=13), src)
+    x = np.random.default_rng(2).standard_normal((6, 4, 6)).astype(np.float32)
+    x[::2] = -np.abs(x[::2])  # every other sample takes the else branch
+    np.savez(tmp_path / "val.npz", x=x)
+    r = convert(str(src), to=["tflite", "coreml"], quantize="none", validation=str(tmp_path / "val.npz"),
+                out=tmp_path / "out")
+    sess = ort.InferenceSession(str(src))
+    expected = np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+    for a in r.artifacts:
+        got = np.concatenate([_session(a.path).run({"x": x[i:i + 1]})["y"] for i in range(len(x))])
+        np.testing.assert_allclose(got, expected, rtol=1e-6)

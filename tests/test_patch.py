@@ -101,12 +101,13 @@ def test_digits_cnn_patched_equals_full(digits_result):
 
 
 @pytest.fixture(scope="module")
-def mobilenet_onnx(tmp_path_factory):
+def mobilenet_onnx(tmp_path_factory, convert_all):
     from examples.models.mobilenet_v2 import build_model, with_batch_statistics
 
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    r = edge_sdk.convert(with_batch_statistics(build_model()), example_inputs=(x,), quantize=["none", "int8"],
-                         calibration="random", out=tmp_path_factory.mktemp("mnv2"), name="mnv2")
+    # random weights and ranges: int8 may miss its gate; kept unrepaired, only its patched run is compared here
+    r = convert_all(with_batch_statistics(build_model()), example_inputs=(x,), quantize=["none", "int8"],
+                    calibration="random", out=tmp_path_factory.mktemp("mnv2"), name="mnv2", repair=False)
     return r.artifact("none").path, r.artifact("int8").path
 
 

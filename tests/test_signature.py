@@ -86,8 +86,9 @@ def test_option_parsers():
             parse_batch_axis(bad) if "state" in bad else parse_input_range(bad)
 
 
-def _parity(cos: float, top1: float | None, synthetic: bool = False) -> parity.Parity:
-    out = parity.OutputParity("y", 0.1, 0.1, cos, top1)
+def _parity(cos: float, top1: float | None, synthetic: bool = False, max_abs: float = 0.1,
+            ref_max: float = 5.0) -> parity.Parity:
+    out = parity.OutputParity("y", max_abs, 0.1, cos, top1, reference_max_abs=ref_max, probabilities=top1 is not None)
     return parity.Parity("ref", "rt", "val.npz", synthetic, 10, [out])
 
 
@@ -100,3 +101,21 @@ def test_gate_thresholds_per_mode_and_overrides():
     assert parity.gate(_parity(0.999, 0.80, synthetic=True), "int8").passed  # not on random inputs
     assert parity.gate(_parity(0.95, None), "int8", min_cosine=0.9).passed
     assert not parity.gate(_parity(0.999, None), "int8", max_rel_l2=0.05).passed
+    # an output that is all but zero: cosine compares rounding noise, the absolute error decides
+    assert parity.gate(_parity(0.2, None, max_abs=1e-7, ref_max=1e-6), "none").passed
+    assert not parity.gate(_parity(0.2, None, max_abs=1e-3, ref_max=1e-2), "none").passed
+
+
+def test_top1_agreement_counts_for_classifiers_only():
+    """An embedding's argmax means nothing: top-1 is gated for probability rows or when labels give accuracy."""
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((20, 16))
+    noisy = emb + 0.05 * rng.standard_normal(emb.shape)
+    p = parity.compare({"e": noisy}, {"e": emb}, labels=None, reference="r", runtime="t", inputs="v.npz",
+                       synthetic_inputs=False)
+    assert p.primary.top1_agreement is not None and not p.primary.probabilities
+    assert parity.gate(p, "int8").min_top1 is None
+    probs = np.exp(emb) / np.exp(emb).sum(1, keepdims=True)
+    p = parity.compare({"p": probs[::-1].copy()}, {"p": probs}, labels=None, reference="r", runtime="t",
+                       inputs="v.npz", synthetic_inputs=False)
+    assert p.primary.probabilities and parity.gate(p, "int8").min_top1 == 0.95

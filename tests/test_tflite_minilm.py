@@ -16,7 +16,7 @@ TEXTS = ["edge devices run small models", "a cat sat on the mat", "hello", "quan
 
 
 @pytest.mark.slow
-def test_minilm_tflite_embeddings(minilm_dir, tmp_path):
+def test_minilm_tflite_embeddings(minilm_dir, tmp_path, convert_all):
     from examples.models.minilm import load_minilm, tokenize
 
     encoder, tokenizer = load_minilm(minilm_dir)
@@ -24,10 +24,11 @@ def test_minilm_tflite_embeddings(minilm_dir, tmp_path):
     with torch.no_grad():
         ref = encoder(**feeds).numpy()
     np.savez(tmp_path / "val.npz", **{k: v.numpy() for k, v in feeds.items()})
-    r = edge_sdk.convert(encoder, example_inputs=(feeds["input_ids"], feeds["attention_mask"]), to=["tflite"],
-                         quantize=["none", "fp16", "int8-dynamic", "int4", "int8"], validation=tmp_path / "val.npz",
-                         calibration=tmp_path / "val.npz",
-                         out=tmp_path / "o", name="minilm")
+    # full-integer int8 lands below its gate here (kept, unrepaired: the test checks the figure it reports)
+    r = convert_all(encoder, example_inputs=(feeds["input_ids"], feeds["attention_mask"]), to=["tflite"],
+                    quantize=["none", "fp16", "int8-dynamic", "int4", "int8"], validation=tmp_path / "val.npz",
+                    calibration=tmp_path / "val.npz", repair=False,
+                    out=tmp_path / "o", name="minilm")
     fp32, dyn = r.artifact("none", "tflite"), r.artifact("int8-dynamic", "tflite")
     assert fp32.parity.primary.cosine_similarity >= 0.9999
     assert r.artifact("fp16", "tflite").parity.primary.cosine_similarity >= 0.9999

@@ -231,12 +231,14 @@ def convert(
                        notes=list(getattr(src, "notes", [])) + notes, input_shapes=sig.describe()),
             artifacts,
         )
-        result.stage(staging)  # conversion.json is published with the artifacts, in the same step
-        staging.publish()
+        if any(a.status == "passed" or keep_failed for a in artifacts):
+            result.stage(staging)  # conversion.json is published with the artifacts, in the same step
+            staging.publish()
+        # else nothing passed: --out stays untouched; the report travels with the ParityError
     if failed:
         raise ParityError("; ".join(_failure_line(a) for a in failed)
-                          + ("" if keep_failed else " — not written (--keep-failed keeps failed artifacts)"),
-                          result)
+                          + ("" if keep_failed else " — not written (--keep-failed keeps failed artifacts)")
+                          + ("" if result.report_path else f"; {out} untouched"), result)
     return result
 
 

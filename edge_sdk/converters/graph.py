@@ -102,8 +102,10 @@ def prepare_graph(model, batch: int = 1, shapes: dict[str, tuple[int, ...]] | No
     # ConstantOfShape/Where chains, as TorchScript traces write): fold, re-infer, until stable.
     for _ in range(6):
         nodes, constants, shapes, dtypes, folded = _collect(m)
-        decided = {n.outputs[0]: bool(np.asarray(constants[n.inputs[0]]).reshape(-1)[0])
-                   for n in nodes if n.op_type == "If" and n.inputs[0] in constants}
+        decided: dict[str, bool | None] = {n.outputs[0]: bool(np.asarray(constants[n.inputs[0]]).reshape(-1)[0])
+                                           for n in nodes if n.op_type == "If" and n.inputs[0] in constants}
+        if not decided and any(n.op_type == "If" for n in nodes):
+            decided = _selectable_ifs(_rebuilt(m, nodes, constants))  # data-dependent: computed both ways
         if not decided and (not folded or all(o in shapes for n in nodes for o in n.outputs if o)):
             break
         m = _rebuilt(m, nodes, constants)
@@ -192,10 +194,15 @@ def _explicit_pads(n: Node, in_shape: tuple[int, ...], constants: dict) -> None:
     n.attrs["pads"] = begin + end
 
 
-def _inline_ifs(m, decided: dict[str, bool]) -> None:
-    """Replace each If whose condition static shapes decided (keyed by its first output) with the nodes of the
-    branch taken: exporters guard rank- or size-dependent code with If (torch 1.12's LayerNorm), and control
-    flow has no lowering. Names made inside the branch get the If's output name as prefix."""
+SELECT_IF_MAX_NODES = 256  # a data-dependent If is computed both ways only when its branches are this small
+
+
+def _inline_ifs(m, decided: dict[str, bool | None]) -> None:
+    """Replace each If (keyed by its first output) with plain nodes. Where static shapes decided the condition
+    (``True``/``False``: torch 1.12 guards rank-dependent code with If) only the branch taken is kept. Where the
+    condition is data (``None``: openWakeWord's heads verify a detection above a threshold) both small branches
+    are computed and ``Where(cond, then, else)`` picks the result, as onnx2tf does. Names made inside a branch get
+    the If's output name and the branch as prefix."""
     from onnx import helper
 
     nodes = []
@@ -203,30 +210,54 @@ def _inline_ifs(m, decided: dict[str, bool]) -> None:
         if n.op_type != "If" or not n.output or n.output[0] not in decided:
             nodes.append(n)
             continue
-        key = "then_branch" if decided[n.output[0]] else "else_branch"
-        branch = next(a.g for a in n.attribute if a.name == key)
-        prefix = f"{n.output[0]}/"
-        made = {o for bn in branch.node for o in bn.output if o} | {t.name for t in branch.initializer}
+        choice = decided[n.output[0]]
+        keys = ["then_branch", "else_branch"] if choice is None else ["then_branch" if choice else "else_branch"]
+        results = []
+        for key in keys:
+            branch = next(a.g for a in n.attribute if a.name == key)
+            prefix = f"{n.output[0]}/{key}/"
+            made = {o for bn in branch.node for o in bn.output if o} | {t.name for t in branch.initializer}
 
-        def renamed(x: str) -> str:
-            return prefix + x if x in made else x
+            def renamed(x: str, prefix=prefix, made=made) -> str:
+                return prefix + x if x in made else x
 
-        for t in branch.initializer:
-            c = type(t)()
-            c.CopyFrom(t)
-            c.name = renamed(t.name)
-            m.graph.initializer.append(c)
-        for bn in branch.node:
-            c = type(bn)()
-            c.CopyFrom(bn)
-            c.name = prefix + (bn.name or bn.op_type)
-            c.input[:] = [renamed(i) for i in bn.input]
-            c.output[:] = [renamed(o) for o in bn.output]
-            nodes.append(c)
-        for sub, out in zip(branch.output, n.output):
-            nodes.append(helper.make_node("Identity", [renamed(sub.name)], [out], name=f"{prefix}{out}_out"))
+            for t in branch.initializer:
+                c = type(t)()
+                c.CopyFrom(t)
+                c.name = renamed(t.name)
+                m.graph.initializer.append(c)
+            for bn in branch.node:
+                c = type(bn)()
+                c.CopyFrom(bn)
+                c.name = prefix + (bn.name or bn.op_type)
+                c.input[:] = [renamed(i) for i in bn.input]
+                c.output[:] = [renamed(o) for o in bn.output]
+                nodes.append(c)
+            results.append([renamed(o.name) for o in branch.output])
+        for i, out in enumerate(n.output):
+            if choice is None:
+                nodes.append(helper.make_node("Where", [n.input[0], results[0][i], results[1][i]], [out],
+                                              name=f"{n.output[0]}/select_{i}"))
+            else:
+                nodes.append(helper.make_node("Identity", [results[0][i]], [out], name=f"{n.output[0]}/out_{i}"))
     del m.graph.node[:]
     m.graph.node.extend(nodes)
+
+
+def _selectable_ifs(m) -> dict[str, None]:
+    """Data-dependent Ifs small enough to compute both ways (see ``_inline_ifs``), without nested graphs."""
+    from onnx import AttributeProto
+
+    out = {}
+    for n in m.graph.node:
+        if n.op_type != "If" or not n.output:
+            continue
+        branches = [a.g for a in n.attribute if a.type == AttributeProto.GRAPH]
+        nested = any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for g in branches for bn in g.node
+                     for a in bn.attribute)
+        if len(branches) == 2 and not nested and sum(len(g.node) for g in branches) <= SELECT_IF_MAX_NODES:
+            out[n.output[0]] = None
+    return out
 
 
 def canonicalize(m) -> None:
@@ -305,12 +336,28 @@ def _rebuilt(m, nodes: list[Node], constants: dict[str, np.ndarray]):
     keep = {n.outputs[0] for n in nodes}
     protos = [n for n in m.graph.node if n.op_type != "Constant" and n.output[0] in keep]
     used = {i for n in protos for i in n.input} | {v.name for v in m.graph.output}
+    used |= _subgraph_reads(protos)  # outer-scope names an If/Loop body reads
     out = type(m)()
     out.CopyFrom(m)
     del out.graph.node[:], out.graph.initializer[:], out.graph.value_info[:]
     out.graph.node.extend(protos)
     out.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items() if k in used)
     return out
+
+
+def _subgraph_reads(protos) -> set[str]:
+    from onnx import AttributeProto
+
+    names: set[str] = set()
+    stack = [a.g for n in protos for a in n.attribute if a.type == AttributeProto.GRAPH]
+    stack += [g for n in protos for a in n.attribute if a.type == AttributeProto.GRAPHS for g in a.graphs]
+    while stack:
+        g = stack.pop()
+        for n in g.node:
+            names.update(n.input)
+            stack.extend(a.g for a in n.attribute if a.type == AttributeProto.GRAPH)
+            stack.extend(sg for a in n.attribute if a.type == AttributeProto.GRAPHS for sg in a.graphs)
+    return names
 
 
 # Folds where onnx's reference evaluator is wrong or missing (its GatherElements fails on some shapes).

@@ -59,14 +59,27 @@ def cli(*argv: str) -> tuple[str, int]:
 
 
 def cli_writing(out: Path, *argv: str) -> tuple[str, object]:
-    """A CLI command with ``--out``: on failure the folder must not exist (nothing half-written)."""
+    """A CLI command with ``--out``: on failure the folder must not exist (nothing half-written); exit 3 (an
+    artifact below its parity gate) publishes the complete rest, its report saying which failed."""
     kind, code = cli(*argv, "--out", str(out))
-    if code != 0 and out.exists():
+    if code == 3 and out.exists() and not _report_marks_a_failure(out):
+        return "left-output", f"exit 3 left {out.name}/ without a report marking the failed artifact"
+    if code not in (0, 3) and out.exists():
         listing = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
         return "left-output", f"exit {code} left {out.name}/ with {listing[:5]}"
     if any(".edge-staging-" in p.name for p in out.parent.iterdir()):
         return "left-output", "a staging folder was left beside --out"
     return kind, code
+
+
+def _report_marks_a_failure(out: Path) -> bool:
+    import json
+
+    try:
+        doc = json.loads((out / "conversion.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(a.get("status") == "failed" for a in doc.get("artifacts", []))
 
 
 def api(fn) -> tuple[str, object]:

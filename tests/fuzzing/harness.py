@@ -126,12 +126,12 @@ def classify(case: Case, status: int | None, workdir: Path) -> tuple[str, str]:
         if "\n" in value.strip():
             return "traceback", f"multi-line error message: {value[:300]!r}"
         return "clean", value[:200]
-    if kind == "exit":  # the CLI: 0 or 2 with one error: line, never a traceback
+    if kind == "exit":  # the CLI: 0, or 2 / 3 with one error: line, never a traceback
         if "Traceback (most recent call last)" in output:
             return "traceback", _tail(workdir / "out.txt")
         if value == 0:
             return "accepted", ""
-        if value == 2:
+        if value in (2, 3):  # bad input, or an artifact below its parity gate
             errors = [ln for ln in output.splitlines() if ln.startswith("error:")]
             if len(errors) == 1:
                 return "clean", errors[0][:200]
