@@ -59,6 +59,9 @@ def _f32(v):
     return _mb().cast(x=v, dtype="fp32")
 
 
+CT_W = R.standard_normal((2, 5, 3, 3)).astype(np.float32)  # conv_transpose: [C_in, C_out, kH, kW]
+CT_B = R.standard_normal(5).astype(np.float32)
+
 # (case id, MIL ops covered, build(mb, *vars), inputs, reference(*inputs))
 CASES = [
     ("add", ["add"], lambda mb, x, y: mb.add(x=x, y=y), (X, Y), lambda x, y: T(x) + T(y)),
@@ -93,6 +96,10 @@ CASES = [
     ("positive_unary", ["log", "sqrt", "rsqrt", "inverse"],
      lambda mb, x: [mb.log(x=x), mb.sqrt(x=x), mb.rsqrt(x=x, epsilon=1e-3), mb.inverse(x=x, epsilon=1e-3)],
      (POS,), lambda x: [torch.log(T(x)), torch.sqrt(T(x)), torch.rsqrt(T(x) + 1e-3), 1 / (T(x) + 1e-3)]),
+    ("conv_transpose", ["conv_transpose"],
+     lambda mb, x: mb.conv_transpose(x=mb.expand_dims(x=x, axes=[0]), weight=CT_W, bias=CT_B, strides=[2, 2],
+                                     pad_type="custom", pad=[1, 1, 0, 1], output_shape=[1, 5, 5, 7]), (X,),
+     lambda x: F.conv_transpose2d(T(x)[None], T(CT_W), T(CT_B), stride=2, padding=(1, 0))[..., :5, :7]),
     ("cumsum", ["cumsum"],
      lambda mb, x: [mb.cumsum(x=x, axis=1), mb.cumsum(x=x, axis=2, exclusive=True, reverse=True)], (X,),
      lambda x: [torch.cumsum(T(x), 1),

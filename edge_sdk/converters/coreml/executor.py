@@ -392,6 +392,38 @@ def _conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dilati
     return y
 
 
+@mil_op("conv_transpose")
+def _conv_transpose(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dilations=None, groups=1,
+                    output_shape=None):
+    """2-D transposed convolution: every input pixel scatters its kernel-sized contribution (weight layout
+    [C_in, C_out / groups, kH, kW]); the full result is cropped by ``pad`` and fitted to ``output_shape``."""
+    x, w = _f(x), _f(weight)
+    if x.ndim != 4:
+        raise ValueError("conv_transpose is implemented for 2-D only")
+    n, c, h, wd = x.shape
+    g = int(groups)
+    cin, cout, kh, kw = c // g, w.shape[1], w.shape[2], w.shape[3]
+    sh, sw = _ints(strides) if strides is not None else [1, 1]
+    dh, dw = _ints(dilations) if dilations is not None else [1, 1]
+    full = np.zeros((n, g * cout, (h - 1) * sh + dh * (kh - 1) + 1, (wd - 1) * sw + dw * (kw - 1) + 1), np.float32)
+    for gi in range(g):
+        xg, wg = x[:, gi * cin:(gi + 1) * cin], w[gi * cin:(gi + 1) * cin]
+        for i in range(kh):
+            for j in range(kw):
+                full[:, gi * cout:(gi + 1) * cout, i * dh:i * dh + (h - 1) * sh + 1:sh,
+                     j * dw:j * dw + (wd - 1) * sw + 1:sw] += np.einsum("nchw,co->nohw", xg, wg[:, :, i, j])
+    top, bottom, left, right = _ints(pad) if str(pad_type) == "custom" and pad is not None else [0, 0, 0, 0]
+    y = full[:, :, top:full.shape[2] - bottom, left:full.shape[3] - right]
+    if output_shape is not None:
+        oh, ow = _ints(output_shape)[-2:]
+        fitted = np.zeros((n, y.shape[1], oh, ow), np.float32)
+        fitted[:, :, :min(oh, y.shape[2]), :min(ow, y.shape[3])] = y[:, :, :oh, :ow]
+        y = fitted
+    if bias is not None:
+        y = y + _f(bias).reshape(1, -1, 1, 1)
+    return y
+
+
 def _pool(x, kernel_sizes, strides, pad_type, pad, ceil_mode, reduce, value):
     x = _f(x)
     k = _ints(kernel_sizes)
