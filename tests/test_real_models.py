@@ -63,7 +63,9 @@ def _cosine(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(np.sum(g * r, 1) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(r, axis=1), 1e-300)))
 
 
-def _artifact_runner(path: str):
+def _artifact_runner(path: str, renamed: dict[str, str]):
+    """(run(feeds keyed by the ONNX names) -> primary output, input specs by ONNX name) in the artifact's runtime.
+    ``renamed``: ONNX name -> Core ML feature name, where Core ML needed another ('x.1' -> 'x_1')."""
     if path.endswith(".onnx"):
         import onnxruntime as ort
 
@@ -88,8 +90,12 @@ def _artifact_runner(path: str):
         return run, [TensorSpec(k, tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name) for k, d in ins.items()]
     from edge_sdk.converters.coreml.executor import MILReferenceSession
 
+    from edge_sdk.core.tensors import TensorSpec
+
     s = MILReferenceSession(path)
-    return (lambda feeds: next(iter(s.run(feeds).values()))), s.inputs
+    back = {v: k for k, v in renamed.items()}
+    return ((lambda feeds: s.run({renamed.get(k, k): v for k, v in feeds.items()})[s.outputs[0].name]),
+            [TensorSpec(back.get(i.name, i.name), i.shape, i.dtype) for i in s.inputs])
 
 
 def _spec(arg):
@@ -128,7 +134,7 @@ def test_real_model_passes_its_gate_or_is_refused_in_one_line(key, target, mode,
     data = dict(np.load(val))
     original = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
     ref = _outputs(lambda f: original.run(None, f)[0], [_spec(i) for i in original.get_inputs()], data)
-    run, inputs = _artifact_runner(art["path"])
+    run, inputs = _artifact_runner(art["path"], art["quantization"]["details"].get("renamed_features", {}))
     got = _outputs(run, inputs, data)
     assert got.shape == ref.shape
     assert _cosine(got, ref) >= MIN_COSINE[mode] - 1e-6
