@@ -224,7 +224,7 @@ def run(
 
     from .core.atomic import atomic_write_bytes
     from .core.formats import ModelFormat, detect_format
-    from .core.tensors import batch_axes, random_input_set, read_npz, validate_inputs
+    from .core.tensors import random_input_set, read_npz, unbatched_inputs, validate_inputs
     from .errors import InvalidOptionError
     from .runtimes.model import load
 
@@ -260,7 +260,7 @@ def run(
                         f"compute {st.compute_s:.2f} s", highlight=False)
                 return
             # inputs without a batch axis (a recurrent state, a scalar) are fed whole, the others batched
-            unbatched = frozenset(k for k, axis in batch_axes(m.inputs).items() if axis is None)
+            unbatched = unbatched_inputs(m.inputs)
             if input is not None:
                 arrays, _ = read_npz(input)
                 arrays, _ = validate_inputs(arrays, None, m.inputs, str(input), unbatched)

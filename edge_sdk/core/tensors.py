@@ -75,6 +75,11 @@ def batch_axes(specs: list[TensorSpec], given: dict[str, int | None] | None = No
     return out
 
 
+def unbatched_inputs(specs: list[TensorSpec]) -> frozenset[str]:
+    """Names of the inputs fed whole, without a batch axis (see :func:`batch_axes`)."""
+    return frozenset(name for name, axis in batch_axes(specs).items() if axis is None)
+
+
 @dataclass
 class InputSet:
     """Samples keyed by input name (first axis = samples), optional labels, and where they came from.

@@ -128,10 +128,10 @@ def backend_versions() -> dict[str, str]:
 
 
 def _feeds(model, opts: ProfileOptions, batch: int) -> dict[str, np.ndarray]:
-    from ..core.tensors import batch_axes, random_input_set, read_npz, validate_inputs
+    from ..core.tensors import random_input_set, read_npz, unbatched_inputs, validate_inputs
 
     # inputs without a batch axis (a recurrent state, a scalar) are fed whole
-    unbatched = frozenset(k for k, axis in batch_axes(model.inputs).items() if axis is None)
+    unbatched = unbatched_inputs(model.inputs)
     batched = [s for s in model.inputs if s.name not in unbatched and s.shape]
     first = batched[0].shape[0] if batched else None
     if isinstance(first, int) and first != batch:

@@ -470,17 +470,16 @@ def cast(ctx: LoweringContext, node: Node) -> None:
     ctx.builder.op("CAST", [ctx.get(node.inputs[0], layout)], [y])
 
 
+def _operands(ctx: LoweringContext, node: Node) -> list[int]:
+    """The node's inputs as tflite tensors in the ONNX layout, constants written as they are."""
+    return [ctx.get(n) if not ctx.is_const(n) else ctx.constant(f"{node.name}_{k}", ctx.const_value(n))
+            for k, n in enumerate(node.inputs)]
+
+
 @lowering("And", "Or")
 def logical(ctx: LoweringContext, node: Node) -> None:
     op = {"And": "LOGICAL_AND", "Or": "LOGICAL_OR"}[node.op_type]
-    ins = [ctx.get(n) if not ctx.is_const(n) else ctx.constant(f"{node.name}_{k}", ctx.const_value(n))
-           for k, n in enumerate(node.inputs)]
-    ctx.builder.op(op, ins, [ctx.output(node.outputs[0], dtype="bool")])
-
-
-def _operands(ctx: LoweringContext, node: Node) -> list[int]:
-    return [ctx.get(n) if not ctx.is_const(n) else ctx.constant(f"{node.name}_{k}", ctx.const_value(n))
-            for k, n in enumerate(node.inputs)]
+    ctx.builder.op(op, _operands(ctx, node), [ctx.output(node.outputs[0], dtype="bool")])
 
 
 _COMPARE = {"Equal": "EQUAL", "Greater": "GREATER", "GreaterOrEqual": "GREATER_EQUAL", "Less": "LESS",
@@ -564,9 +563,7 @@ def trilu(ctx: LoweringContext, node: Node) -> None:
 
 @lowering("Where")
 def where(ctx: LoweringContext, node: Node) -> None:
-    ins = [ctx.get(n) if not ctx.is_const(n) else ctx.constant(f"{node.name}_{k}", ctx.const_value(n))
-           for k, n in enumerate(node.inputs)]
-    ctx.builder.op("SELECT_V2", ins, [ctx.output(node.outputs[0])])
+    ctx.builder.op("SELECT_V2", _operands(ctx, node), [ctx.output(node.outputs[0])])
 
 
 @lowering("Expand")
