@@ -302,7 +302,7 @@ def plan(
 ) -> None:
     """Activation memory op by op (peak marked), and the patch-based plan that fits a budget."""
     from .runtimes.memory import human_bytes, load_graph, parse_budget, plan_memory
-    from .runtimes.patch import HeadGraph
+    from .runtimes.patch import StagePlanner
     from .errors import InvalidOptionError
     from .profilers.plots import memory_profile_plot
 
@@ -310,10 +310,10 @@ def plan(
         budget = parse_budget(memory_budget) if memory_budget is not None else None
         graph, _ = load_graph(model)
         mp = plan_memory(graph)
-        patches = None
+        planner, patches = StagePlanner(graph, mp), None
         if budget is not None and mp.peak_bytes > budget or budget is None:
             try:
-                patches = HeadGraph(graph, mp).search(budget)
+                patches = planner.search(budget)
             except InvalidOptionError as e:
                 if budget is not None:
                     raise
@@ -324,10 +324,11 @@ def plan(
             if patches is None:
                 raise InvalidOptionError("no patch plan to save: the plain schedule fits the budget")
             from .core.atomic import atomic_write_bytes
-            from .runtimes.patch import PatchedSession
+            from .runtimes.patch_run import PLAN_FORMAT, patched_model
 
-            hg = HeadGraph(graph, mp)
-            atomic_write_bytes(save_model, PatchedSession(graph, hg, patches).model_bytes)
+            meta = {"format": PLAN_FORMAT, "budget_bytes": budget or patches.peak, "plain_fits": False,
+                    **patches.summary()}
+            atomic_write_bytes(save_model, patched_model(graph, planner, patches, meta))
     except EdgeError as e:
         _fail(e)
     peak = mp.peak_op
@@ -348,6 +349,13 @@ def plan(
         console.print(f"the plain schedule fits {human_bytes(budget)}: no patches needed", highlight=False)
     if patches is not None:
         console.print(f"patch plan: {escape(patches.describe())}", highlight=False)
+        for k, st in enumerate(patches.stages):
+            console.print(f"  stage {k + 1}: {escape(st.describe(mp.ops))}", highlight=False)
+            console.print(f"    resident while it runs: {human_bytes(planner.live_across(st.first))} made before it "
+                          f"(its inputs {', '.join(escape(t) for t in st.inputs[:4])}"
+                          f"{' ...' if len(st.inputs) > 4 else ''}, and what later ops still need); stored: "
+                          f"{', '.join(escape(t) for t in st.outputs[:4])}{' ...' if len(st.outputs) > 4 else ''} "
+                          "(read after the stage: the next op, skip connections)", highlight=False)
     if plot is not None:
         console.print(f"plot: {escape(str(plot))}", highlight=False)
     if save_model is not None:

@@ -181,3 +181,11 @@ def tiny_sentencepiece_llama(out: Path) -> Path:
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(cfg).eval().save_pretrained(out)
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _plan_cache(tmp_path_factory):
+    """Plans made by load(..., memory_budget=...) go to a temp cache, not the user's ~/.cache."""
+    import os
+
+    os.environ["EDGE_SDK_CACHE"] = str(tmp_path_factory.mktemp("edge-sdk-cache"))

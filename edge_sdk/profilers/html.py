@@ -326,8 +326,21 @@ def _time_memory_table(run: Mapping[str, Any], size_bytes: Any) -> str:
         ("model load", fmt_duration(run.get("load_ns"))), ("first inference", fmt_duration(run.get("first_ns"))),
         ("size on disk", fmt_bytes(size_bytes)), ("RSS before load", fmt_bytes(mem.get("rss_before_load_bytes"))),
         ("peak RSS, load", fmt_bytes(mem.get("peak_rss_load_bytes"))),
-        ("peak RSS, inference", fmt_bytes(mem.get("peak_rss_inference_bytes")))],
+        ("peak RSS, inference", fmt_bytes(mem.get("peak_rss_inference_bytes"))), *_budget_rows(mem.get("budget"))],
         caption="Load and memory") + "</div>"
+
+
+def _budget_rows(budget: Any) -> list[tuple[str, str]]:
+    """A memory budget's plan (patch-based inference): the budget, planned and measured peaks, extra compute."""
+    if not isinstance(budget, Mapping):
+        return []
+    return [("memory budget", fmt_bytes(budget.get("budget_bytes"))),
+            ("activation peak, planned", f"{fmt_bytes(budget.get('planned_peak_bytes'))} "
+                                         f"(plain {fmt_bytes(budget.get('plain_peak_bytes'))})"),
+            ("activation peak, measured", f"{fmt_bytes(budget.get('measured_peak_bytes'))} "
+                                          f"(plain {fmt_bytes(budget.get('plain_measured_bytes'))})"),
+            ("extra compute", fmt_text(f"x{budget.get('extra_compute', 1.0):.3f}" if budget.get("patched") else
+                                       "none: the plain schedule fits"))]
 
 
 def power_reason(power: Any) -> str:

@@ -262,13 +262,13 @@ def _llm_run(model, opts: ProfileOptions, progress: Progress | None) -> tuple[di
 def _op_profile(path: Path, fmt: ModelFormat, backend: str, feeds, opts: ProfileOptions, threads) -> tuple[dict | None, str | None]:
     if not opts.per_op:
         return None, "per-op profiling was turned off"
-    if fmt is ModelFormat.ONNX and backend == "onnxruntime" and not opts.load_options.get("memory_budget"):
+    if fmt is ModelFormat.ONNX and backend == "onnxruntime":
         from ..runtimes.model import load
         from .perop import from_ort_trace, read_ort_trace
 
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp:  # under a memory budget: the patched schedule's own ops
             with load(path, backend="onnxruntime", threads=threads, profile_prefix=str(Path(tmp) / "ort"),
-                      **{k: v for k, v in opts.load_options.items() if k != "memory_budget"}) as m:
+                      **opts.load_options) as m:
                 for _ in range(min(opts.runs, 50)):
                     m.run(feeds)
                 trace = m.session.end_profiling()
@@ -366,6 +366,8 @@ def _profile_setting(path: Path, fmt: ModelFormat, opts: ProfileOptions, params:
         out["end_to_end"] = end_to_end
         out["memory"] = {"rss_before_load_bytes": rss0, "peak_rss_load_bytes": load_rss.peak,
                          "peak_rss_inference_bytes": run_rss.peak}
+        if getattr(model, "memory_plan", None) is not None:  # load(..., memory_budget=...): planned and measured
+            out["memory"]["budget"] = model.memory_plan.as_dict()
         out["power"] = power_section(power.source, power.rate_hz, sampler, power_reason, units, tokens)
         out["ops"], out["ops_unavailable"] = _op_profile(path, fmt, model.backend, feeds, opts, threads)
     return out

@@ -125,6 +125,14 @@ def profile_markdown(doc: dict) -> str:
     unit = doc["runs"][0].get("latency_unit", "inference")
     lines += _table(["setting", "runs", "mean ms", "median", "p90", "p95", "p99", "std", "cv",
                      f"{unit}s/s", "load ms", "first ms", "peak RSS MiB"], rows)
+    budgets = [(r["label"], r["memory"]["budget"]) for r in doc["runs"] if (r.get("memory") or {}).get("budget")]
+    if budgets:
+        lines += ["", "## Memory budget (patch-based inference)", ""]
+        lines += _table(["setting", "budget MiB", "planned peak MiB", "plain planned MiB", "measured MiB",
+                         "plain measured MiB", "extra compute"],
+                        [[label, _mib(b["budget_bytes"]), _mib(b["planned_peak_bytes"]), _mib(b["plain_peak_bytes"]),
+                          _mib(b.get("measured_peak_bytes")), _mib(b.get("plain_measured_bytes")),
+                          f"x{b.get('extra_compute', 1.0):.3f}"] for label, b in budgets])
     llm = [r for r in doc["runs"] if r.get("llm")]
     if llm:
         lines += ["", "## Language model (llama-bench style)", ""]

@@ -93,7 +93,7 @@ class Model:
 
     def __init__(self, session: Session, backend: str, path: Path, fmt: ModelFormat, memory_plan=None) -> None:
         self._session = session
-        self.memory_plan = memory_plan  # the PatchPlan in use (load(..., memory_budget=...)), else None
+        self.memory_plan = memory_plan  # the BudgetPlan in use (load(..., memory_budget=...)), else None
         self.backend = backend
         self.path = path
         self.format = fmt
@@ -175,7 +175,9 @@ def load(path: str | Path, backend: str = "auto", threads: int | None = None, *,
     ``options`` go to the backend: ``providers``, ``optimization``, ``arena`` (onnxruntime);
     ``xnnpack`` (litert, tflite-runtime); ``n_ctx``, ``embedding`` (llama.cpp).
     ``memory_budget`` ("256KB", "1.5MB", "2MiB" or bytes; ONNX CNNs): run patch by patch (MCUNetV2)
-    when the plain schedule's activation peak exceeds it; ``Model.memory_plan`` is the plan used.
+    when the plain schedule's activation peak exceeds it, with ONNX Runtime's arena off so freed tensors
+    are freed. The plan is made once per model and budget in a child process, measured there, and
+    cached (``$EDGE_SDK_CACHE/plans``); ``Model.memory_plan`` is the ``BudgetPlan`` in use.
     """
     p = Path(path)
     fmt = detect_format(p)
@@ -194,7 +196,7 @@ def load(path: str | Path, backend: str = "auto", threads: int | None = None, *,
         if fmt is not ModelFormat.ONNX or b.name != "onnxruntime":
             raise InvalidOptionError("memory_budget works on ONNX models (patch-based inference, onnxruntime) "
                                      "and GGUF models (flash offloading, backend='edge')")
-        from .patch import open_patched
+        from .patch_run import open_patched
 
         session, plan = open_patched(p, memory_budget, threads, **options)
         return Model(session, b.name, p, fmt, plan)

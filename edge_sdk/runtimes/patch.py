@@ -1,113 +1,135 @@
-"""Patch-based inference (MCUNetV2): run a CNN's memory-heavy first stage one spatial patch at a time.
+"""Patch-based inference (MCUNetV2), planned over the whole graph: which stages run patch by patch.
 
-A split tensor cuts the graph into a spatial *head* (convolutions, pools, elementwise ops) and the
-rest. For an n x n grid over the split tensor, each output patch's input region is found by walking
-the head's receptive field backwards (kernel, stride, padding, dilation); neighbouring regions
-overlap by the halo, which is the extra compute. Each patch runs through a head sub-model in ONNX
-Runtime whose convolutions pad only where the patch touches the true image border (elsewhere the
-halo holds real pixels), and writes its piece of the split tensor; the tail then runs once. The
-whole schedule is written as one ONNX graph (a crop and a head copy per patch, sharing weights), so
-one ONNX Runtime call runs it and the patched model can be saved and deployed as a plain .onnx.
+A *stage* is a run of consecutive, spatially local ops of the schedule (convolutions, pools,
+elementwise ops, channel concats, nearest upsampling, transposed convolutions). It reads some tensors
+that are resident in full (the image, or features stored by earlier ops) and writes the tensors that
+leave it (its outputs: the next stage's input, and every skip connection an FPN or U-Net takes out
+of it), each assembled from patches and stored at its full size. For an n x n grid every stage output
+is cut into n x n cells; a patch computes cell (a, b) of every output. Walking the stage backwards
+gives each tensor's region for that patch (kernel, stride, padding, dilation of windows; the aligned
+source rows of an upsampling), so neighbouring patches overlap by the halo: the extra compute.
 
-Memory of the patch schedule = the split tensor (resident) + the worst patch's working set; the
-input image is read patch by patch from where it lies (camera buffer, flash), as in MCUNetV2.
+Memory of a stage (MCUNetV2's accounting, ops as in ``memory``): what is resident when it starts
+(tensors still needed later, its inputs), the pieces of its outputs written so far, and the worst
+patch's working set; then, when the pieces are concatenated, the outputs twice. Graph inputs are the
+caller's memory (the image is read patch by patch from where it lies), as in the plain plan's peak.
+Ops outside stages keep their plain live bytes. The planner picks, per run of spatial ops that holds
+ops over the budget, the stage and grid with the least extra compute that fits. Rows and columns are
+planned separately (regions are rectangles), which keeps the search to about a second.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
-
-from ..core.onnx_proto import Node, OnnxGraph, int64_initializer, int_attribute
+from ..core.onnx_proto import OnnxGraph
 from ..errors import InvalidOptionError
-from .base import Session
 from .memory import ELEMENTWISE, MemoryPlan, Op, human_bytes, simulate
 
 WINDOW_OPS = {"Conv", "MaxPool", "AveragePool"}
 POINTWISE = ELEMENTWISE | {"QuantizeLinear", "DequantizeLinear", "Concat"}
+GRIDS = range(2, 9)
+Interval = tuple[int, int]
 Region = tuple[int, int, int, int]  # rows [r0, r1), cols [c0, c1)
+_NEAREST_MODES = {(b"half_pixel", b"round_prefer_floor"), (b"half_pixel", b"round_prefer_ceil"),
+                  (b"pytorch_half_pixel", b"round_prefer_floor"), (b"pytorch_half_pixel", b"round_prefer_ceil"),
+                  (b"asymmetric", b"floor")}  # the modes where output pixel o reads input o // f
+
+
+def window_needs(out: Interval, n_in: int, k: int, s: int, d: int, p: int) -> tuple[Interval, int, int]:
+    """Input interval a sliding window (kernel k, stride s, dilation d, leading pad p) reads for output
+    interval ``out`` (the taps inside the input, tight even with dilation), and the pads that put the
+    taps where they were: zeros only where a tap falls outside the true input."""
+    o0, o1 = out
+    lo = hi = None
+    for j in range(k):
+        off = j * d - p
+        first = max(o0, -(off // s))  # first output whose tap j lands at >= 0
+        if first < o1:
+            lo = first * s + off if lo is None else min(lo, first * s + off)
+        last = min(o1 - 1, (n_in - 1 - off) // s)  # last output whose tap j lands inside
+        if last >= o0:
+            hi = last * s + off if hi is None else max(hi, last * s + off)
+    if lo is None or hi is None:
+        lo, hi = 0, 0
+    first_tap, last_tap = o0 * s - p, (o1 - 1) * s - p + (k - 1) * d
+    return (lo, hi + 1), lo - first_tap, last_tap - hi
+
+
+def transpose_needs(out: Interval, n_in: int, k: int, s: int, d: int, p: int) -> tuple[Interval, Interval]:
+    """Input interval a transposed convolution needs for output interval ``out``, and the output interval
+    it computes from that input with no padding (the caller crops ``out`` from it)."""
+    o0, o1 = out
+    lo, hi = n_in, -1
+    for j in range(k):
+        off = j * d - p  # output = i * s + off
+        i0, i1 = -((off - o0) // s), (o1 - 1 - off) // s  # ceil((o0 - off) / s), floor((o1 - 1 - off) / s)
+        i0, i1 = max(i0, 0), min(i1, n_in - 1)
+        if i0 <= i1:
+            lo, hi = min(lo, i0), max(hi, i1)
+    if hi < lo:
+        lo, hi = 0, 0
+    return (lo, hi + 1), (lo * s - p, hi * s - p + (k - 1) * d + 1)
+
+
+def cells(length: int, grid: int) -> list[Interval]:
+    edges = [round(k * length / grid) for k in range(grid + 1)]
+    return [(edges[k], edges[k + 1]) for k in range(grid)]
 
 
 @dataclass
-class Window:
-    """A node's sliding window along H and W: kernel, stride, dilation, pads (top, left, bottom, right)."""
+class AxisRule:
+    """How one node maps an output interval to input intervals along H (axis 0) or W (axis 1)."""
 
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    pads: tuple[int, int, int, int]
-
-    def needs(self, out: Region, in_hw: tuple[int, int]) -> tuple[Region, tuple[int, int, int, int]]:
-        """Input region for output region ``out`` (the taps that land inside the input, tight even with
-        dilation), and the padding that puts the window taps where they were: zeros only where a tap
-        falls outside the true input."""
-        spans, pads = [], [0, 0, 0, 0]
-        for axis in (0, 1):
-            o0, o1 = out[2 * axis], out[2 * axis + 1]
-            k, s, d, p = self.kernel[axis], self.stride[axis], self.dilation[axis], self.pads[axis]
-            taps = (np.arange(o0, o1)[:, None] * s - p + np.arange(k)[None, :] * d).ravel()
-            inside = taps[(taps >= 0) & (taps < in_hw[axis])]
-            lo, hi = (int(inside.min()), int(inside.max()) + 1) if inside.size else (0, 1)
-            first, last = o0 * s - p, (o1 - 1) * s - p + (k - 1) * d
-            pads[axis], pads[axis + 2] = lo - first, last + 1 - hi
-            spans += [lo, hi]
-        return (spans[0], spans[1], spans[2], spans[3]), (pads[0], pads[1], pads[2], pads[3])
-
-
-def window_of(node: Node, weight_shape: tuple[int, ...] | None) -> Window:
-    if node.attr("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
-        raise InvalidOptionError(f"{node.op_type} {node.name}: auto_pad {node.attr('auto_pad')} is not supported in a patch head")
-    if node.op_type == "Conv":
-        kernel = tuple(node.attr("kernel_shape", list(weight_shape[2:])))
-    else:
-        kernel = tuple(node.attr("kernel_shape"))
-    pads = tuple(node.attr("pads", [0, 0, 0, 0]))
-    return Window(kernel, tuple(node.attr("strides", [1, 1])), tuple(node.attr("dilations", [1, 1])),
-                  (pads[0], pads[1], pads[2], pads[3]))
-
-
-def _union(a: Region | None, b: Region) -> Region:
-    return b if a is None else (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
-
-
-def _area(r: Region) -> int:
-    return max(0, r[1] - r[0]) * max(0, r[3] - r[2])
+    kind: str  # "window" | "transpose" | "upsample" | "pointwise"
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 @dataclass
 class PatchGeometry:
-    """One patch: the region of every head tensor, each window node's pads, and crops on edges."""
+    """One patch: the region of every stage tensor, window pads, input crops and output crops."""
 
-    out: Region
+    cell: tuple[int, int]  # (row, col) of the grid
     regions: dict[str, Region]
-    pads: dict[int, tuple[int, int, int, int]]  # head node index -> pads
-    crops: dict[tuple[int, str], Region]  # (node index, input) -> region needed (within the tensor's region)
+    pads: dict[int, tuple[int, int, int, int]]  # graph node index -> pads for this patch
+    crops: dict[tuple[int, str], Region]  # (node index, input) -> region the node reads, within regions[input]
+    outputs: dict[str, Region]  # stage output -> its cell (within regions[output])
+    sizes_key: tuple = ()  # patches with equal keys have equal tensor sizes (same working set)
 
-    def signature(self) -> tuple:
-        """Patches with equal signatures run through the same head sub-model."""
-        sizes = tuple(sorted((t, (r[1] - r[0], r[3] - r[2])) for t, r in self.regions.items()))
-        rel = tuple(sorted((k, (c[0] - self.regions[k[1]][0], c[1] - self.regions[k[1]][0],
-                                c[2] - self.regions[k[1]][2], c[3] - self.regions[k[1]][2]))
-                           for k, c in self.crops.items()))
-        return sizes, tuple(sorted(self.pads.items())), rel
+
+@dataclass
+class Stage:
+    """Ops [first, stop) of the logical schedule, run patch by patch on a grid x grid grid."""
+
+    first: int
+    stop: int
+    grid: int
+    nodes: list[int]  # graph nodes copied into each patch (the ops' nodes, with the activation DQs they read)
+    inputs: list[str]  # resident tensors the patches crop
+    outputs: list[str]  # tensors assembled from the patches, stored in full
+    patches: list[PatchGeometry]
+    peak: int
+    macs: int
+    plain_macs: int
+    output_bytes: int
+
+    def describe(self, ops: list[Op]) -> str:
+        return (f"ops {self.first}-{self.stop - 1} ({ops[self.first].op_type} .. {ops[self.stop - 1].op_type}) "
+                f"in {self.grid}x{self.grid} patches, {len(self.outputs)} output(s) stored "
+                f"({human_bytes(self.output_bytes)}), peak {human_bytes(self.peak)}, "
+                f"compute x{self.macs / max(1, self.plain_macs):.3f} of the stage")
 
 
 @dataclass
 class PatchPlan:
-    split: str  # the split tensor (the stage output the head writes patch by patch)
-    grid: int
-    head_nodes: list[int]
-    tail_nodes: list[int]
-    patches: list[PatchGeometry]
+    stages: list[Stage]
     plain_peak: int
     peak: int
-    head_peak: int
-    tail_peak: int
     plain_macs: int
     macs: int
-    input_name: str
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -118,279 +140,328 @@ class PatchPlan:
     def reduction(self) -> float:
         return self.plain_peak / max(1, self.peak)
 
+    @property
+    def grid(self) -> int:
+        return self.stages[0].grid
+
     def describe(self) -> str:
-        return (f"split at '{self.split}', {self.grid}x{self.grid} patches: peak {human_bytes(self.peak)} "
-                f"(plain {human_bytes(self.plain_peak)}, {self.reduction:.2f}x less), "
+        return (f"{len(self.stages)} patched stage(s), grid {'/'.join(str(s.grid) for s in self.stages)}: "
+                f"peak {human_bytes(self.peak)} (plain {human_bytes(self.plain_peak)}, {self.reduction:.2f}x less), "
                 f"compute x{self.extra_compute:.3f}")
 
+    def summary(self) -> dict:
+        """What a report or a cached plan records."""
+        return {"planned_peak_bytes": self.peak, "plain_peak_bytes": self.plain_peak,
+                "planned_reduction": round(self.reduction, 4), "extra_compute": round(self.extra_compute, 4),
+                "stages": [{"ops": [s.first, s.stop - 1], "grid": s.grid, "outputs": s.outputs, "peak_bytes": s.peak}
+                           for s in self.stages]}
 
-class HeadGraph:
-    """The graph facts patch planning needs: producers, consumers, the spatial prefix."""
+
+class StagePlanner:
+    """The graph facts stage planning needs: per-node rules, producers, consumers, live bytes at boundaries."""
 
     def __init__(self, graph: OnnxGraph, plan: MemoryPlan) -> None:
         self.graph, self.plan = graph, plan
-        self.const = plan.constants  # computed once by the memory planner
-        self.producer = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs}
+        self.const = plan.constants
+        self._hw = {t: (s[2], s[3]) for t, s in plan.shapes.items() if len(s) == 4}
+        self.producer = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
         self.consumers: dict[str, list[int]] = {}
         for i, n in enumerate(graph.nodes):
             for t in n.inputs:
-                if t and t not in self.const:
+                if self.act(t):
                     self.consumers.setdefault(t, []).append(i)
-        if len(graph.inputs) != 1:
-            raise InvalidOptionError("patch-based inference needs a model with one image input")
-        self.input = graph.inputs[0].name
-        shape = plan.shapes.get(self.input, ())
-        if len(shape) != 4:
-            raise InvalidOptionError(f"patch-based inference needs an NCHW image input; '{self.input}' is {shape}")
-        self.spatial = self._spatial_nodes()
+        self.graph_inputs = set(plan.graph_inputs)
+        self.graph_outputs = {v.name for v in graph.outputs}
+        self.rules = {i: r for i in range(len(graph.nodes)) if (r := self._rule(i)) is not None}
+        self.op_nodes = [self._op_nodes(op) for op in plan.ops]
+        self.spatial = [all(i in self.rules for i in nodes) and len(plan.shapes.get(op.output, ())) == 4
+                        for op, nodes in zip(plan.ops, self.op_nodes)]
+        produced = {op.output: op.index for op in plan.ops}
+        last_use: dict[str, int] = {}
+        for op in plan.ops:
+            for t in op.inputs:
+                last_use[t] = op.index
+        for t in plan.graph_outputs:
+            last_use[t] = len(plan.ops)
+        self._spans = [(produced[t], last_use[t], plan.sizes.get(t, 0)) for t in last_use
+                       if t in produced and t not in self.graph_inputs]
 
     def act(self, t: str) -> bool:
         return self.plan.is_activation(t)
 
-    def _spatial_nodes(self) -> set[int]:
-        """Nodes computed from the image by spatially local ops only (the possible head)."""
-        ok: set[str] = {self.input}
-        nodes: set[int] = set()
-        for i, n in enumerate(self.graph.nodes):
-            ins = [t for t in n.inputs if self.act(t)]
-            if not ins or not all(t in ok for t in ins):
-                continue
-            if n.op_type in WINDOW_OPS or (n.op_type in POINTWISE and
-                                           (n.op_type != "Concat" or int(n.attr("axis", 0)) in (1, -3))):
-                if all(len(self.plan.shapes.get(o, ())) == 4 for o in n.outputs):
-                    nodes.add(i)
-                    ok.update(n.outputs)
-        return nodes
+    def hw(self, t: str) -> tuple[int, int] | None:
+        return self._hw.get(t)
 
-    def ancestors(self, t: str) -> list[int]:
-        seen: set[int] = set()
-        stack = [t]
+    # ---- which nodes are spatially local, and how -------------------------------------------------
+    def _rule(self, i: int) -> AxisRule | None:
+        n = self.graph.nodes[i]
+        outs = [o for o in n.outputs if o]
+        if not outs or not self.act(outs[0]) or self.hw(outs[0]) is None:
+            return None
+        if n.op_type == "MaxPool" and len(outs) > 1 and outs[1] in self.consumers:
+            return None
+        acts = [t for t in n.inputs if self.act(t)]
+        if n.op_type in WINDOW_OPS | {"ConvTranspose"}:
+            if n.attr("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID") or acts != [n.inputs[0]]:
+                return None
+            if n.op_type == "ConvTranspose" and (any(n.attr("output_padding", [0])) or n.attr("output_shape")):
+                return None
+            w = self.plan.shapes.get(n.inputs[1]) if n.op_type in ("Conv", "ConvTranspose") else None
+            kernel = n.attr("kernel_shape") or (list(w[2:]) if w else None)
+            if not kernel or len(kernel) != 2:
+                return None
+            pads = n.attr("pads", [0, 0, 0, 0])
+            return AxisRule("window" if n.op_type != "ConvTranspose" else "transpose", tuple(kernel),
+                            tuple(n.attr("strides", [1, 1])), tuple(n.attr("dilations", [1, 1])), tuple(pads))
+        if n.op_type == "Resize":
+            hw_in, hw_out = self.hw(n.inputs[0]), self.hw(outs[0])
+            modes = (n.attr("coordinate_transformation_mode", b"half_pixel"), n.attr("nearest_mode", b"round_prefer_floor"))
+            if (acts != [n.inputs[0]] or n.attr("mode", b"nearest") != b"nearest" or modes not in _NEAREST_MODES
+                    or hw_in is None or any(o % k for o, k in zip(hw_out, hw_in))):
+                return None
+            return AxisRule("upsample", stride=(hw_out[0] // hw_in[0], hw_out[1] // hw_in[1]))
+        if n.op_type in POINTWISE:
+            if n.op_type == "Concat" and int(n.attr("axis", 0)) not in (1, -3):
+                return None
+            hw = self.hw(outs[0])
+            if all(self.hw(t) == hw or self.hw(t) == (1, 1) for t in acts):
+                return AxisRule("pointwise")
+        return None
+
+    def _op_nodes(self, op: Op) -> list[int]:
+        """The graph nodes of a logical op: its node (and folded QuantizeLinear), plus the activation
+        DequantizeLinear nodes it reads through."""
+        nodes = set(self.plan.nodes_of.get(op.output, []))
+        stack = [t for i in list(nodes) for t in self.graph.nodes[i].inputs]
         while stack:
-            x = stack.pop()
-            i = self.producer.get(x)
-            if i is None or i in seen or x in self.const:
-                continue
-            seen.add(i)
-            stack.extend(self.graph.nodes[i].inputs)
-        return sorted(seen)
+            t = stack.pop()
+            i = self.producer.get(t)
+            if i is not None and i not in nodes and self.graph.nodes[i].op_type == "DequantizeLinear" and self.act(t) \
+                    and self.act(self.graph.nodes[i].inputs[0]):
+                nodes.add(i)
+                stack.extend(self.graph.nodes[i].inputs)
+        return sorted(nodes)
 
-    def with_constants(self, nodes: list[int]) -> list[int]:
-        """``nodes`` plus the nodes computing the constants they read (e.g. weights' DequantizeLinear)."""
-        need = set(nodes)
-        stack = [t for i in nodes for t in self.graph.nodes[i].inputs if t in self.const]
-        while stack:
-            i = self.producer.get(stack.pop())
-            if i is not None and i not in need:
-                need.add(i)
-                stack.extend(t for t in self.graph.nodes[i].inputs if t in self.const)
-        return sorted(need)
+    def live_across(self, boundary: int) -> int:
+        """Bytes of tensors made before op ``boundary`` and still needed at or after it (graph inputs excluded)."""
+        return sum(size for made, last, size in self._spans if made < boundary <= last)
 
-    def split_candidates(self) -> list[str]:
-        """Logical (QDQ-folded) op outputs that cut the graph: everything after reads only the split."""
-        out = []
-        for op in self.plan.ops:
-            t = op.output
-            head = self.ancestors(t)
-            if not head or not set(head) <= self.spatial:
-                continue
-            head_outs = {o for i in head for o in self.graph.nodes[i].outputs}
-            crossing = any(self.act(x) and x in head_outs and x != t
-                           for j, n in enumerate(self.graph.nodes) if j not in head for x in n.inputs)
-            if not crossing:
-                out.append(t)
+    def runs(self) -> list[tuple[int, int]]:
+        """Maximal runs [first, stop) of consecutive spatial ops."""
+        out, start = [], None
+        for k, ok in enumerate(self.spatial + [False]):
+            if ok and start is None:
+                start = k
+            elif not ok and start is not None:
+                out.append((start, k))
+                start = None
         return out
 
-    def geometry(self, split: str, head: list[int], out: Region) -> PatchGeometry:
-        regions: dict[str, Region] = {split: out}
-        pads: dict[int, tuple[int, int, int, int]] = {}
-        needs: dict[tuple[int, str], Region] = {}
-        for i in reversed(head):
+    # ---- one stage ----------------------------------------------------------------------------------
+    def stage_io(self, first: int, stop: int) -> tuple[list[int], list[str], list[str]]:
+        nodes = sorted({i for k in range(first, stop) for i in self.op_nodes[k]})
+        inside = set(nodes)
+        main = {i for k in range(first, stop) for i in self.plan.nodes_of.get(self.plan.ops[k].output, [])}
+        made = {o for i in nodes for o in self.graph.nodes[i].outputs}
+        inputs = list(dict.fromkeys(t for i in nodes for t in self.graph.nodes[i].inputs
+                                    if self.act(t) and t not in made))
+        outputs = []
+        for i in sorted(main):
+            for o in self.graph.nodes[i].outputs:
+                if o and self.act(o) and (o in self.graph_outputs or any(c not in inside for c in self.consumers.get(o, []))):
+                    outputs.append(o)
+        return nodes, inputs, outputs
+
+    def _walk(self, nodes: list[int], seeds: dict[str, Interval], axis: int):
+        """Regions along one axis of every tensor the stage computes for one patch (reverse order)."""
+        regions = dict(seeds)
+        pads: dict[int, tuple[int, int]] = {}
+        needs: dict[tuple[int, str], Interval] = {}
+        for i in reversed(nodes):
             n = self.graph.nodes[i]
-            r = regions.get(n.outputs[0])
+            out = n.outputs[0]
+            r = regions.get(out)
             if r is None:
                 continue
+            rule = self.rules[i]
             for t in n.inputs:
-                if not self.act(t):
+                if not self.act(t) or t in (n.inputs[1:] if rule.kind != "pointwise" else ()):
                     continue
-                if n.op_type in WINDOW_OPS:
-                    w = self.plan.shapes.get(n.inputs[1]) if n.op_type == "Conv" else None
-                    win = window_of(n, w)
-                    hw = self.plan.shapes[t][2:]
-                    need, p = win.needs(r, (hw[0], hw[1]))
-                    pads[i] = p
+                hw = self.hw(t)
+                if hw is None or (hw != self.hw(out) and hw == (1, 1)):
+                    continue  # broadcast (per-channel) input: read whole
+                k, s, d = rule.kernel[axis], rule.stride[axis], rule.dilation[axis]
+                if rule.kind == "window":
+                    need, lo, hi = window_needs(r, hw[axis], k, s, d, rule.pads[axis])
+                    pads[i] = (lo, hi)
+                elif rule.kind == "transpose":
+                    need, natural = transpose_needs(r, hw[axis], k, s, d, rule.pads[axis])
+                    regions[out] = natural
+                elif rule.kind == "upsample":
+                    need = (r[0] // s, min(hw[axis], -(-r[1] // s)))
+                    regions[out] = (need[0] * s, need[1] * s)
                 else:
                     need = r
                 needs[(i, t)] = need
-                regions[t] = _union(regions.get(t), need)
-        crops = {k: v for k, v in needs.items() if v != regions[k[1]]}
-        return PatchGeometry(out, regions, pads, crops)
+                prev = regions.get(t)
+                regions[t] = need if prev is None else (min(prev[0], need[0]), max(prev[1], need[1]))
+        return regions, pads, needs
 
-    def plan_patches(self, split: str, grid: int, budget_notes: list[str] | None = None) -> PatchPlan:
-        head = self.ancestors(split)
-        head_set = set(head)
-        tail = self.with_constants([i for i in range(len(self.graph.nodes)) if i not in head_set
-                                    and any(self.act(o) for o in self.graph.nodes[i].outputs)])
-        H, W = self.plan.shapes[split][2:]
-        if grid > min(H, W):
-            raise InvalidOptionError(f"a {grid}x{grid} grid does not fit the {H}x{W} split tensor '{split}'")
-        rows = [round(k * H / grid) for k in range(grid + 1)]
-        cols = [round(k * W / grid) for k in range(grid + 1)]
-        patches = [self.geometry(split, head, (rows[a], rows[a + 1], cols[b], cols[b + 1]))
-                   for a in range(grid) for b in range(grid)]
-        return self._cost(split, grid, head, tail, patches)
+    def regions_for(self, nodes: list[int], seeds: dict[str, Region]) -> dict[str, Region]:
+        """The region of every tensor ``nodes`` compute when each tensor in ``seeds`` is wanted over its region."""
+        rows = self._walk(nodes, {t: (r[0], r[1]) for t, r in seeds.items()}, 0)[0]
+        cols = self._walk(nodes, {t: (r[2], r[3]) for t, r in seeds.items()}, 1)[0]
+        return {t: (*rows[t], *cols[t]) for t in rows if t in cols}
 
-    def _cost(self, split, grid, head, tail, patches) -> PatchPlan:
+    def geometry(self, nodes: list[int], outputs: list[str], grid: int) -> list[PatchGeometry]:
+        walks = []
+        for axis in (0, 1):
+            per_cell = []
+            for c in range(grid):
+                seeds = {o: cells(self.hw(o)[axis], grid)[c] for o in outputs}
+                per_cell.append((seeds, *self._walk(nodes, seeds, axis)))
+            walks.append(per_cell)
+        patches = []
+        for a in range(grid):
+            rs, rr, rp, rn = walks[0][a]
+            for b in range(grid):
+                cs, cr, cp, cn = walks[1][b]
+                regions = {t: (rr[t][0], rr[t][1], cr[t][0], cr[t][1]) for t in rr if t in cr}
+                pads = {i: (rp[i][0], cp[i][0], rp[i][1], cp[i][1]) for i in rp}
+                crops = {}
+                for key, need in rn.items():
+                    full = (need[0], need[1], cn[key][0], cn[key][1])
+                    if full != regions[key[1]]:
+                        crops[key] = full
+                outs = {o: (rs[o][0], rs[o][1], cs[o][0], cs[o][1]) for o in outputs}
+                shape = (tuple(r[1] - r[0] for r in rr.values()), tuple(r[1] - r[0] for r in cr.values()))
+                patches.append(PatchGeometry((a, b), regions, pads, crops, outs, shape))
+        return patches
+
+    def stage(self, first: int, stop: int, grid: int) -> Stage | None:
+        """The stage over ops [first, stop) on a grid x grid grid, costed; None if it cannot be cut so."""
+        nodes, inputs, outputs = self.stage_io(first, stop)
+        if not outputs or any(min(self.hw(t) or (0, 0)) < grid for t in outputs) \
+                or any(self.hw(t) is None for t in inputs):
+            return None
         plan = self.plan
-        head_outs = {o for i in head for o in self.graph.nodes[i].outputs}
-        head_ops = [op for op in plan.ops if op.output in head_outs or op.output == split]
-        tail_ops = [op for op in plan.ops if op not in head_ops]
-        full = plan.sizes
-        split_bytes = full[split]
-        head_peak, macs = 0, 0
+        patches = self.geometry(nodes, outputs, grid)
+        ops = plan.ops[first:stop]
+        out_bytes = sum(plan.sizes.get(o, 0) for o in outputs)
+        resident = self.live_across(first)
+        pieces, patch_peak, macs = 0, 0, 0
+        working: dict[tuple, int] = {}  # interior patches share their sizes: simulate each shape once
         for g in patches:
-            sizes = {}
-            for t, r in g.regions.items():
-                shape = plan.shapes.get(t)
-                if shape and t in full:
-                    sizes[t] = full[t] * _area(r) // max(1, shape[2] * shape[3])
-            ops = [Op(k, op.name, op.op_type, op.inputs, op.output, 0, op.in_place) for k, op in enumerate(head_ops)]
-            sizes[split] = 0  # written straight into the resident split tensor
-            simulate(ops, sizes, [], resident=split_bytes)
-            head_peak = max(head_peak, max((op.live_bytes for op in ops), default=0))
-            for op in head_ops:
-                shape = plan.shapes[op.output]
-                r = g.regions.get(op.output)
-                if r is not None and op.macs:
-                    macs += op.macs * _area(r) // max(1, shape[2] * shape[3])
-        tail_copy = [Op(k, op.name, op.op_type, op.inputs, op.output, op.macs, op.in_place)
-                     for k, op in enumerate(tail_ops)]
-        simulate(tail_copy, full, plan.graph_outputs)
-        tail_peak = max((op.live_bytes for op in tail_copy), default=split_bytes)
-        macs += sum(op.macs for op in tail_ops)
-        return PatchPlan(split, grid, head, tail, patches, plan.peak_bytes, max(head_peak, tail_peak), head_peak,
-                         tail_peak, plan.total_macs, macs, self.input)
+            if g.sizes_key not in working:
+                sizes = {t: self._part(t, r) for t, r in g.regions.items()}
+                local = [Op(k, op.name, op.op_type, op.inputs, op.output, 0, op.in_place) for k, op in enumerate(ops)]
+                simulate(local, sizes, outputs)
+                working[g.sizes_key] = max(op.live_bytes for op in local)
+            patch_peak = max(patch_peak, resident + pieces + working[g.sizes_key])
+            pieces += sum(self._part(o, r) for o, r in g.outputs.items())
+            for op in ops:
+                r, hw = g.regions.get(op.output), self.hw(op.output)
+                if r is not None and op.macs and hw:
+                    macs += op.macs * _area(r) // max(1, hw[0] * hw[1])
+        assembly = self.live_across(stop) + out_bytes
+        return Stage(first, stop, grid, nodes, inputs, outputs, patches, max(patch_peak, assembly), macs,
+                     sum(op.macs for op in ops), out_bytes)
 
-    def search(self, budget: int | None, grids=range(2, 9)) -> PatchPlan:
-        """The plan with the least extra compute whose peak fits ``budget`` (least peak without one)."""
-        plans = []
-        for split in self.split_candidates():
-            H, W = self.plan.shapes[split][2:]
-            for g in grids:
-                if g <= min(H, W):
-                    plans.append(self.plan_patches(split, g))
-        if not plans:
-            raise InvalidOptionError("no split point: the model has no spatial first stage that patches can cover")
-        if budget is None:
-            return min(plans, key=lambda p: (p.peak, p.macs))
-        fitting = [p for p in plans if p.peak <= budget]
-        if not fitting:
-            best = min(plans, key=lambda p: (p.peak, p.macs))
-            raise InvalidOptionError(
-                f"no patch plan fits {human_bytes(budget)}: the smallest peak is {human_bytes(best.peak)} "
-                f"({best.describe()}); raise --memory-budget to at least {best.peak} bytes")
-        return min(fitting, key=lambda p: (p.macs, p.peak))
+    def _part(self, t: str, r: Region) -> int:
+        """Bytes of region ``r`` of tensor ``t``."""
+        hw = self.hw(t)
+        return self.plan.sizes.get(t, 0) * _area(r) // max(1, hw[0] * hw[1]) if hw else 0
 
+    # ---- the search -----------------------------------------------------------------------------------
+    def _candidates(self, run: tuple[int, int], lo: int, hi: int, budget: int | None):
+        """Stages inside ``run`` covering ops [lo, hi], cut where little is resident (block boundaries:
+        local minima of what lives across), shortest first."""
+        def narrow(k: int) -> bool:
+            here = self.live_across(k)
+            return (budget is None or 2 * here <= budget) and all(
+                here <= self.live_across(j) for j in (k - 1, k + 1) if run[0] <= j <= run[1])
 
-class PatchedSession(Session):
-    """Runs a PatchPlan as one ONNX Runtime session over the rewritten graph (``patched_model``):
-    one call per inference, weights shared by the patches, tensors freed patch by patch."""
+        starts = [a for a in range(run[0], lo + 1) if a == run[0] or narrow(a)]
+        starts = sorted(starts, key=lambda a: (self.live_across(a), -a))[:3]
+        ends = [b for b in range(hi + 1, run[1] + 1) if b == run[1] or narrow(b)]
+        ends = sorted(set(ends[:8]) | set(sorted(ends, key=self.live_across)[:2]))  # near ones, and the narrowest
+        return [(a, b) for a in starts for b in ends]
 
-    def __init__(self, graph: OnnxGraph, hg: HeadGraph, plan: PatchPlan, make_session=None) -> None:
-        """``make_session(model_bytes)`` opens the patched model; None only builds ``model_bytes``."""
-        self.graph, self.hg, self.plan = graph, hg, plan
-        self.model_bytes = self.patched_model()
-        self.session = None if make_session is None else make_session(self.model_bytes)
-        self.inputs = self.session.inputs if self.session else []
-        self.outputs = self.session.outputs if self.session else []
-
-    def _head_nodes(self, g: PatchGeometry, suffix: str = "", skip_constants: bool = False):
-        """The head's nodes for patch ``g``: pads set for its borders, crops inserted where a tensor's
-        region exceeds what a consumer reads; activation tensors renamed with ``suffix``."""
-        graph, hg = self.graph, self.hg
-
-        def rn(t: str) -> str:
-            return t + suffix if suffix and hg.act(t) else t
-
-        nodes, extra = [], []
-        for i in hg.with_constants(self.plan.head_nodes):
-            n = graph.nodes[i]
-            if not any(hg.act(o) for o in n.outputs):
-                if not skip_constants:
-                    nodes.append(n)
-                continue
-            if i in g.pads:
-                n = n.with_ints("pads", list(g.pads[i]))
-            inputs = [rn(t) for t in n.inputs]
-            for k, t in enumerate(n.inputs):
-                crop = g.crops.get((i, t))
-                if crop is None:
+    def best_stage(self, run, lo: int, hi: int, budget: int | None) -> Stage | None:
+        """The fitting stage with the least compute (``budget``), or the least peak (None)."""
+        best = None
+        for a, b in self._candidates(run, lo, hi, budget):
+            for g in GRIDS:
+                s = self.stage(a, b, g)
+                if s is None:
                     continue
-                have = g.regions[t]
-                name = f"{t}__crop{i}{suffix}"
-                starts = int64_initializer(name + "_s", [crop[0] - have[0], crop[2] - have[2]])
-                ends = int64_initializer(name + "_e", [crop[1] - have[0], crop[3] - have[2]])
-                axes = int64_initializer(name + "_a", [2, 3])
-                extra += [starts, ends, axes]
-                dq = graph.nodes[hg.producer[t]] if t in hg.producer else None
-                if dq is not None and dq.op_type == "DequantizeLinear" and hg.act(dq.inputs[0]):
-                    # crop the int8 tensor, then dequantize: ONNX Runtime still fuses DQ -> op -> Q into an int8 kernel
-                    nodes.append(Node("Slice", name + "_q", [rn(dq.inputs[0]), starts.name, ends.name, axes.name],
-                                      [name + "_q"], "", {}))
-                    nodes.append(Node("DequantizeLinear", name, [name + "_q", *dq.inputs[1:]], [name], dq.domain, dq.attrs))
-                else:
-                    nodes.append(Node("Slice", name, [rn(t), starts.name, ends.name, axes.name], [name], "", {}))
-                inputs[k] = name
-            nodes.append(Node(n.op_type, n.name + suffix, inputs, [rn(o) for o in n.outputs], n.domain, n.attrs))
-        return nodes, extra
+                if budget is None:
+                    if best is None or (s.peak, s.macs) < (best.peak, best.macs):
+                        best = s
+                elif s.peak <= budget:
+                    if best is None or (s.macs, s.peak) < (best.macs, best.peak):
+                        best = s
+                    break  # more patches only add compute
+        return best
 
-    def patched_model(self) -> bytes:
-        """The whole patch schedule as one ONNX model: per patch, a crop of the image and a copy of the
-        head (weights shared), the pieces concatenated into the split tensor, then the tail. One
-        ONNX Runtime session runs it, in this order, freeing each patch's tensors as it goes."""
-        graph, hg, plan = self.graph, self.hg, self.plan
-        x = plan.input_name
-        nodes, extra = [], []
-        rows: dict[int, list[str]] = {}
-        for k, g in enumerate(plan.patches):
-            suffix = f"__p{k}"
-            r = g.regions[x]
-            starts = int64_initializer(f"{x}{suffix}_s", [r[0], r[2]])
-            ends = int64_initializer(f"{x}{suffix}_e", [r[1], r[3]])
-            axes = int64_initializer(f"{x}{suffix}_a", [2, 3])
-            extra += [starts, ends, axes]
-            nodes.append(Node("Slice", f"{x}{suffix}", [x, starts.name, ends.name, axes.name], [x + suffix], "", {}))
-            head, more = self._head_nodes(g, suffix, skip_constants=k > 0)
-            nodes += head
-            extra += more
-            rows.setdefault(g.out[0], []).append(plan.split + suffix)
-        pieces = []
-        for r0, names in sorted(rows.items()):
-            row = f"{plan.split}__row{r0}"
-            nodes.append(Node("Concat", row, names, [row], "", {"axis": int_attribute("axis", 3)}))
-            pieces.append(row)
-        nodes.append(Node("Concat", plan.split, pieces, [plan.split], "", {"axis": int_attribute("axis", 2)}))
-        nodes += [graph.nodes[i] for i in plan.tail_nodes]
-        return graph.submodel(nodes, list(graph.inputs), list(graph.outputs), "patched", extra)
+    def search(self, budget: int | None) -> PatchPlan:
+        """The plan with the least extra compute whose peak fits ``budget``; the least peak without one."""
+        ops = self.plan.ops
+        if budget is None:
+            return self._least_peak()
+        hot = [op.index for op in ops if op.live_bytes > budget]
+        stages = []
+        for run in self.runs():
+            inside = [k for k in hot if run[0] <= k < run[1]]
+            if not inside:
+                continue
+            s = self.best_stage(run, inside[0], inside[-1], budget)
+            if s is None:
+                break
+            stages.append(s)
+        plan = self._plan(stages)
+        if plan.peak > budget or not stages:
+            least = self._least_peak()
+            raise InvalidOptionError(
+                f"no patch plan fits {human_bytes(budget)}: the smallest peak is {human_bytes(least.peak)} "
+                f"({least.describe()}); raise --memory-budget to at least {least.peak} bytes")
+        return plan
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.session.run(feeds)
+    def _least_peak(self) -> PatchPlan:
+        stages: list[Stage] = []
+        for _ in range(4):
+            plan = self._plan(stages)
+            covered = {k for s in stages for k in range(s.first, s.stop)}
+            worst = max((op for op in self.plan.ops if op.index not in covered), key=lambda op: op.live_bytes,
+                        default=None)
+            if worst is None or worst.live_bytes < plan.peak and stages:
+                break
+            run = next((r for r in self.runs() if r[0] <= worst.index < r[1]
+                        and not any(r[0] <= s.first < r[1] for s in stages)), None)
+            s = None if run is None else self.best_stage(run, worst.index, worst.index, None)
+            if s is None or s.peak >= worst.live_bytes:
+                break
+            stages.append(s)
+        if not stages:
+            raise InvalidOptionError("no stage to patch: the ops that hold the most memory are not spatially local "
+                                     f"(peak at op {self.plan.peak_op.index} {self.plan.peak_op.op_type})")
+        return self._plan(stages)
 
-    def close(self) -> None:
-        if self.session is not None:
-            self.session.close()
+    def _plan(self, stages: list[Stage]) -> PatchPlan:
+        stages = sorted(stages, key=lambda s: s.first)
+        covered = {k for s in stages for k in range(s.first, s.stop)}
+        outside = [op.live_bytes for op in self.plan.ops if op.index not in covered]
+        peak = max([*outside, *(s.peak for s in stages)], default=0)
+        macs = self.plan.total_macs + sum(s.macs - s.plain_macs for s in stages)
+        return PatchPlan(stages, self.plan.peak_bytes, peak, self.plan.total_macs, macs)
+
+    def first_stage(self, stop: int, grid: int) -> PatchPlan:
+        """MCUNetV2's plan: ops [0, stop) patched on a grid x grid grid (tests, ``edge plan --stage``)."""
+        s = self.stage(0, stop, grid)
+        if s is None:
+            raise InvalidOptionError(f"ops 0-{stop - 1} cannot be cut into {grid}x{grid} patches")
+        return self._plan([s])
 
 
-def open_patched(path, budget, threads: int | None = None, **options) -> tuple[Session, PatchPlan | None]:
-    """An ONNX model run under ``budget`` bytes of activation memory: the plain session when its peak
-    already fits, else the patched schedule with the least extra compute that fits."""
-    from .memory import load_graph, parse_budget, plan_memory
-    from .ort import OrtSession
-
-    limit = parse_budget(budget)
-    graph, data = load_graph(path)
-    plan = plan_memory(graph)
-    if plan.peak_bytes <= limit:  # from the path when there is one: ONNX Runtime resolves external data beside it
-        return OrtSession(path if isinstance(path, (str, Path)) else data, threads, **options), None
-    hg = HeadGraph(graph, plan)
-    patches = hg.search(limit)
-    return PatchedSession(graph, hg, patches, lambda b: OrtSession(b, threads, **options)), patches
+def _area(r: Region) -> int:
+    return max(0, r[1] - r[0]) * max(0, r[3] - r[2])

@@ -1,0 +1,413 @@
+"""Running a PatchPlan: the patched ONNX graph, the plan cache, and the session a memory budget gets.
+
+The whole schedule is written as one ONNX model (per stage and patch: crops of the resident inputs and a
+copy of the stage's nodes sharing their weights; the pieces concatenated into the stage outputs), so one
+ONNX Runtime call runs it and the patched model can be saved and deployed as a plain ``.onnx``. The plan
+rides in the model's metadata (``edge_sdk.patch_plan``), so loading a saved or cached patched model
+knows the planned and the measured peaks without planning again.
+
+Planning is done once per model and budget, **in a child process**: reading the graph, running it once
+with every tensor as an output to learn shapes, and the search together hold far more memory than the
+activations the budget saves, and a process never gives all of it back. The child writes the patched
+model into the plan cache (``$EDGE_SDK_CACHE/plans``, default ``~/.cache/edge-sdk/plans``), measures
+the plain and the patched run each in a fresh process (activation memory: peak RSS during inference
+minus RSS after load), and refuses a plan whose measured peak is not below the plain run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..core.onnx_proto import (Node, OnnxGraph, encode, int64_initializer, int_attribute, parse,
+                               tensor_initializer)
+from ..errors import EdgeError, InvalidOptionError, ModelFormatError
+from .base import Session
+from .patch import PatchPlan, Stage, StagePlanner
+
+PLAN_KEY = "edge_sdk.patch_plan"
+PLAN_FORMAT = 2  # bump when the patched graph a plan describes changes
+# Two fresh processes loading the same model differ by up to ~5% of peak RSS (allocator state after ONNX
+# Runtime's graph transforms), so a process peak within this of the plain run's cannot be told from it.
+RSS_NOISE = 0.05
+MODEL_METADATA = 14  # ModelProto.metadata_props
+
+
+class PatchedGraphError(EdgeError):
+    """The rewriter produced a graph that is not valid ONNX (a bug: never written, never run)."""
+
+
+def patched_model(graph: OnnxGraph, planner: StagePlanner, plan: PatchPlan, metadata: dict | None = None) -> bytes:
+    """The plan's schedule as one ONNX model: constants first, then the graph's nodes in order with every
+    stage replaced by its patches and the concatenation of their pieces."""
+    nodes, extra = [n for n in graph.nodes if not any(planner.act(o) for o in n.outputs if o)], []
+    starts, dropped = {}, set()
+    for si, s in enumerate(plan.stages):
+        starts[min(s.nodes)] = si
+        inside = set(s.nodes)
+        for i in s.nodes:
+            n = graph.nodes[i]
+            shared = n.op_type == "DequantizeLinear" and (n.outputs[0] in planner.graph_outputs or any(
+                c not in inside for c in planner.consumers.get(n.outputs[0], [])))
+            if not shared:
+                dropped.add(i)
+    for i, n in enumerate(graph.nodes):
+        if i in starts:
+            more, inits = _stage_nodes(graph, planner, plan.stages[starts[i]], starts[i])
+            nodes += more
+            extra += inits
+        if i not in dropped and any(planner.act(o) for o in n.outputs if o):
+            nodes.append(n)
+    nodes = _toposort(nodes, {v.name for v in graph.inputs} | set(graph.initializers) | {t.name for t in extra})
+    _check_names(nodes)
+    body = graph.submodel(nodes, list(graph.inputs), list(graph.outputs), "patched", extra)
+    return body if metadata is None else patched_model_with_metadata(body, metadata)
+
+
+def _stage_nodes(graph: OnnxGraph, planner: StagePlanner, stage: Stage, si: int):
+    made = {o for i in stage.nodes for o in graph.nodes[i].outputs if o}
+    nodes: list[Node] = []
+    extra = []
+    scales = {}
+    for i in stage.nodes:
+        rule = planner.rules[i]
+        if rule.kind == "upsample":
+            name = f"{graph.nodes[i].outputs[0]}__scales{si}"
+            scales[i] = name
+            extra.append(tensor_initializer(name, np.array([1, 1, *rule.stride], np.float32)))
+    pieces: dict[str, dict[int, list[str]]] = {o: {} for o in stage.outputs}
+    for k, g in enumerate(stage.patches):
+        suffix = f"__s{si}p{k}"
+        names: dict[str, str] = {t: t + suffix for t in made}
+        for t in stage.inputs:
+            if t in g.regions:
+                names[t] = t + suffix
+                nodes.append(_slice(t, t + suffix, g.regions[t], None, extra))
+        for i in stage.nodes:
+            n = graph.nodes[i]
+            rule = planner.rules[i]
+            if i in g.pads:
+                n = n.with_ints("pads", list(g.pads[i]))
+            elif rule.kind == "transpose":
+                n = n.with_ints("pads", [0, 0, 0, 0])
+            inputs = [names.get(t, t) for t in n.inputs]
+            if rule.kind == "upsample":
+                inputs = [inputs[0], "", scales[i]]
+            for j, t in enumerate(n.inputs):
+                crop = g.crops.get((i, t))
+                if crop is None:
+                    continue
+                cut = f"{t}__c{i}{suffix}"
+                dq = graph.nodes[planner.producer[t]] if t in planner.producer else None
+                if dq is not None and dq.op_type == "DequantizeLinear" and planner.act(dq.inputs[0]) \
+                        and dq.inputs[0] in g.regions and g.regions[dq.inputs[0]] == g.regions[t]:
+                    # crop the int8 tensor, then dequantize: ONNX Runtime still fuses DQ -> op -> Q into an int8 kernel
+                    nodes.append(_slice(names.get(dq.inputs[0], dq.inputs[0]), cut + "_q", crop, g.regions[t], extra))
+                    nodes.append(Node("DequantizeLinear", cut, [cut + "_q", *dq.inputs[1:]], [cut], dq.domain, dq.attrs))
+                else:
+                    nodes.append(_slice(names.get(t, t), cut, crop, g.regions[t], extra))
+                inputs[j] = cut
+            nodes.append(Node(n.op_type, f"{n.name or n.op_type + str(i)}{suffix}", inputs,
+                              [names.get(o, o) if o else o for o in n.outputs], n.domain, n.attrs))
+        for o, cell in g.outputs.items():
+            piece = names[o]
+            if cell != g.regions[o]:
+                piece = f"{o}__piece{suffix}"
+                nodes.append(_slice(names[o], piece, cell, g.regions[o], extra))
+            pieces[o].setdefault(g.cell[0], []).append(piece)
+    for o, rows in pieces.items():
+        row_names = []
+        for a, parts in sorted(rows.items()):
+            row = f"{o}__s{si}row{a}"
+            nodes.append(Node("Concat", row, parts, [row], "", {"axis": int_attribute("axis", 3)}))
+            row_names.append(row)
+        nodes.append(Node("Concat", f"{o}__s{si}", row_names, [o], "", {"axis": int_attribute("axis", 2)}))
+    return nodes, extra
+
+
+def _slice(src: str, dst: str, region, within, extra: list) -> Node:
+    """A Slice of ``region`` (rows, cols) out of ``src``, whose own region is ``within`` (None: the whole tensor)."""
+    r0, c0 = (within[0], within[2]) if within else (0, 0)
+    starts = int64_initializer(dst + "__st", [region[0] - r0, region[2] - c0])
+    ends = int64_initializer(dst + "__en", [region[1] - r0, region[3] - c0])
+    axes = int64_initializer(dst + "__ax", [2, 3])
+    extra += [starts, ends, axes]
+    return Node("Slice", dst, [src, starts.name, ends.name, axes.name], [dst], "", {})
+
+
+def _toposort(nodes: list[Node], available: set[str]) -> list[Node]:
+    """``nodes`` in an order where every input is made before it is read, keeping the given order wherever
+    it already is one (ONNX Runtime runs nodes in this order: the patches run one after another)."""
+    made_by = {o: k for k, n in enumerate(nodes) for o in n.outputs if o}
+    waiting = [sum(1 for t in set(n.inputs) if t and t not in available and t in made_by) for n in nodes]
+    users: dict[int, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for t in set(n.inputs):
+            if t and t not in available and t in made_by:
+                users.setdefault(made_by[t], []).append(k)
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(nodes[k])
+        for u in users.get(k, []):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        raise PatchedGraphError("the patched graph has a cycle; this is a bug in the patch planner")
+    return order
+
+
+def _check_names(nodes: list[Node]) -> None:
+    seen_nodes, seen_values = set(), set()
+    for n in nodes:
+        if n.name in seen_nodes:
+            raise PatchedGraphError(f"the patched graph has two nodes named '{n.name}'; this is a bug in the planner")
+        seen_nodes.add(n.name)
+        for o in n.outputs:
+            if o and o in seen_values:
+                raise PatchedGraphError(f"the patched graph writes '{o}' twice; this is a bug in the planner")
+            seen_values.add(o)
+
+
+def plan_metadata(model_bytes_: bytes) -> dict | None:
+    """The plan recorded in a patched model's metadata, if it is one."""
+    for n, wt, v in parse(model_bytes_):
+        if n == MODEL_METADATA and wt == 2:
+            entry = parse(v)
+            key = next((x for k, w, x in entry if k == 1 and w == 2), b"")
+            if key == PLAN_KEY.encode():
+                try:
+                    return json.loads(next((x for k, w, x in entry if k == 2 and w == 2), b"{}"))
+                except ValueError:
+                    return None
+    return None
+
+
+@dataclass
+class BudgetPlan:
+    """What ``load(..., memory_budget=...)`` runs under, planned and measured (``Model.memory_plan``)."""
+
+    budget_bytes: int
+    patched: bool  # False: the plain schedule's planned peak already fits
+    planned_peak_bytes: int
+    plain_peak_bytes: int
+    extra_compute: float = 1.0
+    stages: list = field(default_factory=list)
+    measured_peak_bytes: int | None = None  # activation memory of one run, measured once in a fresh process
+    plain_measured_bytes: int | None = None
+    process_peak_bytes: int | None = None
+    plain_process_peak_bytes: int | None = None
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> "BudgetPlan":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in meta.items() if k in names}, patched=not meta.get("plain_fits"))
+
+    @property
+    def reduction(self) -> float:
+        return self.plain_peak_bytes / max(1, self.planned_peak_bytes)
+
+    def describe(self) -> str:
+        from .memory import human_bytes
+
+        if not self.patched:
+            return (f"the plain schedule fits {human_bytes(self.budget_bytes)} "
+                    f"(planned peak {human_bytes(self.planned_peak_bytes)}); ONNX Runtime arena off")
+        text = (f"{len(self.stages)} patched stage(s), grid {'/'.join(str(s['grid']) for s in self.stages)}: planned "
+                f"peak {human_bytes(self.planned_peak_bytes)} (plain {human_bytes(self.plain_peak_bytes)}, "
+                f"{self.reduction:.2f}x less), compute x{self.extra_compute:.3f}")
+        if self.measured_peak_bytes is not None:
+            text += (f"; measured {human_bytes(self.measured_peak_bytes)} "
+                     f"(plain {human_bytes(self.plain_measured_bytes or 0)})")
+        return text
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class PatchedSession(Session):
+    """A patch plan run as one ONNX Runtime session over the rewritten graph (``model_bytes``)."""
+
+    def __init__(self, graph: OnnxGraph, planner: StagePlanner, plan: PatchPlan, make_session=None,
+                 metadata: dict | None = None) -> None:
+        """``make_session(model_bytes)`` opens the patched model; None only builds ``model_bytes``."""
+        self.plan = plan
+        self.model_bytes = patched_model(graph, planner, plan, metadata)
+        self.session = None if make_session is None else make_session(self.model_bytes)
+        self.inputs = self.session.inputs if self.session else []
+        self.outputs = self.session.outputs if self.session else []
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.session.run(feeds)
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+
+
+# ---- the default path: plan once in a child, cache, open with the runtime set to hold the plan ---------
+def budget_session(model, threads: int | None, **options) -> Session:
+    """An ONNX Runtime session set up to hold a planned peak: no arena (each tensor its own allocation,
+    freed when it dies, so the allocator reuses it for the next patch) and no memory pattern (no run-wide
+    block). glibc's M_MMAP_THRESHOLD could also hand freed blocks back to the system at once, but every
+    run would then fault its pages in again (2x the latency on MobileNetV2), so the heap keeps them."""
+    from .ort import OrtSession
+
+    if options.get("arena"):
+        raise InvalidOptionError("memory_budget runs ONNX Runtime without its arena (the arena keeps freed tensors); "
+                                 "drop arena=True")
+    options.pop("arena", None)
+    return OrtSession(model, threads, arena=False, **options)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGE_SDK_CACHE") or Path.home() / ".cache" / "edge-sdk") / "plans"
+
+
+def cached_plan_path(model: str | Path, budget: int) -> Path:
+    """Where the plan for ``model`` (by content) under ``budget`` bytes is cached."""
+    model = Path(model)
+    h = hashlib.sha256()
+    with open(model, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return cache_dir() / f"{model.stem}-{h.hexdigest()[:16]}-{budget}-v{PLAN_FORMAT}.onnx"
+
+
+def open_patched(path, budget, threads: int | None = None, **options) -> tuple[Session, BudgetPlan]:
+    """An ONNX model run under ``budget`` bytes of activation memory: the plain schedule (no arena) when
+    its planned peak fits, else the cached patched schedule, planned first in a child process."""
+    from .memory import parse_budget
+
+    limit = parse_budget(budget)
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFormatError(f"{path} does not exist")
+    cached = cached_plan_path(path, limit)
+    sidecar = cached.with_suffix(".json")
+    if not sidecar.is_file():
+        _plan_in_child(path, limit, cached)
+    try:
+        meta = json.loads(sidecar.read_text())
+        plan = BudgetPlan.from_metadata(meta)
+        if meta.get("format") != PLAN_FORMAT or (plan.patched and not cached.is_file()):
+            raise ValueError("stale")
+    except (OSError, ValueError, TypeError) as e:
+        sidecar.unlink(missing_ok=True)
+        raise PatchedGraphError(f"the cached plan {sidecar} is unreadable ({e}); it was removed, load the model "
+                                "again") from e
+    # from the path, not bytes: ONNX Runtime reads the file itself and no second copy passes through Python
+    return budget_session(cached if plan.patched else path, threads, **options), plan
+
+
+def _plan_in_child(path: Path, limit: int, out: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "edge_sdk.runtimes.patch_run", str(path), str(limit), str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"the planner exited with {proc.returncode}"
+        kind, _, text = last.partition(": ")
+        from .. import errors
+
+        cls = PatchedGraphError if kind == "PatchedGraphError" else getattr(errors, kind, None)
+        if isinstance(cls, type) and issubclass(cls, EdgeError):
+            raise cls(text)  # the planner's own one-line error, as if raised here
+        raise PatchedGraphError(f"the memory planner failed: {last}")
+
+
+_MEASURE = r"""
+import json, re, sys
+import numpy as np
+def rss(key):
+    return int(re.search(key + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+from edge_sdk.runtimes.patch_run import budget_session
+from edge_sdk.runtimes.ort import OrtSession
+sess = budget_session(sys.argv[1], 1) if sys.argv[2] == "budget" else OrtSession(sys.argv[1], 1)
+loaded = rss("VmRSS")
+feeds = {s.name: np.zeros([d if isinstance(d, int) else 1 for d in s.shape], s.dtype) for s in sess.inputs}
+for _ in range(3):
+    sess.run(feeds)
+print(json.dumps({"activation_bytes": rss("VmHWM") - loaded, "process_peak_bytes": rss("VmHWM")}))
+"""
+
+
+def measure(model: Path, mode: str) -> dict | None:
+    """One model's activation memory (peak RSS over three runs minus RSS after load: what the process
+    grows by to run it, kernels' one-time buffers included) and its process peak, in a fresh process:
+    ``mode`` "budget" (budget_session) or "plain" (load's default); None where /proc is not there."""
+    if not Path("/proc/self/status").exists():
+        return None
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(model), mode], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def plan_to_file(path: Path, limit: int, out: Path) -> dict:
+    """Plan ``path`` for ``limit`` bytes, write the patched model (plan in its metadata) to ``out``."""
+    from ..core.atomic import atomic_write_bytes
+    from .memory import human_bytes, load_graph, plan_memory
+
+    graph, _ = load_graph(path)
+    mp = plan_memory(graph)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if mp.peak_bytes <= limit:
+        meta = {"format": PLAN_FORMAT, "budget_bytes": limit, "plain_fits": True, "planned_peak_bytes": mp.peak_bytes,
+                "plain_peak_bytes": mp.peak_bytes}
+        atomic_write_bytes(out.with_suffix(".json"), json.dumps(meta).encode())
+        return meta
+    planner = StagePlanner(graph, mp)
+    plan = planner.search(limit)
+    meta = {"format": PLAN_FORMAT, "budget_bytes": limit, "plain_fits": False, **plan.summary()}
+    body = patched_model(graph, planner, plan, meta)
+    del graph, mp, planner
+    tmp = out.with_name(out.name + ".measure.onnx")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_bytes(body)
+    try:
+        patched, plain, plain_budget = measure(tmp, "budget"), measure(path, "plain"), measure(path, "budget")
+    finally:
+        tmp.unlink(missing_ok=True)
+    if patched and plain and plain_budget:
+        meta.update(measured_peak_bytes=patched["activation_bytes"], plain_measured_bytes=plain_budget["activation_bytes"],
+                    process_peak_bytes=patched["process_peak_bytes"], plain_process_peak_bytes=plain["process_peak_bytes"])
+        if patched["process_peak_bytes"] > plain["process_peak_bytes"] * (1 + RSS_NOISE):
+            raise InvalidOptionError(
+                f"the patched schedule for {human_bytes(limit)} peaked at {human_bytes(patched['process_peak_bytes'])} "
+                f"of process memory, above the plain run's {human_bytes(plain['process_peak_bytes'])} (its activations "
+                f"measured {human_bytes(patched['activation_bytes'])} against {human_bytes(plain_budget['activation_bytes'])}): "
+                "a budget this model cannot use; run without --memory-budget")
+        body = patched_model_with_metadata(body, meta)
+    atomic_write_bytes(out, body)
+    atomic_write_bytes(out.with_suffix(".json"), json.dumps(meta).encode())  # last: it marks the entry complete
+    return meta
+
+
+def patched_model_with_metadata(body: bytes, meta: dict) -> bytes:
+    fields = [f for f in parse(body) if f[0] != MODEL_METADATA]
+    entry = encode([(1, 2, PLAN_KEY.encode()), (2, 2, json.dumps(meta).encode())])
+    return encode(fields + [(MODEL_METADATA, 2, entry)])
+
+
+def main(argv: list[str]) -> int:
+    try:
+        plan_to_file(Path(argv[0]), int(argv[1]), Path(argv[2]))
+    except EdgeError as e:
+        print(f"{type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
