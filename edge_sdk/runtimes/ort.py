@@ -49,8 +49,11 @@ class OrtSession(Session):
         optimization: str = "all",
         arena: bool = True,
         profile_prefix: str | None = None,
+        memory_reuse: bool = True,
     ) -> None:
-        """``profile_prefix``: record ONNX Runtime's per-node trace (``end_profiling`` returns its file)."""
+        """``profile_prefix``: record ONNX Runtime's per-node trace (``end_profiling`` returns its file).
+        ``memory_reuse=False``: no output takes over a dead tensor's buffer (ONNX Runtime's reuse chains
+        keep a buffer as long as its last owner lives, which in a patched schedule spans patches)."""
         import onnxruntime as ort
 
         if optimization not in OPTIMIZATION_LEVELS:
@@ -76,6 +79,7 @@ class OrtSession(Session):
             so.profile_file_prefix = profile_prefix
         if not arena:  # no arena: every tensor is its own allocation, freed when it dies (no run-wide block)
             so.enable_mem_pattern = False
+        so.enable_mem_reuse = memory_reuse
         so.graph_optimization_level = {
             "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
