@@ -16,7 +16,8 @@ from edge_sdk import errors
 from edge_sdk.runtimes.memory import load_graph, parse_budget, plan_memory
 from edge_sdk.runtimes.ort import OrtSession
 from edge_sdk.runtimes.patch import StagePlanner
-from edge_sdk.runtimes.patch_run import RSS_NOISE, PatchedSession, cached_plan_path, patched_model, plan_metadata
+from edge_sdk.runtimes.budget import cached_plan_path
+from edge_sdk.runtimes.patch_run import RSS_NOISE, PatchedSession, patched_model, plan_metadata
 
 
 def checked(model_bytes: bytes) -> bytes:

@@ -302,3 +302,25 @@ def test_profile_tflite_op_table_from_benchmark_model(digits_tflite, tmp_path):
     bad.chmod(0o755)
     rep = profile(digits_tflite, ProfileOptions(**{**FAST, "benchmark_model": str(bad)}))
     assert rep.runs[0]["ops"] is None and "Could not open graph" in rep.runs[0]["ops_unavailable"]
+
+
+def test_profile_under_a_memory_budget_records_the_plan_and_keeps_per_op_times(digits_result, tmp_path):
+    """``edge profile --memory-budget``: the JSON (schema-valid), Markdown and HTML carry the budget, the
+    planned and measured peaks and the extra compute, and the per-op table is the patched schedule's."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from edge_sdk.profilers.report import SCHEMA_FILE, load_report
+    from edge_sdk.runtimes.memory import load_graph, plan_memory
+
+    path = digits_result.artifact("int8").path
+    budget = int(plan_memory(load_graph(path)[0]).peak_bytes * 0.8)
+    rep = profile(path, ProfileOptions(**{**FAST, "load_options": {"memory_budget": budget}}))
+    run = rep.doc["runs"][0]
+    b = run["memory"]["budget"]
+    assert b["budget_bytes"] == budget and b["patched"] and b["planned_peak_bytes"] <= budget < b["plain_peak_bytes"]
+    assert b["extra_compute"] >= 1.0 and b["stages"]
+    types = {o["op_type"] for o in run["ops"]["by_type"]}
+    assert run["ops"]["source"] == "onnxruntime" and "QLinearConv" in types
+    assert "Slice" in types and "Concat" in types  # the patches' crops and the assembly of their pieces
+    jsonschema.validate(load_report(rep.write_json(tmp_path / "r.json")), json.loads(SCHEMA_FILE.read_text()))
+    assert "## Memory budget (patch-based inference)" in rep.to_markdown()
+    assert "activation peak, planned" in rep.write_html(tmp_path / "r.html").read_text()

@@ -21,32 +21,11 @@ import numpy as np
 
 from ..core.onnx_proto import Node, OnnxGraph, ValueInfo, encode, read_onnx_graph
 from ..core.tensors import TensorSpec, checked_sizes
-from ..errors import EdgeError, InvalidOptionError, ModelFormatError
+from ..errors import EdgeError, ModelFormatError
+from .budget import human_bytes, parse_budget  # noqa: F401  (their home before the load path needed them light)
 
 ELEMENTWISE = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Add", "Mul", "Sub", "Div",
                "BatchNormalization", "Identity", "Dropout", "PRelu", "Elu", "Selu", "Softplus", "Erf"}
-_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
-
-
-def parse_budget(text: str | int | float) -> int:
-    """'256KB' -> 256000, '1.5MB' -> 1500000, '2MiB' -> 2097152, 4096 -> 4096 (bytes)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = int(text)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?[iI]?[bB]?)\s*", str(text))
-        if not m or m.group(2).lower() not in _UNITS:
-            raise InvalidOptionError(f"memory budget '{text}' not understood; write e.g. 256KB, 1.5MB or 2MiB")
-        value = int(round(float(m.group(1)) * _UNITS[m.group(2).lower()]))
-    if value <= 0:
-        raise InvalidOptionError(f"memory budget must be positive, got {text}")
-    return value
-
-
-def human_bytes(n: float) -> str:
-    for unit, size in (("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 @dataclass

@@ -196,7 +196,7 @@ def load(path: str | Path, backend: str = "auto", threads: int | None = None, *,
         if fmt is not ModelFormat.ONNX or b.name != "onnxruntime":
             raise InvalidOptionError("memory_budget works on ONNX models (patch-based inference, onnxruntime) "
                                      "and GGUF models (flash offloading, backend='edge')")
-        from .patch_run import open_patched
+        from .budget import open_patched
 
         session, plan = open_patched(p, memory_budget, threads, **options)
         return Model(session, b.name, p, fmt, plan)

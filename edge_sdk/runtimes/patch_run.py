@@ -1,4 +1,4 @@
-"""Running a PatchPlan: the patched ONNX graph, the plan cache, and the session a memory budget gets.
+"""Writing a PatchPlan: the patched ONNX graph, and the planning child that fills the plan cache.
 
 The whole schedule is written as one ONNX model (per stage and patch: crops of the resident inputs and a
 copy of the stage's nodes sharing their weights; the pieces concatenated into the stage outputs), so one
@@ -11,38 +11,32 @@ with every tensor as an output to learn shapes, and the search together hold far
 activations the budget saves, and a process never gives all of it back. The child writes the patched
 model into the plan cache (``$EDGE_SDK_CACHE/plans``, default ``~/.cache/edge-sdk/plans``), measures
 the plain and the patched run each in a fresh process (activation memory: peak RSS during inference
-minus RSS after load), and refuses a plan whose measured peak is not below the plain run's.
+minus RSS after load), and refuses a plan whose process peak is above the plain run's. ``budget`` is
+the load side, kept light.
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
-import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from ..core.onnx_proto import (Node, OnnxGraph, encode, int64_initializer, int_attribute, parse,
                                tensor_initializer)
-from ..errors import EdgeError, InvalidOptionError, ModelFormatError
+from ..errors import EdgeError, InvalidOptionError
 from .base import Session
+from .budget import PLAN_FORMAT, PatchedGraphError, budget_session  # noqa: F401  (re-exported)
 from .patch import PatchPlan, Stage, StagePlanner
 
 PLAN_KEY = "edge_sdk.patch_plan"
-PLAN_FORMAT = 2  # bump when the patched graph a plan describes changes
 # Two fresh processes loading the same model differ by up to ~5% of peak RSS (allocator state after ONNX
 # Runtime's graph transforms), so a process peak within this of the plain run's cannot be told from it.
 RSS_NOISE = 0.05
 MODEL_METADATA = 14  # ModelProto.metadata_props
-
-
-class PatchedGraphError(EdgeError):
-    """The rewriter produced a graph that is not valid ONNX (a bug: never written, never run)."""
 
 
 def patched_model(graph: OnnxGraph, planner: StagePlanner, plan: PatchPlan, metadata: dict | None = None) -> bytes:
@@ -194,48 +188,6 @@ def plan_metadata(model_bytes_: bytes) -> dict | None:
     return None
 
 
-@dataclass
-class BudgetPlan:
-    """What ``load(..., memory_budget=...)`` runs under, planned and measured (``Model.memory_plan``)."""
-
-    budget_bytes: int
-    patched: bool  # False: the plain schedule's planned peak already fits
-    planned_peak_bytes: int
-    plain_peak_bytes: int
-    extra_compute: float = 1.0
-    stages: list = field(default_factory=list)
-    measured_peak_bytes: int | None = None  # activation memory of one run, measured once in a fresh process
-    plain_measured_bytes: int | None = None
-    process_peak_bytes: int | None = None
-    plain_process_peak_bytes: int | None = None
-
-    @classmethod
-    def from_metadata(cls, meta: dict) -> "BudgetPlan":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in meta.items() if k in names}, patched=not meta.get("plain_fits"))
-
-    @property
-    def reduction(self) -> float:
-        return self.plain_peak_bytes / max(1, self.planned_peak_bytes)
-
-    def describe(self) -> str:
-        from .memory import human_bytes
-
-        if not self.patched:
-            return (f"the plain schedule fits {human_bytes(self.budget_bytes)} "
-                    f"(planned peak {human_bytes(self.planned_peak_bytes)}); ONNX Runtime arena off")
-        text = (f"{len(self.stages)} patched stage(s), grid {'/'.join(str(s['grid']) for s in self.stages)}: planned "
-                f"peak {human_bytes(self.planned_peak_bytes)} (plain {human_bytes(self.plain_peak_bytes)}, "
-                f"{self.reduction:.2f}x less), compute x{self.extra_compute:.3f}")
-        if self.measured_peak_bytes is not None:
-            text += (f"; measured {human_bytes(self.measured_peak_bytes)} "
-                     f"(plain {human_bytes(self.plain_measured_bytes or 0)})")
-        return text
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 class PatchedSession(Session):
     """A patch plan run as one ONNX Runtime session over the rewritten graph (``model_bytes``)."""
 
@@ -257,89 +209,12 @@ class PatchedSession(Session):
 
 
 # ---- the default path: plan once in a child, cache, open with the runtime set to hold the plan ---------
-def budget_session(model, threads: int | None, **options) -> Session:
-    """An ONNX Runtime session set up to hold a planned peak: no arena (each tensor its own allocation,
-    freed when it dies, so the allocator reuses it for the next patch), no memory pattern (no run-wide
-    block) and no buffer reuse between tensors (ONNX Runtime hands a dead tensor's buffer to a later
-    output, and such chains held 42 MB across the patches of a U-Net planned at 4.5 MB; without them
-    it peaks at 4.4 MB). glibc's M_MMAP_THRESHOLD could also hand freed blocks back to the system at
-    once, but every run would then fault its pages in again (2x the latency on MobileNetV2)."""
-    from .ort import OrtSession
-
-    if options.get("arena"):
-        raise InvalidOptionError("memory_budget runs ONNX Runtime without its arena (the arena keeps freed tensors); "
-                                 "drop arena=True")
-    options.pop("arena", None)
-    return OrtSession(model, threads, arena=False, memory_reuse=False, **options)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EDGE_SDK_CACHE") or Path.home() / ".cache" / "edge-sdk") / "plans"
-
-
-def cached_plan_path(model: str | Path, budget: int) -> Path:
-    """Where the plan for ``model`` (by content: a rewritten model never meets a stale plan) under
-    ``budget`` bytes is cached."""
-    model = Path(model)
-    h = hashlib.blake2b(digest_size=16)
-    with open(model, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return cache_dir() / f"{model.stem}-{h.hexdigest()}-{budget}-v{PLAN_FORMAT}.onnx"
-
-
-def open_patched(path, budget, threads: int | None = None, **options) -> tuple[Session, BudgetPlan]:
-    """An ONNX model run under ``budget`` bytes of activation memory: the plain schedule (no arena) when
-    its planned peak fits, else the cached patched schedule, planned first in a child process."""
-    from .memory import parse_budget
-
-    limit = parse_budget(budget)
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFormatError(f"{path} does not exist")
-    cached = cached_plan_path(path, limit)
-    sidecar = cached.with_suffix(".json")
-    if not sidecar.is_file():
-        _plan_in_child(path, limit, cached)
-    try:
-        meta = json.loads(sidecar.read_text())
-        plan = BudgetPlan.from_metadata(meta)
-        if meta.get("format") != PLAN_FORMAT or (plan.patched and not cached.is_file()):
-            raise ValueError("stale")
-    except (OSError, ValueError, TypeError) as e:
-        sidecar.unlink(missing_ok=True)
-        raise PatchedGraphError(f"the cached plan {sidecar} is unreadable ({e}); it was removed, load the model "
-                                "again") from e
-    # from the path, not bytes: ONNX Runtime reads the file itself and no second copy passes through Python
-    if not plan.patched:
-        return budget_session(path, threads, **options), plan
-    optimized = cached.with_suffix(".opt.onnx")
-    if "optimization" not in options and optimized.is_file():  # ONNX Runtime's own passes, run once at planning
-        return budget_session(optimized, threads, optimization="disabled", **options), plan
-    return budget_session(cached, threads, **options), plan
-
-
-def _plan_in_child(path: Path, limit: int, out: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "edge_sdk.runtimes.patch_run", str(path), str(limit), str(out)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        last = lines[-1] if lines else f"the planner exited with {proc.returncode}"
-        kind, _, text = last.partition(": ")
-        from .. import errors
-
-        cls = PatchedGraphError if kind == "PatchedGraphError" else getattr(errors, kind, None)
-        if isinstance(cls, type) and issubclass(cls, EdgeError):
-            raise cls(text)  # the planner's own one-line error, as if raised here
-        raise PatchedGraphError(f"the memory planner failed: {last}")
-
-
 _MEASURE = r"""
 import json, re, sys
 import numpy as np
 def rss(key):
     return int(re.search(key + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
-from edge_sdk.runtimes.patch_run import budget_session
+from edge_sdk.runtimes.budget import budget_session
 from edge_sdk.runtimes.ort import OrtSession
 sess = budget_session(sys.argv[1], 1) if sys.argv[2] == "budget" else OrtSession(sys.argv[1], 1)
 loaded = rss("VmRSS")
