@@ -9,7 +9,7 @@ already cached (planning is a one-time step, timed separately). Per model:
 - measured peak reduction: activation memory = peak RSS during load's first three runs minus RSS after
   load, plain / budget;
 - process peak RSS: budget / plain (the whole process, load included);
-- extra compute (MACs) and latency (median of 20 runs after 3 warm-up runs), budget / plain;
+- extra compute (MACs) and latency (median of 30 runs after 3 warm-up runs; the least of three processes), budget / plain;
 - load time with a cached plan, budget / plain; and the first (planning) load's time.
 
     python benchmarks/patch_inference.py
@@ -43,7 +43,7 @@ for _ in range(3):
     m.run(x)
 activation = rss("VmHWM") - loaded
 times = []
-for _ in range(20):
+for _ in range(30):
     t = time.perf_counter()
     m.run(x)
     times.append(time.perf_counter() - t)
@@ -98,7 +98,7 @@ def main() -> None:
             plan = edge_sdk.load(path, memory_budget=budget).memory_plan
             print(f"# {name}: budget {human_bytes(budget)}; {plan.describe()}; first load (planning) {planning_s:.1f} s")
             plain, patched = [], []
-            for _ in range(2):  # interleaved, fresh processes
+            for _ in range(3):  # interleaved, fresh processes
                 plain.append(child(path, None, env))
                 patched.append(child(path, budget, env))
             best = lambda runs, k: min(r[k] for r in runs)  # noqa: E731  (least disturbed of the repeats)

@@ -240,6 +240,12 @@ def run(
             options["logits_all"] = False  # generation needs the last position's logits only
         if memory_budget is not None:
             options["memory_budget"] = memory_budget
+            if detect_format(model) is ModelFormat.ONNX:
+                from .runtimes.budget import is_planned, parse_budget
+
+                if not is_planned(model, parse_budget(memory_budget)):
+                    console.print(f"planning patch-based inference for {escape(memory_budget)} (once per model and "
+                                  "budget; the plan is measured and cached) ...", highlight=False)
         m = load(model, backend=backend, threads=threads, **options)
         if m.memory_plan is not None:
             console.print(f"patch-based: {escape(m.memory_plan.describe())}", highlight=False)

@@ -301,3 +301,17 @@ def test_cli_plan_marks_peak_and_writes_svg(digits_result, tmp_path):
     x = np.random.default_rng(3).standard_normal((2, 1, 8, 8)).astype(np.float32)
     a, b = edge_sdk.load(path).run(x), edge_sdk.load(tmp_path / "p.onnx").run(x)  # the saved schedule runs alone
     np.testing.assert_array_equal(next(iter(a.values())), next(iter(b.values())))
+
+
+def test_cli_run_with_a_budget_says_when_it_plans(digits_result):
+    from typer.testing import CliRunner
+
+    from edge_sdk.cli import app
+
+    path = digits_result.artifact("none").path
+    budget = str(int(plan_memory(load_graph(path)[0]).peak_bytes * 0.7))
+    first = CliRunner().invoke(app, ["run", str(path), "--random", "--memory-budget", budget])
+    assert first.exit_code == 0, first.output
+    assert "planning patch-based inference" in first.output and "patch-based: 1 patched stage(s)" in first.output
+    again = CliRunner().invoke(app, ["run", str(path), "--random", "--memory-budget", budget])
+    assert again.exit_code == 0 and "planning" not in again.output and "patch-based:" in again.output

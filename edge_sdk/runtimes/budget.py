@@ -119,6 +119,14 @@ def cached_plan_path(model: str | Path, budget: int) -> Path:
     return cache_dir() / f"{model.stem}-{h.hexdigest()}-{budget}-v{PLAN_FORMAT}.onnx"
 
 
+def is_planned(model: str | Path, budget: int) -> bool:
+    """Whether ``model`` has a cached plan for ``budget`` bytes (the first budgeted load plans: seconds)."""
+    try:
+        return cached_plan_path(model, budget).with_suffix(".json").is_file()
+    except OSError:
+        return False
+
+
 def open_patched(path, budget, threads: int | None = None, **options) -> tuple[Session, BudgetPlan]:
     """An ONNX model run under ``budget`` bytes of activation memory: the plain schedule (no arena) when
     its planned peak fits, else the cached patched schedule, planned first in a child process."""
