@@ -183,8 +183,15 @@ class StagePlanner:
                 last_use[t] = op.index
         for t in plan.graph_outputs:
             last_use[t] = len(plan.ops)
-        self._spans = [(produced[t], last_use[t], plan.sizes.get(t, 0)) for t in last_use
-                       if t in produced and t not in self.graph_inputs]
+        change = [0] * (len(plan.ops) + 2)  # a tensor made by op m and last read by op l lives across m < k <= l
+        for t, last in last_use.items():
+            if t in produced and t not in self.graph_inputs:
+                change[produced[t] + 1] += plan.sizes.get(t, 0)
+                change[last + 1] -= plan.sizes.get(t, 0)
+        self._live, running = [], 0
+        for delta in change[:-1]:
+            running += delta
+            self._live.append(running)
 
     def act(self, t: str) -> bool:
         return self.plan.is_activation(t)
@@ -244,7 +251,7 @@ class StagePlanner:
 
     def live_across(self, boundary: int) -> int:
         """Bytes of tensors made before op ``boundary`` and still needed at or after it (graph inputs excluded)."""
-        return sum(size for made, last, size in self._spans if made < boundary <= last)
+        return self._live[boundary]
 
     def runs(self) -> list[tuple[int, int]]:
         """Maximal runs [first, stop) of consecutive spatial ops."""
@@ -454,13 +461,6 @@ class StagePlanner:
         peak = max([*outside, *(s.peak for s in stages)], default=0)
         macs = self.plan.total_macs + sum(s.macs - s.plain_macs for s in stages)
         return PatchPlan(stages, self.plan.peak_bytes, peak, self.plan.total_macs, macs)
-
-    def first_stage(self, stop: int, grid: int) -> PatchPlan:
-        """MCUNetV2's plan: ops [0, stop) patched on a grid x grid grid (tests, ``edge plan --stage``)."""
-        s = self.stage(0, stop, grid)
-        if s is None:
-            raise InvalidOptionError(f"ops 0-{stop - 1} cannot be cut into {grid}x{grid} patches")
-        return self._plan([s])
 
 
 def _area(r: Region) -> int:

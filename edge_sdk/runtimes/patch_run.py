@@ -258,7 +258,7 @@ def plan_to_file(path: Path, limit: int, out: Path) -> dict:
     planner = StagePlanner(graph, mp)
     plan = planner.search(limit)
     meta = {"format": PLAN_FORMAT, "budget_bytes": limit, "plain_fits": False, **plan.summary()}
-    body = patched_model(graph, planner, plan, meta)
+    body = patched_model(graph, planner, plan)  # the plan's metadata goes on once the measurements are in it
     del graph, mp, planner
     tmp = out.with_name(out.name + ".measure.onnx")
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -276,8 +276,7 @@ def plan_to_file(path: Path, limit: int, out: Path) -> dict:
                 f"of process memory, above the plain run's {human_bytes(plain['process_peak_bytes'])} (its activations "
                 f"measured {human_bytes(patched['activation_bytes'])} against {human_bytes(plain_budget['activation_bytes'])}): "
                 "a budget this model cannot use; run without --memory-budget")
-        body = patched_model_with_metadata(body, meta)
-    atomic_write_bytes(out, body)
+    atomic_write_bytes(out, patched_model_with_metadata(body, meta))
     _save_optimized(out, out.with_suffix(".opt.onnx"))
     atomic_write_bytes(out.with_suffix(".json"), json.dumps(meta).encode())  # last: it marks the entry complete
     return meta
