@@ -3,17 +3,24 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edge-installed
+DEMO_STAMP := $(VENV)/.edge-demo
 DEMO   := examples/digits/artifacts
 PYTEST_ARGS ?=
 # llama.cpp is compiled once per machine into a wheel outside the repo (portable: no -march=native)
 LLAMA_VERSION := 0.3.36
-WHEELS := $(HOME)/.cache/edge-sdk/wheels
+WHEELS := $(HOME)/.cache/edgelift/wheels
 LLAMA_WHEEL = $(firstword $(wildcard $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl))
 
-.PHONY: demo test fuzz corpus bench clean llama-wheel system-deps
+.PHONY: demo test fuzz corpus bench clean llama-wheel system-deps wheel
 
-$(STAMP): pyproject.toml
+# the demo needs the converters (torch, onnx) and scikit-learn's digits, nothing else: no llama.cpp build
+$(DEMO_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[convert,examples]'
+	touch $(DEMO_STAMP)
+
+# the tests need every backend: llama.cpp is compiled here (once per machine), never for the demo
+$(STAMP): pyproject.toml $(DEMO_STAMP)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(MAKE) --no-print-directory llama-wheel
 	$(BIN)/python -m pip install -q --no-deps $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
@@ -28,14 +35,14 @@ llama-wheel:
 			-w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION); \
 	fi
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m examples.digits.train
-	$(BIN)/edge convert $(DEMO)/digits.pt2 --to onnx -q none -q fp16 -q int8 -q int4 \
+	$(BIN)/edge convert $(DEMO)/digits.pt2 --to onnx -q none,fp16,int8,int4 \
 		--calibration $(DEMO)/calib.npz --validation $(DEMO)/val.npz --out build/demo
 	$(BIN)/edge inspect build/demo/digits.int8.onnx
 	$(BIN)/edge run build/demo/digits.int8.onnx --input $(DEMO)/val.npz
 	for m in fp32 fp16 int8 int4; do \
-		$(BIN)/edge profile build/demo/digits.$$m.onnx --runs 300 --idle 1 --input $(DEMO)/val.npz \
+		$(BIN)/edge profile build/demo/digits.$$m.onnx --idle 1 --input $(DEMO)/val.npz \
 			--json build/demo/profile.$$m.json --html build/demo/profile.$$m.html || exit 1; \
 	done
 	$(BIN)/edge report build/demo/profile.fp32.json build/demo/profile.fp16.json build/demo/profile.int8.json \
@@ -65,6 +72,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/onnx_quant.py
 	$(BIN)/python benchmarks/runtime_overhead.py
 	$(BIN)/python benchmarks/import_time.py
+
+# the wheel users install (pip install dist/edgelift-*.whl); `edge profile --install` sends a device the same code
+wheel: $(DEMO_STAMP)
+	$(BIN)/python -m pip wheel -q --no-deps -w dist .
+	@ls dist/*.whl
 
 clean:
 	rm -rf build .pytest_cache examples/*/artifacts

@@ -1,6 +1,6 @@
 """Core ML conversion of MobileNetV2-224 (plain torch, seed 0, BatchNorm statistics from random images): time and package size per mode.
 
-Each mode is converted in its own edge_sdk.convert call (torch export, coremltools, compression, save and
+Each mode is converted in its own edgelift.convert call (torch export, coremltools, compression, save and
 the numpy MIL executor's parity run all included); sizes are compared with the fp16 package, the usual
 Core ML baseline, and times with the fp16 conversion. The fp16 package's relative L2 error on six
 images is compared with PyTorch's own fp16 arithmetic (``model.half()``) on the same images.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from _common import result
 
-import edge_sdk
+import edgelift
 from examples.models.mobilenet_v2 import build_model, with_batch_statistics
 
 MODES = ["fp16", "none", "int8", "int4", "palettize4", "palettize6"]
@@ -36,10 +36,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(f"{tmp}/val.npz", x=images.numpy())
         # warm-up: imports (torch.onnx, coremltools) would otherwise be charged to the first mode
-        edge_sdk.convert(model, example_inputs=(x,), to="coreml", out=f"{tmp}/warm", name="m")
+        edgelift.convert(model, example_inputs=(x,), to="coreml", out=f"{tmp}/warm", name="m")
         for mode in MODES:
             t0 = time.perf_counter()
-            r = edge_sdk.convert(model, example_inputs=(x,), to="coreml", quantize=mode, coreml_target="iOS18",
+            r = edgelift.convert(model, example_inputs=(x,), to="coreml", quantize=mode, coreml_target="iOS18",
                                  validation=f"{tmp}/val.npz", out=f"{tmp}/{mode}", name="mobilenet_v2")
             times[mode] = time.perf_counter() - t0
             a = r.artifacts[0]

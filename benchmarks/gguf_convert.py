@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from _common import ROOT, result
 
-import edge_sdk
+import edgelift
 
 ROUNDS = 3
 TEXT = (
@@ -45,8 +45,8 @@ import re, sys, time
 mode, src, dst = sys.argv[1:4]
 t0 = time.perf_counter()
 if mode in ("ours", "ours-noinfo"):
-    from edge_sdk.converters.gguf.convert import open_source, write_gguf
-    from edge_sdk.converters.gguf.mixes import file_type
+    from edgelift.converters.gguf.convert import open_source, write_gguf
+    from edgelift.converters.gguf.mixes import file_type
     from pathlib import Path
     write_gguf(open_source(src), file_type("Q4_K_M"), Path(dst))
 else:
@@ -110,7 +110,7 @@ def write_synthetic_llama(out: Path, tokenizer_dir: Path) -> int:
 
 def perplexity(path: Path) -> float:
     """exp(mean NLL) of TEXT's tokens after the first, one llama.cpp pass with logits at every position."""
-    from edge_sdk.runtimes.llama import LlamaSession
+    from edgelift.runtimes.llama import LlamaSession
 
     s = LlamaSession(path, threads=2, n_ctx=512, embedding=False, logits_all=True)
     try:
@@ -133,7 +133,7 @@ def main() -> None:
     ckpt = hf_checkpoint_from_gguf(gguf_q41, ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct-hf")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        r = edge_sdk.convert(ckpt, to="gguf", quantize=["F16", "Q8_0", "Q4_K_M", "Q4_0"], out=tmp / "types",
+        r = edgelift.convert(ckpt, to="gguf", quantize=["F16", "Q8_0", "Q4_K_M", "Q4_0"], out=tmp / "types",
                              name="smollm2")
         f16 = Path(r.artifact("F16", "gguf").path)
         times: dict[str, list[float]] = {"ours": [], "llama.cpp": []}

@@ -1,4 +1,4 @@
-"""`python -c "import edge_sdk"` in a clean base-install venv (numpy + onnxruntime + typer + rich),
+"""`python -c "import edgelift"` in a clean base-install venv (numpy + onnxruntime + typer + rich),
 against a bare interpreter start in the same venv. Median of interleaved runs.
 
     python benchmarks/import_time.py [--runs N]
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15)
     args = ap.parse_args()
     python = str(base_venv())
-    cases = {"import": [python, "-c", "import edge_sdk"], "bare": [python, "-c", "pass"],
+    cases = {"import": [python, "-c", "import edgelift"], "bare": [python, "-c", "pass"],
              "numpy": [python, "-c", "import numpy"]}
     samples: dict[str, list[float]] = {k: [] for k in cases}
     for k, cmd in cases.items():
@@ -36,8 +36,8 @@ def main() -> None:
         for k, cmd in cases.items():
             samples[k].append(wall_s(cmd))
     med = {k: float(np.median(v)) for k, v in samples.items()}
-    result("import_time.edge_sdk_vs_bare_python", med["import"], "s", med["bare"])
-    result("import_time.edge_sdk_vs_import_numpy", med["import"], "s", med["numpy"])
+    result("import_time.edgelift_vs_bare_python", med["import"], "s", med["bare"])
+    result("import_time.edgelift_vs_import_numpy", med["import"], "s", med["numpy"])
 
 
 if __name__ == "__main__":

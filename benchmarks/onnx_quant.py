@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from _common import interleaved_median_ms, result
 
-import edge_sdk
-from edge_sdk.runtimes.ort import OrtSession
+import edgelift
+from edgelift.runtimes.ort import OrtSession
 
 MODES = ("none", "int8", "int4")
 
@@ -48,10 +48,10 @@ def main() -> None:
     art = Path(__file__).resolve().parent.parent / "examples" / "digits" / "artifacts"
     train_digits(art)
     with tempfile.TemporaryDirectory() as tmp:
-        digits = edge_sdk.convert(art / "digits.pt2", quantize=MODES, calibration=art / "calib.npz",
+        digits = edgelift.convert(art / "digits.pt2", quantize=MODES, calibration=art / "calib.npz",
                                   validation=art / "val.npz", out=Path(tmp) / "digits")
         bench("digits_cnn", digits, args.threads)
-        mnv2 = edge_sdk.convert(build_model(), example_inputs=(torch.randn(1, 3, 224, 224),),
+        mnv2 = edgelift.convert(build_model(), example_inputs=(torch.randn(1, 3, 224, 224),),
                                 quantize=MODES, calibration="random", out=Path(tmp) / "mnv2",
                                 name="mobilenet_v2")
         bench("mobilenet_v2_224", mnv2, args.threads)

@@ -1,4 +1,4 @@
-"""Patch-based inference through the default path: ``edge_sdk.load(path, memory_budget=...)``, nothing tuned.
+"""Patch-based inference through the default path: ``edgelift.load(path, memory_budget=...)``, nothing tuned.
 
 Models: MobileNetV2-224 fp32 and int8 (QDQ), and a U-Net segmenter at 960x960 (skip connections at every
 level; examples/models/unet.py, trained by our code). Budget: a quarter of the plain schedule's planned
@@ -32,10 +32,10 @@ import json, re, sys, time
 def rss(key):
     return int(re.search(key + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 import numpy as np
-import edge_sdk
+import edgelift
 path, budget = sys.argv[1], (None if sys.argv[2] == "none" else int(sys.argv[2]))
 t0 = time.perf_counter()
-m = edge_sdk.load(path, threads=1, memory_budget=budget)
+m = edgelift.load(path, threads=1, memory_budget=budget)
 load_s = time.perf_counter() - t0
 loaded = rss("VmRSS")
 x = np.random.default_rng(0).random((1, *m.inputs[0].shape[1:])).astype(np.float32)
@@ -63,17 +63,17 @@ def child(path: Path, budget: int | None, env: dict) -> dict:
 def models(tmp: Path) -> list[tuple[str, Path, int]]:
     import torch
 
-    import edge_sdk
+    import edgelift
     from examples.models.mobilenet_v2 import build_model, with_batch_statistics
     from examples.models.unet import export, train
 
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     out = []
     try:
-        r = edge_sdk.convert(with_batch_statistics(build_model()), example_inputs=(x,), quantize=["none", "int8"],
+        r = edgelift.convert(with_batch_statistics(build_model()), example_inputs=(x,), quantize=["none", "int8"],
                              calibration="random", out=tmp / "mnv2", name="mnv2", repair=False, keep_failed=True)
         paths = {a.mode: Path(a.path) for a in r.artifacts}
-    except edge_sdk.errors.ParityError:  # random weights and ranges: int8 may miss its gate; kept, measured the same
+    except edgelift.errors.ParityError:  # random weights and ranges: int8 may miss its gate; kept, measured the same
         paths = {"none": tmp / "mnv2" / "mnv2.fp32.onnx", "int8": tmp / "mnv2" / "mnv2.int8.onnx"}
     out += [("mobilenet_v2_224.fp32", paths["none"], 4), ("mobilenet_v2_224.int8", paths["int8"], 4)]
     print("# training the U-Net (examples/models/unet.py) ...", flush=True)
@@ -82,20 +82,20 @@ def models(tmp: Path) -> list[tuple[str, Path, int]]:
 
 
 def main() -> None:
-    from edge_sdk.runtimes.memory import human_bytes, load_graph, plan_memory
+    from edgelift.runtimes.memory import human_bytes, load_graph, plan_memory
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        env = {**os.environ, "EDGE_SDK_CACHE": str(tmp / "cache"), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "EDGELIFT_CACHE": str(tmp / "cache"), "PYTHONPATH": str(ROOT)}
         for name, path, div in models(tmp):
             plain_peak = plan_memory(load_graph(path)[0]).peak_bytes
             budget = plain_peak // div
             t0 = time.perf_counter()
             first = child(path, budget, env)  # plans (child process), measures, caches
             planning_s = time.perf_counter() - t0
-            import edge_sdk
+            import edgelift
 
-            plan = edge_sdk.load(path, memory_budget=budget).memory_plan
+            plan = edgelift.load(path, memory_budget=budget).memory_plan
             print(f"# {name}: budget {human_bytes(budget)}; {plan.describe()}; first load (planning) {planning_s:.1f} s")
             plain, patched = [], []
             for _ in range(3):  # interleaved, fresh processes

@@ -1,5 +1,8 @@
-"""Does measuring change what is measured? ``edge profile`` (power sampled at 10 Hz, RSS sampled, progress
-callbacks) against a bare timing loop over the same ONNX Runtime session, side by side.
+"""Does measuring change what is measured, and can the figure be trusted? ``edge profile`` with its default
+options (power sampled at 10 Hz, RSS sampled, the minimum-time rule: at least 100 calls and 2 s, calls under
+2 ms timed in groups) against a bare timing loop over the same ONNX Runtime session, side by side; and the
+coefficient of variation of the default profile against the same profile timed call by call (the rule off:
+``min_time_s=0, min_sample_ns=0``, 300 runs — what `edge profile` did before, cv 31-60% on the digits CNN).
 
 Models: MobileNetV2-224 (fp32, ~ms per run) and the digits CNN (int8, tens of µs: the worst case for any
 per-run overhead). Each round times a bare ``InferenceSession.run`` loop, ``edge profile`` on the same
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from _common import result
 
-ROUNDS, RUNS = 11, 200
+ROUNDS, RUNS = 7, 200
 
 
 def replayed_rapl(root: Path, watts: float = 15.0):
@@ -66,41 +69,47 @@ def bare_median_ns(sess, feeds: dict, runs: int) -> tuple[float, float]:
 def models(tmp: Path) -> dict[str, Path]:
     import torch
 
-    import edge_sdk
+    import edgelift
     from examples.digits.train import train
     from examples.models.mobilenet_v2 import build_model
 
     torch.manual_seed(0)
-    mnv2 = edge_sdk.convert(build_model().eval(), example_inputs=(torch.randn(1, 3, 224, 224),), quantize=["none"],
+    mnv2 = edgelift.convert(build_model().eval(), example_inputs=(torch.randn(1, 3, 224, 224),), quantize=["none"],
                             calibration="random", out=tmp / "mnv2", name="mobilenet_v2")
     train(tmp / "digits")
-    digits = edge_sdk.convert(tmp / "digits" / "digits.pt2", quantize=["int8"], calibration=tmp / "digits" / "calib.npz",
+    digits = edgelift.convert(tmp / "digits" / "digits.pt2", quantize=["int8"], calibration=tmp / "digits" / "calib.npz",
                               out=tmp / "digits-onnx", name="digits")
     return {"mobilenet_v2_fp32": Path(mnv2.artifact("none").path), "digits_int8": Path(digits.artifact("int8").path)}
 
 
 def main() -> None:
-    import edge_sdk
-    from edge_sdk.core.tensors import random_input_set
-    from edge_sdk.profilers.power import DeviceEnv
-    from edge_sdk.profilers.profile import ProfileOptions, profile
+    import edgelift
+    from edgelift.core.tensors import random_input_set
+    from edgelift.profilers.power import DeviceEnv
+    from edgelift.profilers.profile import ProfileOptions, profile
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         stop = replayed_rapl(tmp / "device")
         try:
             for name, path in models(tmp).items():
-                with edge_sdk.load(path) as m:
+                with edgelift.load(path) as m:
                     feeds = random_input_set(m.inputs, 1, seed=0).arrays
                 sess = bare_session(path)
                 bare_med, bare_mean, prof_med, prof_mean, samples, ratios, mean_ratios = [], [], [], [], [], [], []
+                cvs, cvs_call, loops = [], [], []
                 for _ in range(ROUNDS):
                     med0, mean0 = bare_median_ns(sess, feeds, RUNS)
-                    rep = profile(path, ProfileOptions(runs=RUNS, warmup=10, idle_s=0.5, power="rapl", power_rate_hz=10,
-                                                       per_op=False), power_env=DeviceEnv(root=tmp / "device"))
+                    rep = profile(path, ProfileOptions(idle_s=0.5, power="rapl", power_rate_hz=10, per_op=False),
+                                  power_env=DeviceEnv(root=tmp / "device"))
                     lat, p = rep.runs[0]["latency"], rep.runs[0]["power"]
                     assert p["available"], p
                     med1, mean1 = bare_median_ns(sess, feeds, RUNS)
+                    call = profile(path, ProfileOptions(runs=300, warmup=10, idle_s=0.0, power="none", per_op=False,
+                                                        min_time_s=0.0, min_sample_ns=0)).runs[0]["latency"]
+                    cvs.append(lat["cv"])
+                    cvs_call.append(call["cv"])
+                    loops.append(lat["loops_per_sample"])
                     bare_med.append((med0 + med1) / 2)
                     bare_mean.append((mean0 + mean1) / 2)
                     prof_med.append(lat["median_ns"])
@@ -112,8 +121,12 @@ def main() -> None:
                 result(f"profiler_overhead.{name}.median_latency", prof_med[k] / 1e6, "ms", bare_med[k] / 1e6)
                 k = int(np.argsort(mean_ratios)[len(mean_ratios) // 2])
                 result(f"profiler_overhead.{name}.mean_latency", prof_mean[k] / 1e6, "ms", bare_mean[k] / 1e6)
+                result(f"profiler_overhead.{name}.cv_default", float(np.median(cvs)), "ratio",
+                       float(np.median(cvs_call)))
                 print(f"# {name}: per-round ratios (median latency) {' '.join(f'{r:.3f}' for r in ratios)}")
-                print(f"# {name}: {ROUNDS} rounds of {RUNS} runs; power samples per measured window "
+                print(f"# {name}: per-round cv, default {' '.join(f'{c:.3f}' for c in cvs)}; call by call "
+                      f"{' '.join(f'{c:.3f}' for c in cvs_call)}; calls per sample {min(loops)}-{max(loops)}")
+                print(f"# {name}: {ROUNDS} rounds; power samples per measured window "
                       f"{min(samples)}-{max(samples)} at 10 Hz")
         finally:
             stop.set()

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from _common import interleaved_median_ms, result
 
-from edge_sdk import convert
-from edge_sdk.core.tensors import batch_axes
-from edge_sdk.runtimes.ort import OrtSession
-from edge_sdk.errors import EdgeError, ParityError
+from edgelift import convert
+from edgelift.core.tensors import batch_axes
+from edgelift.runtimes.ort import OrtSession
+from edgelift.errors import EdgeError, ParityError
 from examples.models.corpus import CORPUS
 
 CASES = [("onnx", "int8"), ("onnx", "fp16"), ("tflite", "none"), ("tflite", "fp16"), ("tflite", "int8"),

@@ -1,4 +1,4 @@
-"""What `edge_sdk.load(...).run()` costs over the backend's own API, on the same native session.
+"""What `edgelift.load(...).run()` costs over the backend's own API, on the same native session.
 
 MobileNetV2-224 (plain torch, random weights) and the digits CNN, both exported by `edge convert`;
 ONNX Runtime (`InferenceSession.run`) and LiteRT (`set_tensor` / `invoke` / `get_tensor`, digits
@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from _common import ROOT, interleaved_median_ms, result
 
-import edge_sdk
+import edgelift
 
 
 def bench_onnxruntime(tag: str, path: Path, x: np.ndarray, rounds: int = 60) -> None:
-    model = edge_sdk.load(path)
+    model = edgelift.load(path)
     raw = model.session.session  # the very InferenceSession the wrapper calls
     name = model.inputs[0].name
     t = interleaved_median_ms({
@@ -30,7 +30,7 @@ def bench_onnxruntime(tag: str, path: Path, x: np.ndarray, rounds: int = 60) -> 
 
 
 def bench_litert(tag: str, path: Path, x: np.ndarray) -> None:
-    model = edge_sdk.load(path, backend="litert")
+    model = edgelift.load(path, backend="litert")
     it = model.session.interpreter
     i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
 
@@ -55,9 +55,9 @@ def main() -> None:
     train_digits(art)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        mnv2 = edge_sdk.convert(build_model(), example_inputs=(torch.randn(1, 3, 224, 224),), out=tmp / "m",
+        mnv2 = edgelift.convert(build_model(), example_inputs=(torch.randn(1, 3, 224, 224),), out=tmp / "m",
                                 name="mobilenet_v2").artifact("none").path
-        digits = edge_sdk.convert(art / "digits.pt2", out=tmp / "d").artifact("none").path
+        digits = edgelift.convert(art / "digits.pt2", out=tmp / "d").artifact("none").path
         (tmp / "digits.tflite").write_bytes(digits_onnx_to_tflite(digits))
         rng = np.random.default_rng(0)
         bench_onnxruntime("mobilenet_v2_224", Path(mnv2), rng.standard_normal((1, 3, 224, 224), dtype=np.float32))

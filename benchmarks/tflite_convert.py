@@ -1,4 +1,4 @@
-"""edge-sdk's ONNX -> TFLite lowering against litert-torch on MobileNetV2-224 (plain torch, seed 0).
+"""edgelift's ONNX -> TFLite lowering against litert-torch on MobileNetV2-224 (plain torch, seed 0).
 
 litert-torch (~1.1 GB with jax) and ai-edge-quantizer (its full-integer int8 path) are installed in a
 throwaway venv made by this script under .cache/venv-litert-torch — not project dependencies. Each
@@ -32,9 +32,9 @@ model, x = build_model(), torch.randn(1, 3, 224, 224, generator=torch.Generator(
 """
 
 EDGE = MODEL + """
-import edge_sdk
+import edgelift
 exporter, mode = sys.argv[2], sys.argv[3]
-r = edge_sdk.convert(model, example_inputs=(x,), to="tflite", quantize=mode, out=sys.argv[1] + "/" + exporter,
+r = edgelift.convert(model, example_inputs=(x,), to="tflite", quantize=mode, out=sys.argv[1] + "/" + exporter,
                      name="mobilenet_v2", exporter=exporter, calibration=sys.argv[1] + "/calib.npz",
                      int8_io=mode == "int8")  # int8 I/O, as ai-edge-quantizer's static recipe gives
 """

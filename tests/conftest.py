@@ -21,10 +21,10 @@ def digits_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def digits_result(digits_dir, tmp_path_factory):
     """The digits CNN converted in every ONNX mode (shared by several tests: conversion is the slow part)."""
-    import edge_sdk
+    import edgelift
 
     out = tmp_path_factory.mktemp("digits-onnx")
-    return edge_sdk.convert(
+    return edgelift.convert(
         digits_dir / "digits.pt2", quantize=["none", "fp16", "int8", "int8-dynamic", "int4"],
         calibration=digits_dir / "calib.npz", validation=digits_dir / "val.npz", out=out,
     )
@@ -85,13 +85,13 @@ def digits_reference(digits_dir):
 
 
 def convert_keeping_failed(*args, **kwargs):
-    """``edge_sdk.convert`` for tests that study artifacts below their parity gate (random-weight models, modes a
+    """``edgelift.convert`` for tests that study artifacts below their parity gate (random-weight models, modes a
     test expects to be poor): failed artifacts are kept and the result is returned instead of the ParityError."""
-    import edge_sdk
-    from edge_sdk.errors import ParityError
+    import edgelift
+    from edgelift.errors import ParityError
 
     try:
-        return edge_sdk.convert(*args, keep_failed=True, **kwargs)
+        return edgelift.convert(*args, keep_failed=True, **kwargs)
     except ParityError as e:
         return e.result
 
@@ -188,4 +188,4 @@ def _plan_cache(tmp_path_factory):
     """Plans made by load(..., memory_budget=...) go to a temp cache, not the user's ~/.cache."""
     import os
 
-    os.environ["EDGE_SDK_CACHE"] = str(tmp_path_factory.mktemp("edge-sdk-cache"))
+    os.environ["EDGELIFT_CACHE"] = str(tmp_path_factory.mktemp("edgelift-cache"))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import edge_sdk
-from edge_sdk import errors
-from edge_sdk.cli import app
+import edgelift
+from edgelift import errors
+from edgelift.cli import app
 from tests.conftest import listing
 
 runner = CliRunner()
@@ -57,14 +57,14 @@ def test_truncated_onnx(digits_result, tmp_path, out, cut):
     bad.write_bytes(data[: int(len(data) * cut)])
     assert_clean_failure(["convert", str(bad)], out, "cut.onnx")
     with pytest.raises(errors.ModelFormatError):
-        edge_sdk.convert(bad, out=out)
+        edgelift.convert(bad, out=out)
 
 
 def test_random_bytes_file(tmp_path, out):
     bad = tmp_path / "noise.onnx"
     bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     with pytest.raises(errors.ModelFormatError):
-        edge_sdk.convert(bad, out=out)
+        edgelift.convert(bad, out=out)
     assert listing(out) == []
 
 
@@ -93,7 +93,7 @@ def test_corrupted_pt2_weights_fail_crc(digits_dir, tmp_path, out):
     raw[data_at + 5] ^= 0xFF
     bad.write_bytes(bytes(raw))
     with pytest.raises(errors.ModelFormatError, match="corrupted"):
-        edge_sdk.convert(bad, out=out)
+        edgelift.convert(bad, out=out)
 
 
 class _Evil:
@@ -110,7 +110,7 @@ def test_pt2_needing_arbitrary_unpickling_is_refused(digits_dir, tmp_path, out, 
     _rewrite_zip(digits_dir / "digits.pt2", bad,
                  lambda n, d: buf.getvalue() if n.endswith("sample_inputs/model.pt") else d)
     with pytest.raises(errors.ModelFormatError, match="unpickling"):
-        edge_sdk.convert(bad, out=out)
+        edgelift.convert(bad, out=out)
     assert "pwned" not in capsys.readouterr().out
 
 
@@ -121,7 +121,7 @@ def test_pt2_with_pickled_weights_is_refused(digits_dir, tmp_path, out):
                  .replace(b'"use_pickle":false', b'"use_pickle":true', 1)
                  if n.endswith("model_weights_config.json") else d)
     with pytest.raises(errors.ModelFormatError, match="pickle"):
-        edge_sdk.convert(bad, out=out)
+        edgelift.convert(bad, out=out)
 
 
 def test_zip_that_is_not_pt2(tmp_path, out):
@@ -199,7 +199,7 @@ def test_output_dir_not_writable(digits_dir, tmp_path):
 
 def test_failure_in_a_later_mode_commits_nothing(digits_dir, tmp_path, monkeypatch):
     """fp32 succeeds, int4 fails: the finished fp32 file must not appear in --out either."""
-    from edge_sdk.converters import quantize
+    from edgelift.converters import quantize
 
     def boom(model, opts):
         raise errors.ConversionError("simulated failure")
@@ -208,7 +208,7 @@ def test_failure_in_a_later_mode_commits_nothing(digits_dir, tmp_path, monkeypat
                         quantize.QuantMode("int4", "int4", "x", False, boom))
     out = tmp_path / "o"
     with pytest.raises(errors.ConversionError):
-        edge_sdk.convert(digits_dir / "digits.pt2", quantize=["none", "int4"], out=out / "deeper")
+        edgelift.convert(digits_dir / "digits.pt2", quantize=["none", "int4"], out=out / "deeper")
     assert not out.exists()
 
 
@@ -269,7 +269,7 @@ def test_operator_onnx_does_not_define(tmp_path, out):
     f = tmp_path / "fancy.onnx"
     save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(f))
     with pytest.raises(errors.UnsupportedOperatorError) as ei:
-        edge_sdk.convert(f, out=out)
+        edgelift.convert(f, out=out)
     assert ei.value.nodes == [("act1", "FancyGelu")]
     assert_clean_failure(["convert", str(f)], out, "FancyGelu (act1)")
 
@@ -286,22 +286,22 @@ def test_internal_error_is_one_line_with_its_own_exit_code(monkeypatch, capsys, 
     traceback; never as a traceback, never as exit 2 (which means: your input)."""
     import sys
 
-    import edge_sdk.converters.inspect as inspect_module
-    from edge_sdk.cli import INTERNAL_ERROR_EXIT, main
+    import edgelift.converters.inspect as inspect_module
+    from edgelift.cli import INTERNAL_ERROR_EXIT, main
 
     def broken(path):
         raise KeyError("a bug")
 
     monkeypatch.setattr(inspect_module, "inspect", broken)
     monkeypatch.setattr(sys, "argv", ["edge", "inspect", str(tmp_path / "any.onnx")])
-    monkeypatch.delenv("EDGE_SDK_DEBUG", raising=False)
+    monkeypatch.delenv("EDGELIFT_DEBUG", raising=False)
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == INTERNAL_ERROR_EXIT == 70
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: internal error (KeyError") and "EDGE_SDK_DEBUG=1" in err
+    assert len(lines) == 1 and lines[0].startswith("error: internal error (KeyError") and "EDGELIFT_DEBUG=1" in err
     assert "Traceback" not in err
-    monkeypatch.setenv("EDGE_SDK_DEBUG", "1")
+    monkeypatch.setenv("EDGELIFT_DEBUG", "1")
     with pytest.raises(KeyError):
         main()

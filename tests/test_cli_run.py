@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from typer.testing import CliRunner
 
-import edge_sdk
-from edge_sdk.cli import app
+import edgelift
+from edgelift.cli import app
 
 runner = CliRunner()
 
@@ -18,7 +18,7 @@ def test_run_npz_and_save(digits_onnx, digits_dir, tmp_path):
     assert "[360, 10]" in r.stdout and "onnxruntime" in r.stdout
     saved = np.load(out)["linear_1"]
     x = np.load(digits_dir / "val.npz")["x"]
-    np.testing.assert_array_equal(saved, edge_sdk.load(digits_onnx).run(x)["linear_1"])
+    np.testing.assert_array_equal(saved, edgelift.load(digits_onnx).run(x)["linear_1"])
 
 
 def test_run_random_is_seeded(digits_tflite, tmp_path):

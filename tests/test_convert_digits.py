@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-import edge_sdk
-from edge_sdk.runtimes.ort import OrtSession
+import edgelift
+from edgelift.runtimes.ort import OrtSession
 
 
 def test_int8_keeps_accuracy_and_agreement(digits_result):
@@ -49,7 +49,7 @@ def test_files_named_per_mode_and_report_written(digits_result):
 def test_report_validates_against_schema(digits_result):
     import jsonschema
 
-    from edge_sdk.converters.report import schema_path
+    from edgelift.converters.report import schema_path
 
     schema = json.loads(schema_path().read_text())
     doc = json.loads(open(digits_result.report_path).read())
@@ -82,15 +82,15 @@ def test_batch_axis_is_dynamic(digits_result, digits_dir):
 
 
 def test_inspect_reports_quantization(digits_result):
-    int8 = edge_sdk.inspect(digits_result.artifact("int8").path)
+    int8 = edgelift.inspect(digits_result.artifact("int8").path)
     assert any("int8 per-channel (axis 0) symmetric (QDQ)" in q for q in int8.quantization)
     assert int8.op_histogram["QuantizeLinear"] > 0
     assert int8.weight_dtypes["int8"].elements == 40_208
-    int4 = edge_sdk.inspect(digits_result.artifact("int4").path)
+    int4 = edgelift.inspect(digits_result.artifact("int4").path)
     assert int4.quantization == ["2 × int4 block-wise 32 symmetric (MatMulNBits)"]
     assert int4.op_histogram["com.microsoft.MatMulNBits"] == 2
     assert int4.weight_dtypes["int4"].elements == 256 * 64 + 64 * 10
-    fp16 = edge_sdk.inspect(digits_result.artifact("fp16").path)
+    fp16 = edgelift.inspect(digits_result.artifact("fp16").path)
     assert set(fp16.weight_dtypes) == {"float16"}
     assert fp16.inputs[0].dtype == "float32"  # fp32 I/O kept
 
@@ -102,7 +102,7 @@ def test_warnings_for_modes_that_do_not_fit_conv_nets(digits_result):
 
 
 def test_factory_source_equals_pt2_source(digits_dir, tmp_path, digits_result):
-    r = edge_sdk.convert("examples.digits.model:build_model", weights=digits_dir / "digits.safetensors",
+    r = edgelift.convert("examples.digits.model:build_model", weights=digits_dir / "digits.safetensors",
                          calibration=digits_dir / "calib.npz", validation=digits_dir / "val.npz",
                          out=tmp_path, name="digits")
     a = r.artifact("none")
@@ -116,7 +116,7 @@ def test_factory_source_equals_pt2_source(digits_dir, tmp_path, digits_result):
 
 def test_onnx_source_requantized_against_source_onnx(digits_dir, digits_result, tmp_path):
     src = digits_result.artifact("none").path
-    r = edge_sdk.convert(src, quantize=["int8"], calibration=digits_dir / "calib.npz",
+    r = edgelift.convert(src, quantize=["int8"], calibration=digits_dir / "calib.npz",
                          validation=digits_dir / "val.npz", out=tmp_path)
     a = r.artifact("int8")
     assert r.source.kind == "onnx" and r.source.name == "digits"
@@ -126,7 +126,7 @@ def test_onnx_source_requantized_against_source_onnx(digits_dir, digits_result, 
 
 
 def test_random_calibration_is_reported_as_synthetic(digits_dir, tmp_path):
-    r = edge_sdk.convert(digits_dir / "digits.pt2", quantize="int8", calibration="random", out=tmp_path,
+    r = edgelift.convert(digits_dir / "digits.pt2", quantize="int8", calibration="random", out=tmp_path,
                          min_cosine=0.9)  # random ranges, random parity inputs: held to a looser gate here
     a = r.artifact("int8")
     assert a.quantization.details["synthetic_ranges"] is True
@@ -140,7 +140,7 @@ def test_module_source_with_progress(tmp_path):
     from examples.digits.model import DigitsCNN
 
     events = []
-    r = edge_sdk.convert(DigitsCNN(), example_inputs=(torch.zeros(1, 1, 8, 8),), quantize=["none", "fp16"],
+    r = edgelift.convert(DigitsCNN(), example_inputs=(torch.zeros(1, 1, 8, 8),), quantize=["none", "fp16"],
                          out=tmp_path, progress=events.append)
     assert r.source.kind == "module" and r.source.name == "digitscnn"
     assert [e.step for e in events] == [1, 2, 3, 4, 5] and {e.total for e in events} == {5}

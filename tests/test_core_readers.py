@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_sdk import errors
+from edgelift import errors
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def seeds(fuzz_seeds) -> Path:
 @pytest.mark.parametrize("name", ["digits.tflite", "digits.int8.tflite"])
 def test_tflite_reader_matches_the_tflite_package(seeds, name):
     tfl = pytest.importorskip("tflite")
-    from edge_sdk.core.tflite import check_tflite
+    from edgelift.core.tflite import check_tflite
 
     ours = check_tflite(seeds / name)
     ref = tfl.Model.GetRootAsModel((seeds / name).read_bytes(), 0)
@@ -33,6 +33,14 @@ def test_tflite_reader_matches_the_tflite_package(seeds, name):
     for i, t in enumerate(g.tensors):
         r = sg.Tensors(i)
         assert (t.shape, t.type, t.buffer) == (list(r.ShapeAsNumpy()) if r.ShapeLength() else [], r.Type(), r.Buffer())
+        assert t.name == r.Name().decode() and t.shape_signature == (
+            list(r.ShapeSignatureAsNumpy()) if r.ShapeSignatureLength() else [])
+        q = r.Quantization()
+        assert t.scales == (list(q.ScaleAsNumpy()) if q is not None and q.ScaleLength() else [])
+        assert t.zero_points == (list(q.ZeroPointAsNumpy()) if q is not None and q.ZeroPointLength() else [])
+    assert ours.opcodes == [max(ref.OperatorCodes(i).BuiltinCode(), ref.OperatorCodes(i).DeprecatedBuiltinCode())
+                            for i in range(ref.OperatorCodesLength())]
+    assert ours.version == ref.Version() and ours.description == (ref.Description() or b"").decode()
     for k, (opcode, ins, outs) in enumerate(g.operators):
         r = sg.Operators(k)
         assert (opcode, ins, outs) == (r.OpcodeIndex(), list(r.InputsAsNumpy()), list(r.OutputsAsNumpy()))
@@ -40,7 +48,7 @@ def test_tflite_reader_matches_the_tflite_package(seeds, name):
 
 def test_tflite_reader_refuses_out_of_range_indices(seeds, tmp_path):
     """A subgraph output of -1 makes LiteRT free memory twice (SIGABRT): refused before LiteRT sees it."""
-    from edge_sdk.core.tflite import check_tflite
+    from edgelift.core.tflite import check_tflite
     from tests.fuzzing.formats import tflite_semantic
 
     refused = 0
@@ -58,7 +66,7 @@ def test_tflite_reader_refuses_out_of_range_indices(seeds, tmp_path):
 
 
 def test_tflite_reader_truncation_is_a_typed_error(seeds, tmp_path):
-    from edge_sdk.core.tflite import read_tflite
+    from edgelift.core.tflite import read_tflite
 
     data = (seeds / "digits.tflite").read_bytes()
     for cut in (8, 64, len(data) // 2, len(data) - 40):
@@ -69,7 +77,7 @@ def test_tflite_reader_truncation_is_a_typed_error(seeds, tmp_path):
 
 def test_gguf_reader_matches_gguf_py(seeds):
     gguf = pytest.importorskip("gguf")
-    from edge_sdk.core.gguf import read_gguf_info
+    from edgelift.core.gguf import read_gguf_info
 
     for name in ("tiny.gguf", "tiny.q8.gguf"):
         ours = read_gguf_info(seeds / name)
@@ -84,7 +92,7 @@ def test_gguf_reader_matches_gguf_py(seeds):
 @pytest.mark.parametrize("alignment,ok", [(32, True), (64, True), (1, False), (2, False), (8, False), (16, False)])
 def test_gguf_alignment_llama_cpp_can_hold(tmp_path, alignment, ok):
     """llama.cpp asserts 32-byte aligned tensor data: smaller alignments are refused before it sees the file."""
-    from edge_sdk.core.gguf import read_gguf_info
+    from edgelift.core.gguf import read_gguf_info
     from tests.fuzzing.seeds import tiny_llama_gguf
 
     path = tiny_llama_gguf(tmp_path / "a.gguf", matrix_type="Q8_0", alignment=alignment)
@@ -99,8 +107,8 @@ def test_schema_validator_agrees_with_jsonschema(seeds):
     """The dependency-free validator accepts what jsonschema accepts and refuses what it refuses, on a real
     report and 100 mutations of it."""
     jsonschema = pytest.importorskip("jsonschema")
-    from edge_sdk.core.json_schema import SchemaViolation, validate
-    from edge_sdk.profilers.report import profile_schema
+    from edgelift.core.json_schema import SchemaViolation, validate
+    from edgelift.profilers.report import profile_schema
     from tests.fuzzing.mutate import json_edit
 
     schema = profile_schema()
@@ -127,7 +135,7 @@ def test_schema_validator_agrees_with_jsonschema(seeds):
 
 
 def test_json_depth_is_refused_before_parsing():
-    from edge_sdk.core.json_schema import loads
+    from edgelift.core.json_schema import loads
 
     assert loads("[[[1]]]") == [[[1]]]
     assert loads('["[[[[", {"a": "]]]"}]') == ["[[[[", {"a": "]]]"}]  # brackets inside strings do not count
@@ -136,7 +144,7 @@ def test_json_depth_is_refused_before_parsing():
 
 
 def test_npz_header_claiming_a_huge_shape(tmp_path):
-    from edge_sdk.core.tensors import read_npz
+    from edgelift.core.tensors import read_npz
     from tests.fuzzing.mutate import write_zip
     import struct
 
@@ -149,7 +157,7 @@ def test_npz_header_claiming_a_huge_shape(tmp_path):
 
 
 def test_random_inputs_are_bounded():
-    from edge_sdk.core.tensors import TensorSpec, random_input_set
+    from edgelift.core.tensors import TensorSpec, random_input_set
 
     with pytest.raises(errors.CalibrationError, match="bytes"):
         random_input_set([TensorSpec("x", ("batch", 3, 1 << 31, 1 << 31), "float32")], 1)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import edge_sdk
-from edge_sdk import errors
+import edgelift
+from edgelift import errors
 
 pytest.importorskip("coremltools")
 
@@ -28,7 +28,7 @@ def _check_modes(r, fp16_rel_l2=1e-2):
 
 @pytest.fixture(scope="module")
 def digits_coreml(digits_dir, tmp_path_factory):
-    return edge_sdk.convert(digits_dir / "digits.pt2", to="coreml", quantize=MODES, coreml_target="iOS18",
+    return edgelift.convert(digits_dir / "digits.pt2", to="coreml", quantize=MODES, coreml_target="iOS18",
                             validation=digits_dir / "val.npz", out=tmp_path_factory.mktemp("cm"), name="digits")
 
 
@@ -48,7 +48,7 @@ def test_digits_from_torch_every_mode(digits_coreml):
 def test_torch_source_with_dynamic_batch_gives_a_flexible_batch(digits_coreml, digits_dir, tmp_path):
     """The .pt2 has a dynamic batch: its package takes 1..64 rows in one call and matches torch on 5 of them;
     --static-batch pins it to 1."""
-    from edge_sdk.converters.coreml.executor import MILReferenceSession
+    from edgelift.converters.coreml.executor import MILReferenceSession
 
     fp32 = digits_coreml.artifact("none", "coreml")
     assert "batch 1..64" in fp32.quantization.details["frontend"]
@@ -59,26 +59,26 @@ def test_torch_source_with_dynamic_batch_gives_a_flexible_batch(digits_coreml, d
     ref = torch.export.load(digits_dir / "digits.pt2").module()(torch.from_numpy(x)).detach().numpy()
     assert got.shape == (5, 10)
     np.testing.assert_allclose(got, ref, atol=1e-4)
-    r = edge_sdk.convert(digits_dir / "digits.pt2", to="coreml", quantize="none", dynamic_batch=False,
+    r = edgelift.convert(digits_dir / "digits.pt2", to="coreml", quantize="none", dynamic_batch=False,
                          validation=digits_dir / "val.npz", out=tmp_path, name="digits")
     assert MILReferenceSession(r.artifacts[0].path).inputs[0].shape[0] == 1
 
 
 def test_digits_from_onnx_uses_our_lowering(digits_result, digits_dir, tmp_path):
     onnx_path = digits_result.artifact("none", "onnx").path
-    r = edge_sdk.convert(onnx_path, to="coreml", quantize=MODES, coreml_target="iOS18",
+    r = edgelift.convert(onnx_path, to="coreml", quantize=MODES, coreml_target="iOS18",
                          validation=digits_dir / "val.npz", out=tmp_path, name="digits")
     fp32 = _check_modes(r)
-    assert fp32.quantization.details["frontend"].startswith("edge-sdk ONNX -> MIL lowering")
+    assert fp32.quantization.details["frontend"].startswith("edgelift ONNX -> MIL lowering")
     assert fp32.parity.reference.startswith("onnxruntime")  # executor vs ORT, end to end
     assert abs(r.artifact("int8", "coreml").parity.accuracy - fp32.parity.accuracy) <= 0.015
 
 
 def test_ios16_int8_and_palettize_use_ios16_ops(digits_result, digits_dir, tmp_path):
     """iOS16 packages carry constexpr_affine_dequantize / the iOS16 lookup table: the executor reads both."""
-    from edge_sdk.converters.coreml.package import read_mlpackage
+    from edgelift.converters.coreml.package import read_mlpackage
 
-    r = edge_sdk.convert(digits_result.artifact("none", "onnx").path, to="coreml", quantize=["int8", "palettize6"],
+    r = edgelift.convert(digits_result.artifact("none", "onnx").path, to="coreml", quantize=["int8", "palettize6"],
                          validation=digits_dir / "val.npz", out=tmp_path, name="d")
     for a in r.artifacts:
         block, _ = read_mlpackage(a.path).main_block()
@@ -90,14 +90,14 @@ def test_ios16_int8_and_palettize_use_ios16_ops(digits_result, digits_dir, tmp_p
 def test_int4_needs_ios18_and_nothing_is_written(digits_dir, tmp_path):
     out = tmp_path / "never"
     with pytest.raises(errors.InvalidOptionError, match="--coreml-target iOS18"):
-        edge_sdk.convert(digits_dir / "digits.pt2", to="coreml", quantize=["none", "int4"], out=out)
+        edgelift.convert(digits_dir / "digits.pt2", to="coreml", quantize=["none", "int4"], out=out)
     assert not out.exists()
 
 
 def test_palettization_is_core_ml_only(digits_dir, tmp_path):
     for to, match in [("onnx", "use --to coreml"), ("tflite", "supports --quantize")]:
         with pytest.raises(errors.QuantizationError, match=match):
-            edge_sdk.convert(digits_dir / "digits.pt2", to=to, quantize="palettize4", out=tmp_path / to)
+            edgelift.convert(digits_dir / "digits.pt2", to=to, quantize="palettize4", out=tmp_path / to)
         assert not (tmp_path / to).exists()
 
 
@@ -112,14 +112,14 @@ def test_unsupported_ops_listed_all_at_once(tmp_path):
     path = tmp_path / "m.onnx"
     path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString())
     with pytest.raises(errors.UnsupportedOperatorError) as e:
-        edge_sdk.convert(path, to="coreml", out=tmp_path / "o")
+        edgelift.convert(path, to="coreml", out=tmp_path / "o")
     msg = str(e.value)
     assert "Einsum ×1" in msg and "Hardmax ×1" in msg and "e1" in msg and "d1" in msg
     assert not (tmp_path / "o").exists()
 
 
 def test_corrupt_package_is_a_format_error(digits_coreml, tmp_path):
-    from edge_sdk.converters.coreml.executor import MILReferenceSession
+    from edgelift.converters.coreml.executor import MILReferenceSession
 
     pkg = tmp_path / "bad.mlpackage"
     shutil.copytree(digits_coreml.artifact("none", "coreml").path, pkg)
@@ -133,7 +133,7 @@ def test_corrupt_package_is_a_format_error(digits_coreml, tmp_path):
 
 
 def test_inspect_mlpackage(digits_coreml):
-    info = edge_sdk.inspect(digits_coreml.artifact("int8", "coreml").path)
+    info = edgelift.inspect(digits_coreml.artifact("int8", "coreml").path)
     assert info.format == "coreml"
     assert info.inputs[0].name == "x" and tuple(info.inputs[0].shape) == (None, 1, 8, 8)  # flexible batch
     assert info.op_histogram["conv"] == 3 and info.op_histogram["constexpr_blockwise_shift_scale"] >= 2
@@ -149,7 +149,7 @@ def _run_prog(build, inputs: dict[str, np.ndarray], tmp_path, precision="fp32"):
     import coremltools as ct
     from coremltools.converters.mil import Builder as mb
 
-    from edge_sdk.converters.coreml.executor import MILReferenceSession
+    from edgelift.converters.coreml.executor import MILReferenceSession
 
     (x,) = inputs.values()
 
@@ -211,8 +211,8 @@ def test_executor_fp16_program_rounds_like_fp16(tmp_path):
 
 
 def test_sub_byte_unpacking_and_blockwise_dequantization():
-    from edge_sdk.converters.coreml.executor import _blockwise_shift_scale, _lut_to_dense
-    from edge_sdk.converters.coreml.package import unpack_bits
+    from edgelift.converters.coreml.executor import _blockwise_shift_scale, _lut_to_dense
+    from edgelift.converters.coreml.package import unpack_bits
 
     vals = np.array([-8, 7, 3, -1, 0, 5], np.int64)
     nib = (vals & 0xF).astype(np.uint8)
@@ -249,7 +249,7 @@ def test_mobilenet_v2_every_mode(convert_all, tmp_path):
     model.float()
     for label, src, kw in [("torch", model, dict(example_inputs=(x,))), ("onnx", None, {})]:
         if src is None:
-            src = edge_sdk.convert(model, example_inputs=(x,), out=tmp_path / "onnx", name="m").artifacts[0].path
+            src = edgelift.convert(model, example_inputs=(x,), out=tmp_path / "onnx", name="m").artifacts[0].path
         # random weights: int4/palettize4 land below their gates; kept, the test checks what they are
         r = convert_all(src, to="coreml", quantize=MODES, coreml_target="iOS18", validation=tmp_path / "val.npz",
                         out=tmp_path / label, **kw)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_sdk.profilers.device import DeviceIdentity, decode_throttled, device_identity
-from edge_sdk.profilers.power import DeviceEnv
+from edgelift.profilers.device import DeviceIdentity, decode_throttled, device_identity
+from edgelift.profilers.power import DeviceEnv
 
 
 def write(root: Path, rel: str, text: str | bytes) -> Path:

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-import edge_sdk
-from edge_sdk import errors
+import edgelift
+from edgelift import errors
 
 from tests.conftest import REPO
 
@@ -23,8 +23,8 @@ TEXTS = ["The capital of France is", "Numbers: 12345 and 3.14159, then 2024-11-2
 
 @pytest.fixture(scope="module")
 def models(smollm2_gguf):
-    ref = edge_sdk.load(smollm2_gguf, backend="llama.cpp")
-    ours = edge_sdk.load(smollm2_gguf, backend="edge")
+    ref = edgelift.load(smollm2_gguf, backend="llama.cpp")
+    ours = edgelift.load(smollm2_gguf, backend="edge")
     yield ref, ours
     ref.close()
     ours.close()
@@ -79,7 +79,7 @@ def test_numpy_and_ort_kernels_agree(smollm2_gguf):
     """The two kernel paths (MatMulNBits with int8 activations, numpy with llama.cpp's Q8 activations)
     compute the same model: logits within a few percent, same top-1 at almost every position."""
     ids = np.arange(100, 140, dtype=np.int32)
-    with edge_sdk.load(smollm2_gguf, backend="edge", kernels="numpy") as a, edge_sdk.load(smollm2_gguf, backend="edge") as b:
+    with edgelift.load(smollm2_gguf, backend="edge", kernels="numpy") as a, edgelift.load(smollm2_gguf, backend="edge") as b:
         x, y = a.run(ids)["logits"], b.run(ids)["logits"]
     assert np.linalg.norm(x - y) / np.linalg.norm(x) < 0.08
     assert np.mean(x.argmax(1) == y.argmax(1)) >= 0.9
@@ -87,7 +87,7 @@ def test_numpy_and_ort_kernels_agree(smollm2_gguf):
 
 def test_flash_budgets_give_identical_results(smollm2_gguf):
     """With one kernel path, streaming changes where weights live, not the arithmetic: bit-identical."""
-    with edge_sdk.load(smollm2_gguf, backend="edge", kernels="numpy") as ours:
+    with edgelift.load(smollm2_gguf, backend="edge", kernels="numpy") as ours:
         store = ours.session.store
         total = store.pinned_bytes + sum(u.nbytes for u in store.units)
         ids = ours.tokenize(TEXTS[0], add_bos=False)
@@ -95,7 +95,7 @@ def test_flash_budgets_give_identical_results(smollm2_gguf):
         text = ours.generate(TEXTS[0], max_tokens=6)
         minimum = store.pinned_bytes + max(u.nbytes for u in store.units)
         for budget in (total // 2, total // 4, minimum):
-            with edge_sdk.load(smollm2_gguf, backend="edge", memory_budget=budget, kernels="numpy") as m:
+            with edgelift.load(smollm2_gguf, backend="edge", memory_budget=budget, kernels="numpy") as m:
                 np.testing.assert_array_equal(m.run(ids)["logits"], want)
                 st = m.session.store
                 assert m.generate(TEXTS[0], max_tokens=6) == text
@@ -109,7 +109,7 @@ def test_flash_with_default_kernels_stays_on_the_model(models, smollm2_gguf):
     _, ours = models
     ids = np.arange(200, 232, dtype=np.int32)
     want = ours.run(ids)["logits"]
-    with edge_sdk.load(smollm2_gguf, backend="edge", memory_budget="40MB") as m:
+    with edgelift.load(smollm2_gguf, backend="edge", memory_budget="40MB") as m:
         got = m.run(ids)["logits"]
         assert m.session.store.stats.peak_resident_bytes <= 40_000_000
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.08
@@ -117,7 +117,7 @@ def test_flash_with_default_kernels_stays_on_the_model(models, smollm2_gguf):
 
 
 def test_prefetch_reads_in_forward_order(smollm2_gguf):
-    with edge_sdk.load(smollm2_gguf, backend="edge", memory_budget="30MB") as m:
+    with edgelift.load(smollm2_gguf, backend="edge", memory_budget="30MB") as m:
         st = m.session.store
         m.run(m.tokenize("Hello", add_bos=False))
         m.run(m.tokenize("Hello", add_bos=False))
@@ -130,20 +130,20 @@ def test_prefetch_reads_in_forward_order(smollm2_gguf):
 
 def test_budget_below_the_largest_unit_names_the_minimum(smollm2_gguf):
     with pytest.raises(errors.InvalidOptionError, match=r"below the minimum [\d,]+ B.*largest unit"):
-        edge_sdk.load(smollm2_gguf, backend="edge", memory_budget="1MB")
+        edgelift.load(smollm2_gguf, backend="edge", memory_budget="1MB")
 
 
 def test_truncated_and_corrupt_gguf(smollm2_gguf, tmp_path):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(smollm2_gguf.read_bytes()[: 50 << 20])
     with pytest.raises(errors.ModelFormatError, match="truncated"):
-        edge_sdk.load(cut, backend="edge")
+        edgelift.load(cut, backend="edge")
     bad = tmp_path / "bad.gguf"
     data = bytearray(smollm2_gguf.read_bytes()[:1 << 20])
     data[8:16] = (1 << 40).to_bytes(8, "little")  # absurd tensor count
     bad.write_bytes(bytes(data))
     with pytest.raises(errors.ModelFormatError):
-        edge_sdk.load(bad, backend="edge")
+        edgelift.load(bad, backend="edge")
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(models):
@@ -156,9 +156,9 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(models):
 
 _RSS_CHILD = r"""
 import json, re, sys
-import edge_sdk
+import edgelift
 path, budget = sys.argv[1], sys.argv[2]
-m = edge_sdk.load(path, backend="edge", memory_budget=None if budget == "none" else int(budget))
+m = edgelift.load(path, backend="edge", memory_budget=None if budget == "none" else int(budget))
 m.generate("The capital of France is", max_tokens=4)
 hwm = int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 print(json.dumps({"hwm": hwm}))
@@ -180,8 +180,8 @@ def test_flash_peak_rss_follows_the_budget(smollm2_gguf):
 
 def test_naive_loader_reads_every_block_every_pass(smollm2_gguf):
     """The benchmark's baseline: nothing resident, each block read when reached; same arithmetic."""
-    with edge_sdk.load(smollm2_gguf, backend="edge", memory_budget="30MB", naive=True, kernels="numpy") as m, \
-            edge_sdk.load(smollm2_gguf, backend="edge", memory_budget="30MB", kernels="numpy") as f:
+    with edgelift.load(smollm2_gguf, backend="edge", memory_budget="30MB", naive=True, kernels="numpy") as m, \
+            edgelift.load(smollm2_gguf, backend="edge", memory_budget="30MB", kernels="numpy") as f:
         st = m.session.store
         ids = m.tokenize("Hello", add_bos=False)
         np.testing.assert_array_equal(m.run(ids)["logits"], f.run(ids)["logits"])
@@ -192,7 +192,7 @@ def test_naive_loader_reads_every_block_every_pass(smollm2_gguf):
 def test_cli_run_streams_under_a_budget(smollm2_gguf):
     from typer.testing import CliRunner
 
-    from edge_sdk.cli import app
+    from edgelift.cli import app
 
     res = CliRunner().invoke(app, ["run", str(smollm2_gguf), "--backend", "edge", "--memory-budget", "40MB",
                                    "--prompt", "The capital of France is", "-n", "4"])

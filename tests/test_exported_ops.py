@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_sdk import convert
+from edgelift import convert
 
 F = TensorProto.FLOAT
 
@@ -54,10 +54,10 @@ CASES = {
 def _session(path):
     """LiteRT for .tflite; the numpy MIL executor for .mlpackage (Core ML itself runs only on Apple systems)."""
     if path.endswith(".mlpackage"):
-        from edge_sdk.converters.coreml.executor import MILReferenceSession
+        from edgelift.converters.coreml.executor import MILReferenceSession
 
         return MILReferenceSession(path)
-    from edge_sdk.runtimes.tflite import open_litert
+    from edgelift.runtimes.tflite import open_litert
 
     return open_litert(path, None)
 

@@ -1,6 +1,6 @@
 """The fuzz suite: seeded mutants of every format through the CLI and the public API, each case in its own
 process under a 4 GiB address-space limit and a 30 s timeout (``tests/fuzzing/``). Every outcome must be
-clean (a typed ``edge_sdk.errors`` exception, or exit 2 with one ``error:`` line) or accepted: no traceback,
+clean (a typed ``edgelift.errors`` exception, or exit 2 with one ``error:`` line) or accepted: no traceback,
 no signal, no hang, no allocation past the limit, no planted payload run, no half-written ``--out``.
 
 The fast run here tries a few hundred mutants; ``make fuzz`` (``-m fuzz``) runs 300 per format. Every

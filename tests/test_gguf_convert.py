@@ -10,8 +10,8 @@ import struct
 import numpy as np
 import pytest
 
-import edge_sdk
-from edge_sdk import errors
+import edgelift
+from edgelift import errors
 
 from tests.conftest import listing, tiny_causal_lm, tiny_sentencepiece_llama
 
@@ -38,7 +38,7 @@ def differing_tensors(ours, theirs) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_llama(smollm2_hf_dir, tmp_path_factory):
     d = tiny_causal_lm("llama", tmp_path_factory.mktemp("tiny-llama"), smollm2_hf_dir)
-    return d, edge_sdk.convert(d, to="gguf", quantize=["F32", *FTYPES, "Q4_K"], out=d / "out", name="t")
+    return d, edgelift.convert(d, to="gguf", quantize=["F32", *FTYPES, "Q4_K"], out=d / "out", name="t")
 
 
 def test_tiny_llama_logits_and_mixes(tiny_llama):
@@ -51,7 +51,7 @@ def test_tiny_llama_logits_and_mixes(tiny_llama):
     assert m["tensor_types"] == {"F32": 17, "Q4_K": 49, "Q6_K": 9}
     assert m["type_changes"]["blk.3.attn_v.weight"].endswith("Q6_K") and "blk.2.attn_v.weight" not in m["type_changes"]
     assert 4.5 < m["bits_per_weight"] < 5.5
-    info = edge_sdk.inspect(r.artifact("Q4_K_M", "gguf").path)  # the header, read by our bounded reader
+    info = edgelift.inspect(r.artifact("Q4_K_M", "gguf").path)  # the header, read by our bounded reader
     assert info.format == "gguf" and info.metadata["general.file_type"] == "15"
     assert {k: v.tensors for k, v in info.weight_dtypes.items()} == m["tensor_types"]
 
@@ -69,7 +69,7 @@ def test_tiny_qwen2_converts_and_matches_transformers(smollm2_hf_dir, tmp_path):
     """Qwen2 (no rotary permutation, q/k/v biases), saved as a sharded checkpoint."""
     d = tiny_causal_lm("qwen2", tmp_path / "qwen2", smollm2_hf_dir, max_shard_size="20MB")
     assert (d / "model.safetensors.index.json").exists() and len(list(d.glob("*.safetensors"))) > 1
-    r = edge_sdk.convert(d, to="gguf", quantize=["F32", "Q4_K_M"], out=tmp_path / "out")
+    r = edgelift.convert(d, to="gguf", quantize=["F32", "Q4_K_M"], out=tmp_path / "out")
     f32 = r.artifact("F32", "gguf")
     assert f32.parity.primary.top1_agreement == 1.0 and f32.parity.primary.rel_l2_error <= 1e-3
     names = {t.name for t in gguf.GGUFReader(f32.path).tensors}
@@ -83,7 +83,7 @@ def test_llama3_rope_scaling_becomes_rope_freqs(smollm2_hf_dir, tmp_path):
                "original_max_position_embeddings": 16}
     d = tiny_causal_lm("llama", tmp_path / "l3", smollm2_hf_dir, num_hidden_layers=2, rope_theta=500000.0,
                        rope_scaling=scaling)
-    r = edge_sdk.convert(d, to="gguf", quantize="F32", out=tmp_path / "out")
+    r = edgelift.convert(d, to="gguf", quantize="F32", out=tmp_path / "out")
     assert r.artifacts[0].parity.primary.rel_l2_error <= 1e-3
     freqs = next(t for t in gguf.GGUFReader(r.artifacts[0].path).tensors if t.name == "rope_freqs.weight")
     factors = np.asarray(freqs.data)
@@ -99,7 +99,7 @@ def _quantized(path, ftype, tmp_path):
 def test_sentencepiece_vocab(tmp_path):
     """SentencePiece vocabularies (tokens, scores, byte tokens): llama.cpp tokenizes like transformers."""
     d = tiny_sentencepiece_llama(tmp_path / "spm")
-    r = edge_sdk.convert(d, to="gguf", quantize="F32", out=tmp_path / "out")
+    r = edgelift.convert(d, to="gguf", quantize="F32", out=tmp_path / "out")
     a = r.artifacts[0]
     assert a.quantization.details["tokenizer_agreement"] == 1.0
     assert a.parity.primary.top1_agreement == 1.0 and a.parity.primary.rel_l2_error <= 1e-3
@@ -112,7 +112,7 @@ def test_sentencepiece_vocab(tmp_path):
 @pytest.mark.slow
 def test_smollm2_every_type(smollm2_hf_dir, tmp_path):
     types = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q4_K_S", "Q4_K_M"]
-    r = edge_sdk.convert(smollm2_hf_dir, to="gguf", quantize=types, out=tmp_path / "out", name="smol")
+    r = edgelift.convert(smollm2_hf_dir, to="gguf", quantize=types, out=tmp_path / "out", name="smol")
     f32, f16 = r.artifact("F32", "gguf").parity.primary, r.artifact("F16", "gguf").parity.primary
     assert f32.top1_agreement == 1.0 and f32.rel_l2_error <= 1e-3
     assert f16.rel_l2_error <= 1e-2
@@ -132,8 +132,8 @@ def test_smollm2_every_type(smollm2_hf_dir, tmp_path):
 @pytest.mark.slow
 def test_requantize_gguf_source_equals_llama_quantize(smollm2_hf_dir, tmp_path):
     """A GGUF source (here our F16 file) re-quantized by us and by llama.cpp: same tensors."""
-    f16 = edge_sdk.convert(smollm2_hf_dir, to="gguf", quantize="F16", out=tmp_path / "f16", name="s").artifacts[0].path
-    r = edge_sdk.convert(f16, to="gguf", quantize="Q4_K_M", out=tmp_path / "q", name="s")
+    f16 = edgelift.convert(smollm2_hf_dir, to="gguf", quantize="F16", out=tmp_path / "f16", name="s").artifacts[0].path
+    r = edgelift.convert(f16, to="gguf", quantize="Q4_K_M", out=tmp_path / "q", name="s")
     assert r.source.kind == "gguf" and r.artifacts[0].parity.reference.endswith("source GGUF")
     assert r.artifacts[0].parity.primary.top1_agreement >= 0.7
     assert differing_tensors(r.artifacts[0].path, _quantized(f16, 15, tmp_path)) == []
@@ -141,7 +141,7 @@ def test_requantize_gguf_source_equals_llama_quantize(smollm2_hf_dir, tmp_path):
 
 def test_minilm_embeddings_match(minilm_dir, tmp_path):
     types = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q4_K_S", "Q4_K_M"]
-    r = edge_sdk.convert(minilm_dir, to="gguf", quantize=types, out=tmp_path)
+    r = edgelift.convert(minilm_dir, to="gguf", quantize=types, out=tmp_path)
     assert r.artifact("F32", "gguf").parity.primary.cosine_similarity >= 0.9999
     assert r.artifact("Q4_K_M", "gguf").parity.primary.cosine_similarity >= 0.98
     for a in r.artifacts:
@@ -166,7 +166,7 @@ def _broken_checkpoint(src, dst, cut: int):
 def test_truncated_safetensors_is_a_format_error(minilm_dir, tmp_path):
     bad = _broken_checkpoint(minilm_dir, tmp_path / "bad", 1 << 20)
     with pytest.raises(errors.ModelFormatError, match="truncated"):
-        edge_sdk.convert(bad, to="gguf", quantize="Q8_0", out=tmp_path / "out")
+        edgelift.convert(bad, to="gguf", quantize="Q8_0", out=tmp_path / "out")
     assert listing(tmp_path / "out") == []
 
 
@@ -174,7 +174,7 @@ def test_hostile_header_length_is_refused(minilm_dir, tmp_path):
     bad = _broken_checkpoint(minilm_dir, tmp_path / "bad", 0)
     (bad / "model.safetensors").write_bytes(struct.pack("<Q", 1 << 62) + b"{}")
     with pytest.raises(errors.ModelFormatError, match="header length"):
-        edge_sdk.convert(bad, to="gguf", out=tmp_path / "out")
+        edgelift.convert(bad, to="gguf", out=tmp_path / "out")
 
 
 def test_unknown_architecture_and_type(minilm_dir, tmp_path):
@@ -184,19 +184,19 @@ def test_unknown_architecture_and_type(minilm_dir, tmp_path):
     shutil.copytree(minilm_dir, d)
     cfg = json.loads((d / "config.json").read_text())
     with pytest.raises(errors.QuantizationError, match="Q4_K_M"):
-        edge_sdk.convert(d, to="gguf", quantize="Q3_XYZ", out=tmp_path / "o")
+        edgelift.convert(d, to="gguf", quantize="Q3_XYZ", out=tmp_path / "o")
     cfg["architectures"] = ["MambaForCausalLM"]
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(errors.SourceError, match="MambaForCausalLM"):
-        edge_sdk.convert(d, to="gguf", out=tmp_path / "o")
+        edgelift.convert(d, to="gguf", out=tmp_path / "o")
     with pytest.raises(errors.InvalidOptionError, match="alone"):
-        edge_sdk.convert(d, to=["gguf", "onnx"], out=tmp_path / "o")
+        edgelift.convert(d, to=["gguf", "onnx"], out=tmp_path / "o")
 
 
 def test_cli_exit_code_2_on_missing_source(tmp_path):
     from typer.testing import CliRunner
 
-    from edge_sdk.cli import app
+    from edgelift.cli import app
 
     res = CliRunner().invoke(app, ["convert", str(tmp_path / "nope"), "--to", "gguf", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "does not exist" in res.output

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_sdk.converters.gguf.kquants import BLOCK_BYTES, K_QUANTIZERS
+from edgelift.converters.gguf.kquants import BLOCK_BYTES, K_QUANTIZERS
 
 GGML_TYPES = {"Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 

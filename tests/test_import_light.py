@@ -1,4 +1,4 @@
-"""`import edge_sdk` (and the CLI's start-up) must work without torch, onnx, coremltools or transformers.
+"""`import edgelift` (and the CLI's start-up) must work without torch, onnx, coremltools or transformers.
 
 Runs in a subprocess with an import hook that makes those packages unimportable, as on a device.
 """
@@ -29,9 +29,9 @@ def run(code: str) -> subprocess.CompletedProcess:
 
 def test_import_without_heavy_packages():
     r = run("""
-        import edge_sdk, edge_sdk.errors, edge_sdk.core.tensors, edge_sdk.runtimes.ort
+        import edgelift, edgelift.errors, edgelift.core.tensors, edgelift.runtimes.ort
         loaded = sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)
-        print('LOADED', loaded, edge_sdk.__version__)
+        print('LOADED', loaded, edgelift.__version__)
     """)
     assert r.returncode == 0, r.stderr
     assert "LOADED [] " in r.stdout
@@ -39,7 +39,7 @@ def test_import_without_heavy_packages():
 
 def test_heavy_packages_not_loaded_by_import_even_when_present():
     r = subprocess.run([sys.executable, "-c",
-                        "import sys, edge_sdk, edge_sdk.cli; print(sorted(m for m in sys.modules "
+                        "import sys, edgelift, edgelift.cli; print(sorted(m for m in sys.modules "
                         f"if m.split('.')[0] in {HEAVY!r}))"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
@@ -50,9 +50,9 @@ def test_cli_without_converter_extra_names_the_extra(tmp_path):
     model.write_bytes(b"\x08\x0a\x12\x07pytorch")
     r = run(f"""
         sys.argv = ['edge', 'inspect', {str(model)!r}]
-        from edge_sdk.cli import main
+        from edgelift.cli import main
         main()
     """)
     assert r.returncode == 2, r.stderr
-    assert "pip install 'edge-sdk[convert]'" in r.stderr
+    assert "pip install 'edgelift[convert]'" in r.stderr
     assert "Traceback" not in r.stderr

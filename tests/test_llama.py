@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import edge_sdk
-from edge_sdk import errors
-from edge_sdk.cli import app
+import edgelift
+from edgelift import errors
+from edgelift.cli import app
 
 pytest.importorskip("llama_cpp")
 
@@ -17,7 +17,7 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def smol(smollm2_gguf):
-    with edge_sdk.load(smollm2_gguf, threads=2) as m:
+    with edgelift.load(smollm2_gguf, threads=2) as m:
         yield m
 
 
@@ -66,7 +66,7 @@ def test_unknown_architecture(tmp_path):
     w.write_tensors_to_file()
     w.close()
     with pytest.raises(errors.ModelFormatError, match="edgealien"):
-        edge_sdk.load(path)
+        edgelift.load(path)
 
 
 def test_cli_prompt(smollm2_gguf):
@@ -76,7 +76,7 @@ def test_cli_prompt(smollm2_gguf):
 
 
 def test_embeddings(smollm2_gguf):
-    with edge_sdk.load(smollm2_gguf, embedding=True, threads=2) as m:
+    with edgelift.load(smollm2_gguf, embedding=True, threads=2) as m:
         e = m.embed("hello world")
         # SmolLM2 has no pooling: one 576-wide embedding per token
         assert e.shape == (len(m.tokenize("hello world")), 576)
@@ -125,4 +125,4 @@ def test_headers_llama_cpp_would_abort_on(smollm2_gguf, tmp_path, key, needle):
     shutil.copy(smollm2_gguf, bad)
     _patch_in_place(bad, key)
     with pytest.raises(errors.ModelFormatError, match=needle):
-        edge_sdk.load(bad)
+        edgelift.load(bad)

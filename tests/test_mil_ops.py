@@ -32,7 +32,7 @@ def run_program(build, *inputs: np.ndarray, tmp_path, name: str = "p") -> list[n
     """``build(mb, *input_vars)`` as a saved fp32 iOS18 package, run by the executor."""
     import coremltools as ct
 
-    from edge_sdk.converters.coreml.executor import MILReferenceSession
+    from edgelift.converters.coreml.executor import MILReferenceSession
 
     from coremltools.converters.mil.mil import Function, Program
 
@@ -181,7 +181,7 @@ def test_mil_op_matches_reference(case, tmp_path):
 
 
 def test_every_executor_op_has_a_reference_case():
-    from edge_sdk.converters.coreml.executor import MIL_OPS
+    from edgelift.converters.coreml.executor import MIL_OPS
 
     covered = {op for c in CASES for op in c[1]} | ELSEWHERE
     assert sorted(set(MIL_OPS) - covered) == []

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_sdk.core.atomic import CRASH_ENV, STAGING_TAG, StagingDir
+from edgelift.core.atomic import CRASH_ENV, STAGING_TAG, StagingDir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def staging_leftovers(out: Path) -> list[str]:
 
 
 def edge(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edge_sdk.cli", *map(str, args)], cwd=kw.get("cwd", REPO),
+    return subprocess.Popen([sys.executable, "-m", "edgelift.cli", *map(str, args)], cwd=kw.get("cwd", REPO),
                             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

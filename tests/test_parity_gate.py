@@ -10,8 +10,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from edge_sdk import convert, errors
-from edge_sdk.cli import app
+from edgelift import convert, errors
+from edgelift.cli import app
 
 F = TensorProto.FLOAT
 
@@ -150,7 +150,7 @@ def test_int8_on_an_opset_11_export_upgrades_and_says_so(tmp_path):
 
 
 def test_inspect_counts_constant_node_weights_and_subgraph_ops(tmp_path):
-    from edge_sdk.converters.inspect import inspect
+    from edgelift.converters.inspect import inspect
 
     w = np.random.default_rng(4).standard_normal((4, 4)).astype(np.float32)
     body = helper.make_graph([helper.make_node("Relu", ["x"], ["t"]), helper.make_node("Neg", ["t"], ["u"])], "b", [],

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-import edge_sdk
-from edge_sdk import errors
-from edge_sdk.runtimes.memory import load_graph, parse_budget, plan_memory
-from edge_sdk.runtimes.ort import OrtSession
-from edge_sdk.runtimes.patch import StagePlanner
-from edge_sdk.runtimes.budget import cached_plan_path
-from edge_sdk.runtimes.patch_run import RSS_NOISE, PatchedSession, patched_model, plan_metadata
+import edgelift
+from edgelift import errors
+from edgelift.runtimes.memory import load_graph, parse_budget, plan_memory
+from edgelift.runtimes.ort import OrtSession
+from edgelift.runtimes.patch import StagePlanner
+from edgelift.runtimes.budget import cached_plan_path
+from edgelift.runtimes.patch_run import RSS_NOISE, PatchedSession, patched_model, plan_metadata
 
 
 def checked(model_bytes: bytes) -> bytes:
@@ -149,7 +149,7 @@ def test_resnet18_patched_equals_full(tmp_path):
     from examples.models.resnet import build_model
 
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    path = edge_sdk.convert(build_model(), example_inputs=(x,), out=tmp_path, name="r18").artifacts[0].path
+    path = edgelift.convert(build_model(), example_inputs=(x,), out=tmp_path, name="r18").artifacts[0].path
     _check_patched(path, [(0.0, 2), (0.5, 3), (1.0, 4)], exact=False)
 
 
@@ -228,13 +228,13 @@ def test_unet_patched_end_to_end(tmp_path):
 
 def test_load_with_memory_budget(digits_result):
     path = digits_result.artifact("none").path
-    plain = edge_sdk.load(path)
+    plain = edgelift.load(path)
     x = np.random.default_rng(2).standard_normal((3, *plain.inputs[0].shape[1:])).astype(np.float32)
     want = plain.run(x)
     peak = plan_memory(load_graph(path)[0]).peak_bytes
-    fits = edge_sdk.load(path, memory_budget=peak).memory_plan
+    fits = edgelift.load(path, memory_budget=peak).memory_plan
     assert not fits.patched and fits.planned_peak_bytes == peak  # the plain schedule fits
-    m = edge_sdk.load(path, memory_budget=int(peak * 0.8))
+    m = edgelift.load(path, memory_budget=int(peak * 0.8))
     assert m.memory_plan.patched and m.memory_plan.planned_peak_bytes <= peak * 0.8
     np.testing.assert_allclose(m.run(x)[m.outputs[0].name], want[plain.outputs[0].name], atol=1e-5)
     cached = cached_plan_path(path, int(peak * 0.8))
@@ -242,10 +242,10 @@ def test_load_with_memory_budget(digits_result):
     assert cached.with_suffix(".opt.onnx").is_file()  # and ONNX Runtime's optimized graph of it, for fast loads
     assert meta["planned_peak_bytes"] == m.memory_plan.planned_peak_bytes
     stamp = cached.stat().st_mtime_ns
-    again = edge_sdk.load(path, memory_budget=int(peak * 0.8))  # planned once: the cache answers
+    again = edgelift.load(path, memory_budget=int(peak * 0.8))  # planned once: the cache answers
     assert cached.stat().st_mtime_ns == stamp and again.memory_plan == m.memory_plan
     with pytest.raises(errors.InvalidOptionError, match="smallest peak is"):
-        edge_sdk.load(path, memory_budget="10B")
+        edgelift.load(path, memory_budget="10B")
 
 
 ORT_ONE_TIME_BYTES = 16 * 2**20  # ONNX Runtime's first-run kernel buffers and allocator slack: 4-11 MB measured here
@@ -253,7 +253,7 @@ ORT_ONE_TIME_BYTES = 16 * 2**20  # ONNX Runtime's first-run kernel buffers and a
 
 def _assert_holds_in_real_memory(path) -> None:
     peak = plan_memory(load_graph(path)[0]).peak_bytes
-    p = edge_sdk.load(path, memory_budget=peak // 4).memory_plan
+    p = edgelift.load(path, memory_budget=peak // 4).memory_plan
     assert p.patched and p.measured_peak_bytes is not None, p
     assert p.measured_peak_bytes <= p.planned_peak_bytes + ORT_ONE_TIME_BYTES, p.describe()
     assert p.measured_peak_bytes * 2 < p.plain_measured_bytes, p.describe()
@@ -284,7 +284,7 @@ def test_cli_plan_marks_peak_and_writes_svg(digits_result, tmp_path):
 
     from typer.testing import CliRunner
 
-    from edge_sdk.cli import app
+    from edgelift.cli import app
 
     path = digits_result.artifact("int8").path
     res = CliRunner().invoke(app, ["plan", str(path), "--plot", str(tmp_path / "p.svg")])
@@ -302,14 +302,14 @@ def test_cli_plan_marks_peak_and_writes_svg(digits_result, tmp_path):
     assert "stage 1:" in res.output and "resident while it runs" in res.output
     assert plan_metadata(checked((tmp_path / "p.onnx").read_bytes()))["planned_peak_bytes"] <= int(budget)
     x = np.random.default_rng(3).standard_normal((2, 1, 8, 8)).astype(np.float32)
-    a, b = edge_sdk.load(path).run(x), edge_sdk.load(tmp_path / "p.onnx").run(x)  # the saved schedule runs alone
+    a, b = edgelift.load(path).run(x), edgelift.load(tmp_path / "p.onnx").run(x)  # the saved schedule runs alone
     np.testing.assert_array_equal(next(iter(a.values())), next(iter(b.values())))
 
 
 def test_cli_run_with_a_budget_says_when_it_plans(digits_result):
     from typer.testing import CliRunner
 
-    from edge_sdk.cli import app
+    from edgelift.cli import app
 
     path = digits_result.artifact("none").path
     budget = str(int(plan_memory(load_graph(path)[0]).peak_bytes * 0.7))

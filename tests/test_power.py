@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_sdk.errors import InvalidOptionError
-from edge_sdk.profilers.power import (
+from edgelift.errors import InvalidOptionError
+from edgelift.profilers.power import (
     POWER_SOURCES,
     AndroidBatteryPowerSource,
     DeviceEnv,

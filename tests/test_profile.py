@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge_sdk.errors import InvalidOptionError
-from edge_sdk.profilers.profile import ProfileOptions, parse_sweep, profile
-from edge_sdk.profilers.rss import RssSampler
-from edge_sdk.profilers.stats import LatencyStats, rate_stats
+from edgelift.errors import InvalidOptionError
+from edgelift.profilers.profile import ProfileOptions, parse_sweep, profile
+from edgelift.profilers.rss import RssSampler
+from edgelift.profilers.stats import LatencyStats, rate_stats
 
-FAST = dict(runs=20, warmup=2, idle_s=0.0, power="none")
+# call by call, exactly `runs` of them (the minimum-time and grouping rules have their own tests)
+FAST = dict(runs=20, warmup=2, idle_s=0.0, power="none", min_time_s=0.0, min_sample_ns=0)
 
 
 def test_latency_stats_match_numpy():
@@ -45,9 +46,9 @@ def test_rate_stats_are_per_run_rates():
 
 
 def test_profile_is_public_api():
-    import edge_sdk
+    import edgelift
 
-    assert edge_sdk.profile is profile and edge_sdk.ProfileOptions is ProfileOptions
+    assert edgelift.profile is profile and edgelift.ProfileOptions is ProfileOptions
 
 
 def test_parse_sweep():
@@ -90,7 +91,7 @@ def test_profile_onnx_latency_memory_and_ops(int8_report, digits_result):
         mem = r["memory"]
         assert mem["peak_rss_load_bytes"] >= mem["rss_before_load_bytes"] > 0
         ops = r["ops"]
-        assert ops["source"] == "onnxruntime" and ops["runs"] == 20
+        assert ops["source"] == "onnxruntime" and ops["runs"] == 19  # the session's first run is left out
         types = [o["op_type"] for o in ops["by_type"]]
         assert "QLinearConv" in types  # the int8 model runs quantized kernels
         assert sum(o["percent"] for o in ops["by_type"]) == pytest.approx(100.0)
@@ -104,7 +105,7 @@ def test_profile_onnx_latency_memory_and_ops(int8_report, digits_result):
 
 def test_profile_json_matches_its_schema(int8_report, tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
-    from edge_sdk.profilers.report import SCHEMA_FILE, load_report
+    from edgelift.profilers.report import SCHEMA_FILE, load_report
 
     schema = json.loads(SCHEMA_FILE.read_text())
     path = int8_report.write_json(tmp_path / "r.json")
@@ -173,13 +174,13 @@ def test_llm_profile_with_the_edge_engine_under_a_memory_budget(smollm2_gguf):
 
 
 def test_cli_profile_and_report(digits_result, tmp_path):
-    from edge_sdk.cli import app
+    from edgelift.cli import app
 
     runner = CliRunner()
     paths = []
     for mode in ("int8", "int4"):
         out = tmp_path / f"{mode}.json"
-        res = runner.invoke(app, ["profile", str(digits_result.artifact(mode).path), "--runs", "10", "--warmup", "1",
+        res = runner.invoke(app, ["profile", str(digits_result.artifact(mode).path), "--runs", "10", "--min-secs", "0", "--min-sample-ms", "0", "--warmup", "1",
                                   "--idle", "0", "--power", "none", "--json", str(out), "--markdown", str(tmp_path / f"{mode}.md"),
                                   "--accuracy", "0.9"])
         assert res.exit_code == 0, res.output
@@ -194,7 +195,7 @@ def test_cli_profile_and_report(digits_result, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema": "something-else"}')
     res = runner.invoke(app, ["report", str(bad)])
-    assert res.exit_code == 2 and "not an edge-sdk profile report" in res.output
+    assert res.exit_code == 2 and "not an edgelift profile report" in res.output
     res = runner.invoke(app, ["profile", str(digits_result.artifact("int8").path), "--sweep", "cores=2"])
     assert res.exit_code == 2 and "--sweep" in res.output
     res = runner.invoke(app, ["profile"])
@@ -211,7 +212,7 @@ def test_cli_profile_and_report(digits_result, tmp_path):
     res = runner.invoke(app, ["profile", "--list-power"])
     assert res.exit_code == 0 and "rapl" in res.output and "jetson-ina3221" in res.output
     res = runner.invoke(app, ["profile", str(digits_result.artifact("int8").path), "--power", "no-such-meter",
-                              "--runs", "2", "--idle", "0"])
+                              "--runs", "2", "--min-secs", "0", "--idle", "0"])
     assert res.exit_code == 2, res.output
 
 
@@ -221,7 +222,7 @@ def test_power_and_energy_from_a_replayed_rapl_counter(digits_result, tmp_path):
     start and at 5 W during them, so idle power, average power and energy above idle have known values."""
     import threading
 
-    from edge_sdk.profilers.power import DeviceEnv
+    from edgelift.profilers.power import DeviceEnv
 
     dom = tmp_path / "sys/class/powercap/intel-rapl:0"
     dom.mkdir(parents=True)
@@ -244,7 +245,7 @@ def test_power_and_energy_from_a_replayed_rapl_counter(digits_result, tmp_path):
     t.start()
     try:
         rep = profile(digits_result.artifact("int8").path,
-                      ProfileOptions(runs=20, warmup=2, idle_s=0.6, power="rapl", per_op=False),
+                      ProfileOptions(runs=20, warmup=2, idle_s=0.6, power="rapl", per_op=False, min_time_s=0.0, min_sample_ns=0),
                       power_env=DeviceEnv(root=tmp_path),
                       progress=lambda stage, done, total: busy.set() if stage == "runs" else None)
     finally:
@@ -308,8 +309,8 @@ def test_profile_under_a_memory_budget_records_the_plan_and_keeps_per_op_times(d
     """``edge profile --memory-budget``: the JSON (schema-valid), Markdown and HTML carry the budget, the
     planned and measured peaks and the extra compute, and the per-op table is the patched schedule's."""
     jsonschema = pytest.importorskip("jsonschema")
-    from edge_sdk.profilers.report import SCHEMA_FILE, load_report
-    from edge_sdk.runtimes.memory import load_graph, plan_memory
+    from edgelift.profilers.report import SCHEMA_FILE, load_report
+    from edgelift.runtimes.memory import load_graph, plan_memory
 
     path = digits_result.artifact("int8").path
     budget = int(plan_memory(load_graph(path)[0]).peak_bytes * 0.8)

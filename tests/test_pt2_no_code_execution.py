@@ -3,7 +3,7 @@ is refused by name, and never runs.
 
 Each case is checked twice: plain ``torch.export.load`` (then ``ep.module()`` and a forward) runs the payload
 (it only creates a folder) — proof that the planted file is a real attack, so this test can fail — and
-``edge inspect`` / ``edge_sdk.convert`` refuse the same file (exit 2, a typed error) and the payload does not run.
+``edge inspect`` / ``edgelift.convert`` refuse the same file (exit 2, a typed error) and the payload does not run.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def programs(tmp_path_factory, digits_dir) -> dict[str, Path]:
 
 
 def _plain_torch_load(path: Path) -> None:
-    """What a user without edge-sdk does: torch.export.load, then the module and a forward pass."""
+    """What a user without edgelift does: torch.export.load, then the module and a forward pass."""
     import warnings
 
     with warnings.catch_warnings():
@@ -133,9 +133,9 @@ def _plain_torch_load(path: Path) -> None:
 def test_planted_payload_is_refused_and_never_runs(programs, tmp_path, kind):
     from typer.testing import CliRunner
 
-    import edge_sdk
-    from edge_sdk import errors
-    from edge_sdk.cli import app
+    import edgelift
+    from edgelift import errors
+    from edgelift.cli import app
 
     edit, program = PAYLOADS[kind]
     marker = tmp_path / "PAYLOAD_RAN"
@@ -151,14 +151,14 @@ def test_planted_payload_is_refused_and_never_runs(programs, tmp_path, kind):
     assert r.exit_code == 2 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1, \
         r.output
     with pytest.raises(errors.ModelFormatError):
-        edge_sdk.convert(evil, out=tmp_path / "out")
+        edgelift.convert(evil, out=tmp_path / "out")
     assert not marker.exists(), f"edge convert ran the {kind} payload"
     assert not (tmp_path / "out").exists()
 
 
 def test_refusals_name_what_they_refuse(programs, tmp_path):
-    import edge_sdk
-    from edge_sdk import errors
+    import edgelift
+    from edgelift import errors
 
     marker = tmp_path / "x"
     cases = {"opaque_obj constant": "opaque Python object", "custom_obj constant": "torchbind custom object",
@@ -168,28 +168,28 @@ def test_refusals_name_what_they_refuse(programs, tmp_path):
         edit, program = PAYLOADS[kind]
         evil = _rewrite(programs[program], tmp_path / f"{kind.split()[0]}.pt2", lambda e, r: edit(e, r, marker))
         with pytest.raises(errors.ModelFormatError, match=words):
-            edge_sdk.inspect(evil)
+            edgelift.inspect(evil)
 
 
 def test_aoti_code_and_unknown_entries_are_refused(programs, tmp_path):
-    import edge_sdk
-    from edge_sdk import errors
+    import edgelift
+    from edgelift import errors
 
     def add(name: str):
         return lambda e, r: e.__setitem__(f"{r}/{name}", b"\x7fELF" + b"\0" * 60)
 
     so = _rewrite(programs["static"], tmp_path / "aoti.pt2", add("data/aotinductor/model/model.so"))
     with pytest.raises(errors.ModelFormatError, match="AOTInductor compiled code"):
-        edge_sdk.inspect(so)
+        edgelift.inspect(so)
     other = _rewrite(programs["static"], tmp_path / "other.pt2", add("serialized_state_dict.pt"))
     with pytest.raises(errors.ModelFormatError, match="not part of a plain program"):
-        edge_sdk.inspect(other)
+        edgelift.inspect(other)
 
 
 def test_graph_target_outside_the_operator_allowlist(programs, tmp_path):
     """A node target resolved by getattr from torch: torch.os.system is reachable and would run on forward."""
-    import edge_sdk
-    from edge_sdk import errors
+    import edgelift
+    from edgelift import errors
 
     def edit(entries: dict, root: str) -> None:
         key = f"{root}/models/model.json"
@@ -197,24 +197,24 @@ def test_graph_target_outside_the_operator_allowlist(programs, tmp_path):
 
     evil = _rewrite(programs["dynamic"], tmp_path / "target.pt2", edit)
     with pytest.raises(errors.ModelFormatError, match="torch.os.system"):
-        edge_sdk.inspect(evil)
+        edgelift.inspect(evil)
 
 
 def test_plain_programs_still_load(programs):
     """The checks refuse nothing torch.export.save writes for a plain model (static and symbolic shapes)."""
-    import edge_sdk
+    import edgelift
 
     for path in programs.values():
-        report = edge_sdk.inspect(path)
+        report = edgelift.inspect(path)
         assert report.format == "pt2" and report.inputs
 
 
 def test_non_utf8_entry_name(programs, tmp_path):
-    import edge_sdk
-    from edge_sdk import errors
+    import edgelift
+    from edgelift import errors
     from tests.fuzzing.mutate import non_utf8_name
 
     bad = tmp_path / "names.pt2"
     bad.write_bytes(non_utf8_name(programs["static"].read_bytes(), "archive_version"))
     with pytest.raises(errors.ModelFormatError):
-        edge_sdk.inspect(bad)
+        edgelift.inspect(bad)

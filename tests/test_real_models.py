@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_sdk.converters.parity import MIN_COSINE
-from edge_sdk.core.tensors import batch_axes
+from edgelift.converters.parity import MIN_COSINE
+from edgelift.core.tensors import batch_axes
 from examples.models.corpus import CORPUS
 
 CASES = [("onnx", "int8"), ("onnx", "fp16"), ("tflite", "none"), ("tflite", "fp16"), ("tflite", "int8"),
@@ -85,12 +85,12 @@ def _artifact_runner(path: str, renamed: dict[str, str]):
             it.invoke()
             return it.get_tensor(out["index"])
 
-        from edge_sdk.core.tensors import TensorSpec
+        from edgelift.core.tensors import TensorSpec
 
         return run, [TensorSpec(k, tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name) for k, d in ins.items()]
-    from edge_sdk.converters.coreml.executor import MILReferenceSession
+    from edgelift.converters.coreml.executor import MILReferenceSession
 
-    from edge_sdk.core.tensors import TensorSpec
+    from edgelift.core.tensors import TensorSpec
 
     s = MILReferenceSession(path)
     back = {v: k for k, v in renamed.items()}
@@ -99,7 +99,7 @@ def _artifact_runner(path: str, renamed: dict[str, str]):
 
 
 def _spec(arg):
-    from edge_sdk.core.tensors import TensorSpec
+    from edgelift.core.tensors import TensorSpec
 
     shape = tuple(d if isinstance(d, int) and d >= 0 else (d or None) for d in arg.shape)
     dtype = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}.get(arg.type, "float32")
@@ -110,7 +110,7 @@ def _spec(arg):
 def test_real_model_passes_its_gate_or_is_refused_in_one_line(key, target, mode, corpus_files, tmp_path):
     from typer.testing import CliRunner
 
-    from edge_sdk.cli import app
+    from edgelift.cli import app
 
     src, calib, val = corpus_files(key)
     out = tmp_path / "out"
@@ -144,7 +144,7 @@ def test_symbolic_dims_without_data_are_refused_listing_them(corpus_files, tmp_p
     """The text detector's H and W are symbolic: with no data and no --input-shape nothing is guessed."""
     from typer.testing import CliRunner
 
-    from edge_sdk.cli import app
+    from edgelift.cli import app
 
     src, _, _ = corpus_files("ppocr_det")
     r = CliRunner().invoke(app, ["convert", str(src), "--to", "tflite", "--out", str(tmp_path / "o")])
@@ -165,7 +165,7 @@ def test_edge_run_feeds_state_and_scalar_inputs_whole(corpus_files, tmp_path):
     fed; faster-whisper's VAD (h, c [1, 1, 128]) on the random data the SDK makes from its signature."""
     from typer.testing import CliRunner
 
-    from edge_sdk.cli import app
+    from edgelift.cli import app
 
     src, _, val = corpus_files("silero_vad")
     data = {**dict(np.load(val)), "input": np.load(val)["input"][:1]}  # one 32 ms chunk at 16 kHz

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_sdk.errors import InvalidOptionError
-from edge_sdk.profilers.targets.adb import AdbTarget, llama_load_ns, tflite_window
-from edge_sdk.profilers.targets.android_output import (
+from edgelift.errors import InvalidOptionError
+from edgelift.profilers.targets.adb import AdbTarget, llama_load_ns, tflite_window
+from edgelift.profilers.targets.android_output import (
     parse_adb_devices,
     parse_benchmark_model,
     parse_cpu_list,
@@ -34,9 +34,9 @@ from edge_sdk.profilers.targets.android_output import (
     split_pp_tg,
     android_identity,
 )
-from edge_sdk.profilers.targets.base import DeviceUnreachableError, RemoteOptions, RemoteRunError
+from edgelift.profilers.targets.base import DeviceUnreachableError, RemoteOptions, RemoteRunError
 
-SCHEMA = Path(__file__).resolve().parent.parent / "edge_sdk" / "schemas" / "profile.schema.json"
+SCHEMA = Path(__file__).resolve().parent.parent / "edgelift" / "schemas" / "profile.schema.json"
 SERIAL = "2A211FDH2001VM"
 IDLE_UA, BUSY_UA, UV = -300000, -900000, 3850000  # battery gauge: idle / benchmark current, voltage
 IDLE_W, BUSY_W = 0.3 * 3.85, 0.9 * 3.85
@@ -622,10 +622,10 @@ def test_tflite_profile(phone, files):
     timed, profiled = phone.runs("benchmark_model")
     assert "--num_threads=4" in timed and "--num_runs=50" in timed and "--warmup_runs=5" in timed
     assert "--enable_op_profiling=true" not in timed and "--enable_op_profiling=true" in profiled
-    assert any(a.startswith("--graph=/data/local/tmp/edge-sdk/digits-") for a in timed)
+    assert any(a.startswith("--graph=/data/local/tmp/edgelift/digits-") for a in timed)
     assert any("count=50 first=1288" in ln for ln in lines) and "" not in lines
-    from edge_sdk.profilers.html import render_profile_html
-    from edge_sdk.profilers.report import ProfileReport
+    from edgelift.profilers.html import render_profile_html
+    from edgelift.profilers.report import ProfileReport
 
     assert "| default | 50 | 1.251 | n/a |" in ProfileReport(doc).to_markdown()
     assert "Pixel 7" in render_profile_html(doc)
@@ -654,9 +654,9 @@ def test_gguf_profile_with_pixel_odpm(phone, files):
     assert not any("charging" in w for w in doc["warnings"])
     (args,) = phone.runs("llama-bench")
     assert args[:8] == ["-m", args[1], "-p", "128", "-n", "64", "-o", "json"] and "--progress" in args
-    assert args[1].startswith("/data/local/tmp/edge-sdk/qwen2.5-0.5b-instruct-q4_k_m-") and args[1].endswith(".gguf")
-    from edge_sdk.profilers.html import render_profile_html
-    from edge_sdk.profilers.report import ProfileReport
+    assert args[1].startswith("/data/local/tmp/edgelift/qwen2.5-0.5b-instruct-q4_k_m-") and args[1].endswith(".gguf")
+    from edgelift.profilers.html import render_profile_html
+    from edgelift.profilers.report import ProfileReport
 
     assert "149.9 ± 0.9" in ProfileReport(doc).to_markdown() and render_profile_html(doc)
 
@@ -739,7 +739,7 @@ def test_cli_profile_on_a_phone(phone, files, tmp_path):
     JSON written is the phone's report (idle baseline from --idle)."""
     from typer.testing import CliRunner
 
-    from edge_sdk.cli import app
+    from edgelift.cli import app
 
     out = tmp_path / "phone.json"
     res = CliRunner().invoke(app, ["profile", str(files["tflite"]), "--device", f"adb://{SERIAL}", "--device-binary",

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edge_sdk.profilers.targets.base import DeviceUnreachableError, RemoteOptions, parse_target
+from edgelift.profilers.targets.base import DeviceUnreachableError, RemoteOptions, parse_target
 
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
 pytestmark = pytest.mark.skipif(SSHD is None or shutil.which("ssh-keygen") is None or os.geteuid() != 0,
                                 reason="needs openssh-server (make test installs it) and root for sshd's privilege separation")
-PROFILE_ARGS = ["--runs", "20", "--warmup", "2", "--idle", "0", "--power", "none", "--no-per-op"]
+PROFILE_ARGS = ["--runs", "20", "--min-secs", "0", "--min-sample-ms", "0", "--warmup", "2", "--idle", "0", "--power", "none", "--no-per-op"]
 
 
 def _free_port() -> int:
@@ -125,19 +125,19 @@ def int8_onnx(digits_result) -> Path:
 
 
 def test_profile_over_ssh_end_to_end_and_cache_hit(sshd, int8_onnx, tmp_path):
-    from edge_sdk.cli import app
+    from edgelift.cli import app
 
     runner = CliRunner()
     args = ["profile", str(int8_onnx), "--device", "ssh://edge-test", "--ssh-config", str(sshd.config),
             "--remote-python", sys.executable, "--remote-cache", str(sshd.root / "device-cache"),
-            "--runs", "15", "--warmup", "1", "--idle", "0", "--power", "none", "--json", str(tmp_path / "r.json")]
+            "--runs", "15", "--min-secs", "0", "--min-sample-ms", "0", "--warmup", "1", "--idle", "0", "--power", "none", "--json", str(tmp_path / "r.json")]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["partial"] is False and doc["device"]["url"] == "ssh://edge-test"
     assert doc["remote"]["uploaded"] is True
     assert doc["model"]["name"] == int8_onnx.name and doc["runs"][0]["latency"]["n_samples"] == 15
-    assert doc["device"]["edge_sdk"] and doc["device"]["hostname"]
+    assert doc["device"]["edgelift"] and doc["device"]["hostname"]
     cached = list((sshd.root / "device-cache" / "models").glob(f"*/{int8_onnx.name}"))
     assert len(cached) == 1 and cached[0].read_bytes() == int8_onnx.read_bytes()
     mtime = cached[0].stat().st_mtime_ns
@@ -155,7 +155,7 @@ def test_unknown_host_key_is_refused_unless_accepted_explicitly(sshd):
         target.configure(sshd.options(sshd.client_config(empty, "cfg_unknown"))).identity()
     assert empty.read_text() == ""  # nothing was recorded
     ident = target.configure(sshd.options(sshd.root / "cfg_unknown", accept_new_host_key=True)).identity()
-    assert ident["edge_sdk"] and str(sshd.port) in empty.read_text()  # trusted on first use, now recorded
+    assert ident["edgelift"] and str(sshd.port) in empty.read_text()  # trusted on first use, now recorded
 
 
 def test_dropped_connection_gives_a_partial_marked_report_and_no_stray_process(int8_onnx, tmp_path):
@@ -184,14 +184,14 @@ def test_dropped_connection_gives_a_partial_marked_report_and_no_stray_process(i
 
 
 def test_fleet_with_an_unreachable_device(sshd, int8_onnx, tmp_path):
-    from edge_sdk.cli import app
+    from edgelift.cli import app
 
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(f'[[device]]\nname = "pi-a"\nurl = "ssh://edge-test"\n\n[[device]]\nname = "pi-b"\n'
                      f'url = "ssh://root@127.0.0.1:{sshd.port}"\n\n[[device]]\nname = "gone"\nurl = "ssh://root@127.0.0.1:{_free_port()}"\n')
     res = CliRunner().invoke(app, [
         "profile", str(int8_onnx), "--devices", str(fleet), "--ssh-config", str(sshd.config), "--remote-python",
-        sys.executable, "--remote-cache", str(sshd.root / "device-cache"), "--runs", "10", "--warmup", "1", "--idle", "0",
+        sys.executable, "--remote-cache", str(sshd.root / "device-cache"), "--runs", "10", "--min-secs", "0", "--warmup", "1", "--idle", "0",
         "--power", "none", "--no-per-op", "--json", str(tmp_path / "f.json"), "--markdown", str(tmp_path / "cmp.md"),
         "--html", str(tmp_path / "cmp.html")])
     assert res.exit_code == 0, res.output
@@ -216,7 +216,7 @@ def test_ctrl_c_stops_the_device_run_and_keeps_the_partial_report(sshd, int8_onn
             _thread.interrupt_main()  # the user presses Ctrl-C after the first setting
 
     # a shell's background job starts with SIGINT ignored, and interrupt_main() then does nothing
-    from edge_sdk.profilers.targets.fleet import profile_fleet
+    from edgelift.profilers.targets.fleet import profile_fleet
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:  # through profile_fleet, as the CLI calls it: one device runs in the main thread, where Ctrl-C lands
@@ -233,7 +233,7 @@ def test_ctrl_c_stops_the_device_run_and_keeps_the_partial_report(sshd, int8_onn
 
 
 def test_edge_devices_lists_identity_and_unreachable(sshd):
-    from edge_sdk.cli import app
+    from edgelift.cli import app
 
     res = CliRunner().invoke(app, ["devices", "--device", "ssh://edge-test", "--device", f"ssh://root@127.0.0.1:{_free_port()}",
                                    "--ssh-config", str(sshd.config), "--remote-python", sys.executable])
@@ -243,17 +243,68 @@ def test_edge_devices_lists_identity_and_unreachable(sshd):
     assert "unreachable" in next(ln for ln in res.output.splitlines() if "127.0.0.1" in ln)
 
 
-def test_device_without_edge_sdk_is_refused_with_the_way_out(sshd, int8_onnx):
-    """The device's system Python has no edge-sdk: without --install the run stops before uploading, with
+def test_device_without_edgelift_is_refused_with_the_way_out(sshd, int8_onnx):
+    """The device's system Python has no edgelift: without --install the run stops before uploading, with
     a one-line error that names --install and --remote-python."""
-    from edge_sdk.profilers.targets.base import RemoteRunError
+    from edgelift.profilers.targets.base import RemoteRunError
 
     system = "/usr/bin/python3"
-    if subprocess.run([system, "-c", "import edge_sdk"], capture_output=True, cwd="/").returncode == 0:
-        pytest.skip("the system Python has edge-sdk")
+    if subprocess.run([system, "-c", "import edgelift"], capture_output=True, cwd="/").returncode == 0:
+        pytest.skip("the system Python has edgelift")
     opts = sshd.options()
     opts.remote_python = system
     with pytest.raises(RemoteRunError, match="--install") as e:
         parse_target("ssh://edge-test").profile(int8_onnx, opts)
     assert "\n" not in str(e.value)
     assert not list((sshd.root / "device-cache" / "models").glob(f"*/{int8_onnx.name}.part*"))
+
+
+def _python_without_edgelift() -> str | None:
+    """The interpreter this venv was made from: no edgelift there (a device's system Python)."""
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    if not base.exists() or subprocess.run([str(base), "-c", "import edgelift"], capture_output=True, cwd="/").returncode == 0:
+        return None
+    return str(base)
+
+
+@pytest.mark.slow
+def test_install_sends_this_machines_wheel_checked_by_hash(sshd, int8_onnx):
+    """--install on a device without edgelift: the wheel packed from this installation is uploaded once,
+    its SHA-256 checked there, pip-installed from the file into the device cache's venv (our package never
+    resolved by name), and the profile runs on that code. A damaged upload is refused and sent again."""
+    import hashlib
+    import zipfile
+
+    from edgelift.profilers.targets.base import RemoteRunError
+    from edgelift.profilers.targets.wheel import pack_wheel
+
+    system = _python_without_edgelift()
+    if system is None:
+        pytest.skip("no Python without edgelift to stand in for a device's system Python")
+    opts = sshd.options(install=True)
+    opts.remote_python = system
+    doc = parse_target("ssh://edge-test").profile(int8_onnx, opts)
+    assert doc["runs"][0]["latency"]["n_samples"] >= 1
+    venv = sshd.root / "device-cache" / "venv"
+    assert opts.remote_python == str(venv / "bin" / "python")
+    wheels = list((sshd.root / "device-cache" / "wheels").glob("*/edgelift-*.whl"))
+    assert len(wheels) == 1
+    packed = pack_wheel()
+    assert hashlib.sha256(wheels[0].read_bytes()).hexdigest() == hashlib.sha256(packed).hexdigest()
+    info = next(venv.glob("lib/python*/site-packages/edgelift-*.dist-info"))
+    assert json.loads((info / "direct_url.json").read_text())["url"] == wheels[0].as_uri()  # from the file
+    with zipfile.ZipFile(wheels[0]) as z:  # the same code as here
+        import edgelift.cli
+
+        assert z.read("edgelift/cli.py") == Path(edgelift.cli.__file__).read_bytes()
+    # damaged in the device cache: refused by its hash, removed, and the next run uploads it again
+    wheels[0].write_bytes(b"not a wheel")
+    (venv / ".edgelift-wheel").unlink()
+    opts2 = sshd.options(install=True)
+    opts2.remote_python = system
+    with pytest.raises(RemoteRunError, match="SHA-256"):
+        parse_target("ssh://edge-test").profile(int8_onnx, opts2)
+    assert not wheels[0].exists()
+    opts3 = sshd.options(install=True)
+    opts3.remote_python = system
+    assert parse_target("ssh://edge-test").profile(int8_onnx, opts3)["runs"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_sdk.errors import InvalidOptionError
-from edge_sdk.profilers.targets.base import parse_target
-from edge_sdk.profilers.targets.stream import run_streaming
+from edgelift.errors import InvalidOptionError
+from edgelift.profilers.targets.base import parse_target
+from edgelift.profilers.targets.stream import run_streaming
 
 
 def test_bad_device_urls():
@@ -27,9 +27,9 @@ def test_bad_device_urls():
 
 def _real_run(model: Path) -> dict:
     """A run as a device streams it (the local profiler's own)."""
-    import edge_sdk
+    import edgelift
 
-    report = edge_sdk.profile(model, edge_sdk.ProfileOptions(runs=5, warmup=1, idle_s=0, power="none", per_op=False))
+    report = edgelift.profile(model, edgelift.ProfileOptions(runs=5, warmup=1, idle_s=0, power="none", per_op=False, min_time_s=0.0))
     return json.loads(json.dumps(report.runs[0]))
 
 
@@ -47,7 +47,7 @@ def test_a_line_cut_by_a_dropped_connection_keeps_the_runs_before_it(digits_resu
 def test_a_malformed_run_from_a_device_is_one_typed_error(digits_result):
     """A device is not trusted: a run missing its latency (the local CLI used to die on KeyError) is refused
     with the field named."""
-    from edge_sdk.profilers.targets.base import RemoteRunError
+    from edgelift.profilers.targets.base import RemoteRunError
 
     model = Path(digits_result.artifact("int8").path)
     run = _real_run(model)
@@ -62,7 +62,7 @@ def test_runner_stops_the_run_when_the_heartbeat_stops(digits_result):
     runner must stop the measurement by itself (here after 1.5 s of silence instead of 15 s)."""
     model = Path(digits_result.artifact("int8").path)
     env = {**os.environ, "EDGE_RUNNER_SILENCE_S": "1.5"}
-    proc = subprocess.Popen([sys.executable, "-m", "edge_sdk.profilers.targets.runner", str(model), "--duration", "60",
+    proc = subprocess.Popen([sys.executable, "-m", "edgelift.profilers.targets.runner", str(model), "--duration", "60",
                              "--idle", "0", "--power", "none", "--no-per-op", "--stream-results"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     t0 = time.time()
@@ -74,4 +74,4 @@ def test_runner_stops_the_run_when_the_heartbeat_stops(digits_result):
         proc.stdin.close()
     assert code != 0 and time.time() - t0 < 20  # stopped long before its 60 s budget
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert not [ln for ln in out.splitlines() if "--duration 60" in ln and "edge_sdk.cli" in ln]
+    assert not [ln for ln in out.splitlines() if "--duration 60" in ln and "edgelift.cli" in ln]

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from edge_sdk.profilers.html import render_comparison_html, render_profile_html, write_html
-from edge_sdk.profilers.svg import (empty_svg, histogram_svg, hbar_svg, line_svg, nice_ticks, pareto_front,
+from edgelift.profilers.html import render_comparison_html, render_profile_html, write_html
+from edgelift.profilers.svg import (empty_svg, histogram_svg, hbar_svg, line_svg, nice_ticks, pareto_front,
                                     scatter_svg)
 
 EVIL = "<script>alert(1)</script>.onnx"
@@ -69,7 +69,7 @@ def make_doc(**model: Any) -> dict[str, Any]:
          "accuracy": 0.9712, "label": "digits.int8.onnx"}
     m.update(model)
     return {
-        "schema": "edge-sdk/profile", "schema_version": 1, "edge_sdk_version": "0.9.1",
+        "schema": "edgelift/profile", "schema_version": 1, "edgelift_version": "0.9.1",
         "created": "2026-11-24T12:00:00Z", "partial": False,
         "device": {"hostname": "pi5", "model": "Raspberry Pi 5 Model B Rev 1.0", "soc": "BCM2712",
                    "os": "Debian GNU/Linux 12", "kernel": "6.6.51", "machine": "aarch64", "python": "3.11.2",
@@ -104,7 +104,7 @@ def test_profile_page_shows_the_figures():
                  "2.789 ms",  # p99
                  "5.0%",  # cv
                  "414.5 items/s", "12.3 ms", "4.6 ms",  # throughput, load, first inference
-                 "62.5 MB", "123.5 KB",  # peak RSS, size on disk
+                 "62.5 MB", "123.5 kB",  # peak RSS, size on disk (decimal units, core.units)
                  "2.10 W", "4.60 W", "11.100 mJ",  # idle, average, energy per inference
                  "97.12%", "cpu-thermal 48.3 °C", "Conv", "MaxPool", "55.0%",
                  "latency distribution", "latency over time", "power (rapl)", "time per op type"):
@@ -163,7 +163,7 @@ def test_llm_ops_unavailable_and_sparse_documents():
     run["latency_unit"] = "token"  # GGUF runs: the distribution is per generated token
     assert "per token" in render_profile_html(doc) and "tokens/s" in render_profile_html(doc)
     # a nearly empty document still renders, with n/a rather than numbers
-    sparse = render_profile_html({"schema": "edge-sdk/profile", "runs": [{"label": "x", "latency": None}]})
+    sparse = render_profile_html({"schema": "edgelift/profile", "runs": [{"label": "x", "latency": None}]})
     assert "n/a" in sparse and "0.000 ms" not in sparse
     assert "No runs were recorded" in render_profile_html({})
 
@@ -186,7 +186,7 @@ def test_comparison_page():
     c = no_power(make_doc(label="digits.fp16.onnx", accuracy=0.9700, size_bytes=250_000))
     c["runs"][0]["latency"]["avg_ns"] = 3_900_000.0  # slower and less accurate than b: dominated
     page = render_comparison_html([a, b, c])
-    for text in ("digits.fp32.onnx", "digits.fp16.onnx", "3.500 ms", "98.01%", "480.0 KB", "11.100 mJ",
+    for text in ("digits.fp32.onnx", "digits.fp16.onnx", "3.500 ms", "98.01%", "480.0 kB", "11.100 mJ",
                  "accuracy (%) vs mean latency (ms)", "Raspberry Pi 5 Model B Rev 1.0"):
         assert text in page, text
     assert page.count('<span class="front">★</span>') == 2

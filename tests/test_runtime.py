@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import edge_sdk
-from edge_sdk import errors
-from edge_sdk.runtimes import tflite as tflite_backend
+import edgelift
+from edgelift import errors
+from edgelift.runtimes import tflite as tflite_backend
 
 
 @pytest.mark.parametrize("backend, fixture", [("onnxruntime", "digits_onnx"), ("litert", "digits_tflite")])
 def test_backends_agree_with_the_torch_source(request, digits_reference, backend, fixture):
     x, ref, labels = digits_reference
-    with edge_sdk.load(request.getfixturevalue(fixture)) as m:
+    with edgelift.load(request.getfixturevalue(fixture)) as m:
         assert m.backend == backend
         assert m.inputs[0].shape[1:] == (1, 8, 8) and m.inputs[0].shape[0] in (None, "batch")
         assert m.inputs[0].dtype == "float32" and m.outputs[0].shape[1:] == (10,)
@@ -31,7 +31,7 @@ def test_backends_agree_with_the_torch_source(request, digits_reference, backend
 
 def test_feeds_dict_positional_and_keyword_are_the_same(digits_onnx, digits_reference):
     x = digits_reference[0][:4]
-    m = edge_sdk.load(digits_onnx)
+    m = edgelift.load(digits_onnx)
     a, b, c = m.run({"x": x}), m.run(x), m.run(x=x)
     np.testing.assert_array_equal(a["linear_1"], b["linear_1"])
     np.testing.assert_array_equal(a["linear_1"], c["linear_1"])
@@ -45,7 +45,7 @@ def test_feeds_dict_positional_and_keyword_are_the_same(digits_onnx, digits_refe
     (lambda m, x: m.run(x, x), "takes 1 input(s)"),
 ])
 def test_bad_feeds(digits_onnx, digits_reference, call, needle):
-    m = edge_sdk.load(digits_onnx)
+    m = edgelift.load(digits_onnx)
     with pytest.raises(errors.InputMismatchError) as ei:
         call(m, digits_reference[0][:4])
     assert needle in str(ei.value)
@@ -53,33 +53,33 @@ def test_bad_feeds(digits_onnx, digits_reference, call, needle):
 
 def test_onnxruntime_options(digits_onnx, digits_reference):
     x, ref, _ = digits_reference
-    m = edge_sdk.load(digits_onnx, threads=1, optimization="disabled", arena=False)
+    m = edgelift.load(digits_onnx, threads=1, optimization="disabled", arena=False)
     np.testing.assert_allclose(m.run(x)["linear_1"], ref, atol=1e-4)
     with pytest.raises(errors.InvalidOptionError, match="optimization 'fast' unknown"):
-        edge_sdk.load(digits_onnx, optimization="fast")
+        edgelift.load(digits_onnx, optimization="fast")
     with pytest.raises(errors.InvalidOptionError, match="not in this onnxruntime build"):
-        edge_sdk.load(digits_onnx, providers=["TensorrtExecutionProvider"])
+        edgelift.load(digits_onnx, providers=["TensorrtExecutionProvider"])
     with pytest.raises(errors.InvalidOptionError, match="has no option"):
-        edge_sdk.load(digits_onnx, xnnpack=False)
+        edgelift.load(digits_onnx, xnnpack=False)
 
 
 def test_litert_without_xnnpack(digits_tflite, digits_reference):
     x, ref, _ = digits_reference
-    m = edge_sdk.load(digits_tflite, backend="litert", threads=1, xnnpack=False)
+    m = edgelift.load(digits_tflite, backend="litert", threads=1, xnnpack=False)
     np.testing.assert_allclose(m.run(x)["logits"], ref, atol=1e-4)
 
 
 def test_format_comes_from_content_not_extension(digits_onnx, tmp_path, digits_reference):
     disguised = tmp_path / "model.tflite"
     disguised.write_bytes(digits_onnx.read_bytes())
-    assert edge_sdk.load(disguised).backend == "onnxruntime"
+    assert edgelift.load(disguised).backend == "onnxruntime"
     with pytest.raises(errors.InvalidOptionError, match="runs tflite models, not onnx"):
-        edge_sdk.load(disguised, backend="litert")
+        edgelift.load(disguised, backend="litert")
 
 
 def test_unknown_backend_lists_choices(digits_onnx):
     with pytest.raises(errors.InvalidOptionError, match="auto, onnxruntime, litert, tflite-runtime, coreml, llama.cpp"):
-        edge_sdk.load(digits_onnx, backend="tensorrt")
+        edgelift.load(digits_onnx, backend="tensorrt")
 
 
 def test_missing_backend_names_the_extra(digits_tflite, monkeypatch):
@@ -88,8 +88,8 @@ def test_missing_backend_names_the_extra(digits_tflite, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("ai_edge_litert", "tflite_runtime") else real(name, *a))
-    with pytest.raises(errors.MissingDependencyError, match=r"pip install 'edge-sdk\[tflite\]'"):
-        edge_sdk.load(digits_tflite)
+    with pytest.raises(errors.MissingDependencyError, match=r"pip install 'edgelift\[tflite\]'"):
+        edgelift.load(digits_tflite)
 
 
 def test_coreml_outside_apple_platforms(tmp_path):
@@ -97,7 +97,7 @@ def test_coreml_outside_apple_platforms(tmp_path):
     pkg.mkdir()
     (pkg / "Manifest.json").write_text("{}")
     with pytest.raises(errors.BackendUnavailableError, match="Apple platforms"):
-        edge_sdk.load(pkg)
+        edgelift.load(pkg)
 
 
 # --- tflite-runtime -------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ def importlib_spec(name):
 
 def _dynamic_range_fc(path: Path) -> Path:
     """A FULLY_CONNECTED with int8 weights and float activations (what `int8-dynamic` gives)."""
-    from edge_sdk.converters.tflite.builder import TFLiteBuilder
+    from edgelift.converters.tflite.builder import TFLiteBuilder
 
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, (4, 8)).astype(np.int8)
@@ -144,23 +144,23 @@ def _dynamic_range_fc(path: Path) -> Path:
 
 def test_tflite_runtime_refuses_numpy2(fake_tflite_runtime, digits_tflite):
     with pytest.raises(errors.IncompatibleBackendError, match="numpy"):
-        edge_sdk.load(digits_tflite, backend="tflite-runtime")
+        edgelift.load(digits_tflite, backend="tflite-runtime")
 
 
 def test_tflite_runtime_runs_float_and_refuses_dynamic_range(fake_tflite_runtime, monkeypatch, digits_tflite,
                                                              digits_reference, tmp_path):
     monkeypatch.setattr(tflite_backend, "numpy_major", lambda: 1)
     x, ref, _ = digits_reference
-    m = edge_sdk.load(digits_tflite, backend="tflite-runtime")
+    m = edgelift.load(digits_tflite, backend="tflite-runtime")
     np.testing.assert_allclose(m.run(x)["logits"], ref, atol=1e-4)
     dr = _dynamic_range_fc(tmp_path / "dr.tflite")
-    assert edge_sdk.load(dr, backend="litert").run(np.ones((1, 8), np.float32))["y"].shape == (1, 4)
+    assert edgelift.load(dr, backend="litert").run(np.ones((1, 8), np.float32))["y"].shape == (1, 4)
     with pytest.raises(errors.IncompatibleBackendError, match="dynamic-range quantized"):
-        edge_sdk.load(dr, backend="tflite-runtime")
+        edgelift.load(dr, backend="tflite-runtime")
 
 
 def test_quantization_params_in_signature(tmp_path):
-    from edge_sdk.converters.tflite.builder import TFLiteBuilder
+    from edgelift.converters.tflite.builder import TFLiteBuilder
 
     b = TFLiteBuilder()
     x = b.tensor("q_in", (1, 4), "int8", scales=[0.5], zero_points=[-3])
@@ -168,7 +168,7 @@ def test_quantization_params_in_signature(tmp_path):
     b.op("RELU", [x], [y])
     b.inputs, b.outputs = [x], [y]
     (tmp_path / "q.tflite").write_bytes(b.finish())
-    m = edge_sdk.load(tmp_path / "q.tflite")
+    m = edgelift.load(tmp_path / "q.tflite")
     q = m.inputs[0].quantization
     assert q.scales == (0.5,) and q.zero_points == (-3,)
     out = m.run(np.array([[-10, -3, 0, 5]], np.int8))["q_out"]
@@ -179,11 +179,11 @@ def test_quantization_params_in_signature(tmp_path):
 
 
 BAD_FILE_SCRIPT = """
-import sys, edge_sdk
-from edge_sdk import errors
+import sys, edgelift
+from edgelift import errors
 for path in sys.argv[1:]:
     try:
-        edge_sdk.load(path)
+        edgelift.load(path)
         print(path, "LOADED")
     except errors.EdgeError as e:
         print(path, type(e).__name__)
@@ -220,7 +220,7 @@ def test_truncated_and_random_files_of_every_format(tmp_path, digits_onnx, digit
 
 
 def test_closed_model_and_backend_failures(digits_onnx, digits_reference, tmp_path):
-    m = edge_sdk.load(digits_onnx)
+    m = edgelift.load(digits_onnx)
     m.close()
     with pytest.raises(errors.ModelClosedError):
         m.run(digits_reference[0][:1])
@@ -232,14 +232,14 @@ def test_closed_model_and_backend_failures(digits_onnx, digits_reference, tmp_pa
                            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["k"])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])])
     save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "add.onnx"))
-    add = edge_sdk.load(tmp_path / "add.onnx")
+    add = edgelift.load(tmp_path / "add.onnx")
     with pytest.raises(errors.InferenceError, match="onnxruntime failed to run add.onnx"):
         add.run(np.ones(3, np.float32), np.ones(4, np.float32))
 
 
 def test_tflite_session_recovers_after_a_failed_resize(digits_tflite, digits_reference):
     x, ref, _ = digits_reference
-    m = edge_sdk.load(digits_tflite)
+    m = edgelift.load(digits_tflite)
     assert m.run(x[:64])["logits"].shape == (64, 10)
     with pytest.raises(errors.InputMismatchError):
         m.run(x[:0])
@@ -248,11 +248,11 @@ def test_tflite_session_recovers_after_a_failed_resize(digits_tflite, digits_ref
 
 def test_pt2_is_not_runnable(digits_dir):
     with pytest.raises(errors.InvalidOptionError, match="conversion source, not a runnable artifact"):
-        edge_sdk.load(digits_dir / "digits.pt2")
+        edgelift.load(digits_dir / "digits.pt2")
 
 
 def test_int_feeds_out_of_range_are_refused():
-    from edge_sdk.core.tensors import TensorSpec, validate_inputs
+    from edgelift.core.tensors import TensorSpec, validate_inputs
 
     with pytest.raises(errors.CalibrationError, match="outside int32"):
         validate_inputs({"t": np.array([[2**32 + 5]], np.int64)}, None, [TensorSpec("t", ("n", 1), "int32")], "x")

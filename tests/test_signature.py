@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_sdk import errors
-from edge_sdk.converters import parity
-from edge_sdk.converters.signature import parse_batch_axis, parse_input_range, resolve_signature
-from edge_sdk.core.tensors import InputSet, TensorSpec, batch_axes, random_input_set, validate_inputs
+from edgelift import errors
+from edgelift.converters import parity
+from edgelift.converters.signature import parse_batch_axis, parse_input_range, resolve_signature
+from edgelift.core.tensors import InputSet, TensorSpec, batch_axes, random_input_set, validate_inputs
 
 DETECTOR = [TensorSpec("x", ("batch", 3, "height", "width"), "float32")]
 VAD = [TensorSpec("input", (None, None), "float32"), TensorSpec("state", (2, None, 128), "float32"),

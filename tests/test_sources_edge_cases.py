@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import edge_sdk
-from edge_sdk.converters import parity
+import edgelift
+from edgelift.converters import parity
 
 
 class ConvBN(torch.nn.Module):
@@ -32,7 +32,7 @@ def test_pt2_with_fixed_batch(tmp_path, batch):
     val = tmp_path / "val.npz"
     x = np.random.default_rng(0).standard_normal((10, 1, 8, 8)).astype(np.float32)  # 10 % 4 != 0
     np.savez(val, x=x)
-    r = edge_sdk.convert(tmp_path / "fixed.pt2", quantize=["none", "int8"], calibration=val, validation=val,
+    r = edgelift.convert(tmp_path / "fixed.pt2", quantize=["none", "int8"], calibration=val, validation=val,
                          out=tmp_path / "o")
     assert r.source.inputs[0].shape == [batch, 1, 8, 8]
     assert any("fixed batch" in n for n in r.source.notes)
@@ -40,10 +40,10 @@ def test_pt2_with_fixed_batch(tmp_path, batch):
     assert fp32.samples == 10 and fp32.primary.max_abs_error < 1e-4
     with torch.no_grad():
         ref = m(torch.from_numpy(x)).numpy()
-    from edge_sdk.runtimes.ort import OrtSession
+    from edgelift.runtimes.ort import OrtSession
 
     got = OrtSession(r.artifact("none").path).run_all(
-        edge_sdk.core.tensors.InputSet({"x": x}, synthetic=False))
+        edgelift.core.tensors.InputSet({"x": x}, synthetic=False))
     np.testing.assert_allclose(next(iter(got.values())), ref, atol=1e-4)
 
 
@@ -53,11 +53,11 @@ def test_parameters_exclude_buffers_and_note_folding(tmp_path):
     batch = torch.export.Dim("batch", min=1, max=64)
     ep = torch.export.export(m, (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: batch},))
     torch.export.save(ep, str(tmp_path / "bn.pt2"))
-    r = edge_sdk.convert(tmp_path / "bn.pt2", out=tmp_path / "o")
+    r = edgelift.convert(tmp_path / "bn.pt2", out=tmp_path / "o")
     assert r.source.parameters == n_params == 123
     assert r.artifact("none").parameters == 80 + 27  # BN folded into the conv weight and bias
     assert any("folded" in n for n in r.source.notes)
-    assert edge_sdk.inspect(tmp_path / "bn.pt2").parameters == n_params
+    assert edgelift.inspect(tmp_path / "bn.pt2").parameters == n_params
 
 
 class TokenModel(torch.nn.Module):
@@ -71,7 +71,7 @@ class TokenModel(torch.nn.Module):
 
 
 def test_token_ids_without_data_stay_in_vocabulary(tmp_path):
-    r = edge_sdk.convert(TokenModel().eval(), example_inputs=(torch.zeros(2, 5, dtype=torch.int64),),
+    r = edgelift.convert(TokenModel().eval(), example_inputs=(torch.zeros(2, 5, dtype=torch.int64),),
                          quantize=["none", "int8-dynamic"], out=tmp_path)
     assert r.artifact("none").parity.primary.max_abs_error < 1e-5
 
@@ -79,7 +79,7 @@ def test_token_ids_without_data_stay_in_vocabulary(tmp_path):
 def test_aliases_and_repeats_give_one_artifact(tmp_path):
     from examples.digits.model import DigitsCNN
 
-    r = edge_sdk.convert(DigitsCNN(), example_inputs=(torch.zeros(1, 1, 8, 8),), to=["onnx", "onnx"],
+    r = edgelift.convert(DigitsCNN(), example_inputs=(torch.zeros(1, 1, 8, 8),), to=["onnx", "onnx"],
                          quantize=["none", "fp32", "none"], out=tmp_path)
     assert len(r.artifacts) == 1
 
@@ -93,7 +93,7 @@ def test_callers_logging_levels_are_restored(tmp_path):
     try:
         ort_logger.setLevel(logging.DEBUG)
         root.setLevel(logging.WARNING)
-        edge_sdk.convert(DigitsCNN(), example_inputs=(torch.zeros(1, 1, 8, 8),), quantize=["int4", "int8"],
+        edgelift.convert(DigitsCNN(), example_inputs=(torch.zeros(1, 1, 8, 8),), quantize=["int4", "int8"],
                          calibration="random", out=tmp_path)
         assert ort_logger.level == logging.DEBUG and root.level == logging.WARNING
         assert logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").level == logging.NOTSET

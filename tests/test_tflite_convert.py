@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import edge_sdk
-from edge_sdk import errors
+import edgelift
+from edgelift import errors
 
 pytest.importorskip("ai_edge_litert")
 
@@ -20,7 +20,7 @@ def ops_of(path) -> list[str]:
 
 
 def test_digits_fp32_and_fp16(digits_dir, tmp_path, digits_reference):
-    r = edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "fp16"],
+    r = edgelift.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "fp16"],
                          validation=digits_dir / "val.npz", out=tmp_path)
     fp32, fp16 = r.artifact("none", "tflite"), r.artifact("fp16", "tflite")
     assert fp32.parity.runtime.startswith("litert") and fp32.path.endswith("digits.fp32.tflite")
@@ -29,7 +29,7 @@ def test_digits_fp32_and_fp16(digits_dir, tmp_path, digits_reference):
     assert fp16.size_bytes < 0.6 * fp32.size_bytes
     assert fp16.weight_storage.get("float16", 0) > 0.9 * sum(fp16.weight_storage.values())
     x, ref, _ = digits_reference
-    out = edge_sdk.load(fp32.path).run(np.ascontiguousarray(x[:1]))["linear_1"]  # ONNX output name kept
+    out = edgelift.load(fp32.path).run(np.ascontiguousarray(x[:1]))["linear_1"]  # ONNX output name kept
     np.testing.assert_allclose(out, ref[:1], atol=1e-4)
     ops = ops_of(fp32.path)
     assert ops.count("CONV_2D") == 3 and "RELU" not in ops  # ReLU fused into the convolutions
@@ -42,13 +42,13 @@ def test_cnns_match_onnxruntime(arch, tmp_path):
     import importlib
 
     model = importlib.import_module(f"examples.models.{arch}").build_model()
-    r = edge_sdk.convert(model, example_inputs=(torch.randn(1, 3, 224, 224),), to=["tflite", "onnx"],
+    r = edgelift.convert(model, example_inputs=(torch.randn(1, 3, 224, 224),), to=["tflite", "onnx"],
                          out=tmp_path, name=arch)
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    lite = next(iter(edge_sdk.load(r.artifact("none", "tflite").path).run(x).values()))
-    ort = next(iter(edge_sdk.load(r.artifact("none", "onnx").path).run(x).values()))
+    lite = next(iter(edgelift.load(r.artifact("none", "tflite").path).run(x).values()))
+    ort = next(iter(edgelift.load(r.artifact("none", "onnx").path).run(x).values()))
     np.testing.assert_allclose(lite, ort, atol=1e-4, rtol=0)
-    qr = edge_sdk.convert(model, example_inputs=(torch.randn(1, 3, 224, 224),), to="tflite",
+    qr = edgelift.convert(model, example_inputs=(torch.randn(1, 3, 224, 224),), to="tflite",
                           quantize=["fp16", "int8-dynamic", "int8", "int4"], calibration="random", out=tmp_path / "q",
                           name=arch)
     fp32_size = r.artifact("none", "tflite").size_bytes
@@ -74,25 +74,25 @@ def test_unsupported_ops_listed_at_once(tmp_path):
     path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString())
     out = tmp_path / "o"
     with pytest.raises(errors.UnsupportedOperatorError) as ei:
-        edge_sdk.convert(path, to="tflite", out=out)
+        edgelift.convert(path, to="tflite", out=out)
     assert sorted(op for _, op in ei.value.nodes) == ["Einsum", "Hardmax"]
     assert "2 node(s) has no TFLite lowering" in str(ei.value)
     assert not out.exists()
 
 
 def test_tflite_int8_needs_calibration(digits_dir, tmp_path):
-    from edge_sdk.converters.quantize import QUANT_MODES
-    from edge_sdk.converters.to_tflite import TFLITE_MODES
+    from edgelift.converters.quantize import QUANT_MODES
+    from edgelift.converters.to_tflite import TFLITE_MODES
 
     core_ml_only = {"palettize4", "palettize6"}
     assert set(TFLITE_MODES) == set(QUANT_MODES) - core_ml_only  # every other mode has a TFLite form
     with pytest.raises(errors.CalibrationError, match="int8 needs calibration data"):
-        edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize="int8", out=tmp_path / "o")
+        edgelift.convert(digits_dir / "digits.pt2", to="tflite", quantize="int8", out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 
 def test_digits_full_integer_int8(digits_dir, tmp_path):
-    r = edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "int8"],
+    r = edgelift.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "int8"],
                          calibration=digits_dir / "calib.npz", validation=digits_dir / "val.npz", out=tmp_path)
     fp32, q = r.artifact("none", "tflite"), r.artifact("int8", "tflite")
     assert abs(q.parity.accuracy - fp32.parity.accuracy) <= 0.015
@@ -117,20 +117,20 @@ def test_digits_full_integer_int8(digits_dir, tmp_path):
 def test_digits_int8_io(digits_dir, tmp_path):
     """--int8-io: the model takes and returns int8 (no QUANTIZE/DEQUANTIZE at the ends); parity feeds it
     inputs quantized with its own input parameters and still matches fp32 accuracy."""
-    r = edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "int8"], int8_io=True,
+    r = edgelift.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "int8"], int8_io=True,
                          calibration=digits_dir / "calib.npz", validation=digits_dir / "val.npz", out=tmp_path)
     fp32, q = r.artifact("none", "tflite"), r.artifact("int8", "tflite")
     assert abs(q.parity.accuracy - fp32.parity.accuracy) <= 0.015
     ops = ops_of(q.path)
     assert "QUANTIZE" not in ops and "DEQUANTIZE" not in ops
     assert ops_of(fp32.path).count("QUANTIZE") == 0  # fp32 is untouched by the flag
-    m = edge_sdk.load(q.path)
+    m = edgelift.load(q.path)
     assert m.inputs[0].dtype == "int8" and m.outputs[0].dtype == "int8"
     x = np.load(digits_dir / "val.npz")["x"][:1]
     qp = m.inputs[0].quantization
     xq = np.clip(np.round(x / qp.scales[0]) + qp.zero_points[0], -128, 127).astype(np.int8)
     y = m.run({m.inputs[0].name: xq})[m.outputs[0].name]
-    ref = edge_sdk.load(fp32.path).run({m.inputs[0].name: x})
+    ref = edgelift.load(fp32.path).run({m.inputs[0].name: x})
     assert y.dtype == np.int8 and int(y.argmax()) == int(next(iter(ref.values())).argmax())
 
 
@@ -144,7 +144,7 @@ def test_full_integer_int8_runs_ops_without_int8_lowering_in_float(tmp_path):
             return torch.softmax(torch.sigmoid(self.fc(x)), dim=-1)
 
     torch.manual_seed(0)
-    r = edge_sdk.convert(Softmaxed().eval(), example_inputs=(torch.randn(2, 4),), to="tflite", quantize="int8",
+    r = edgelift.convert(Softmaxed().eval(), example_inputs=(torch.randn(2, 4),), to="tflite", quantize="int8",
                          calibration="random", out=tmp_path)
     a = r.artifact("int8", "tflite")
     assert a.quantization.details["float_ops"] == 2
@@ -155,7 +155,7 @@ def test_full_integer_int8_runs_ops_without_int8_lowering_in_float(tmp_path):
 
 
 def test_same_padding_equivalence():
-    from edge_sdk.converters.tflite.ops import _same_or_valid
+    from edgelift.converters.tflite.ops import _same_or_valid
 
     assert _same_or_valid((8, 8), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]) == ("SAME", [1, 1, 1, 1])
     assert _same_or_valid((8, 8), (2, 2), (2, 2), (1, 1), [0, 0, 0, 0])[0] == "VALID"
@@ -165,11 +165,11 @@ def test_same_padding_equivalence():
 
 
 def test_nhwc_io_drops_the_input_transpose(digits_dir, tmp_path, digits_reference):
-    r = edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", nhwc_io=True, validation=digits_dir / "val.npz",
+    r = edgelift.convert(digits_dir / "digits.pt2", to="tflite", nhwc_io=True, validation=digits_dir / "val.npz",
                          out=tmp_path)
     a = r.artifact("none", "tflite")
     assert a.parity.primary.max_abs_error <= 1e-4  # parity feeds NHWC through the artifact's own layout
-    m = edge_sdk.load(a.path)
+    m = edgelift.load(a.path)
     assert m.inputs[0].shape[1:] == (8, 8, 1)
     x, ref, _ = digits_reference
     np.testing.assert_allclose(m.run(np.ascontiguousarray(x[:1].transpose(0, 2, 3, 1)))["linear_1"], ref[:1], atol=1e-4)
@@ -177,38 +177,38 @@ def test_nhwc_io_drops_the_input_transpose(digits_dir, tmp_path, digits_referenc
 
 
 def test_inspect_tflite(digits_dir, tmp_path):
-    r = edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "fp16"], out=tmp_path)
-    info = edge_sdk.inspect(r.artifact("none", "tflite").path)
+    r = edgelift.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "fp16"], out=tmp_path)
+    info = edgelift.inspect(r.artifact("none", "tflite").path)
     assert info.format == "tflite" and info.parameters == 40_394
     assert info.op_histogram == {"CONV_2D": 3, "TRANSPOSE": 2, "MAX_POOL_2D": 2, "FULLY_CONNECTED": 2, "RESHAPE": 1}
     assert info.inputs[0].shape == (1, 1, 8, 8) and info.outputs[0].name == "linear_1"
-    half = edge_sdk.inspect(r.artifact("fp16", "tflite").path)
+    half = edgelift.inspect(r.artifact("fp16", "tflite").path)
     assert half.weight_dtypes["float16"].elements == 40_394 and half.op_histogram["DEQUANTIZE"] == 10
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\xff" * 40)
     with pytest.raises(errors.ModelFormatError):
-        edge_sdk.inspect(bad)
+        edgelift.inspect(bad)
 
 
 def test_digits_int8_dynamic(digits_dir, tmp_path):
     """Dynamic range: int8 per-channel weights, float activations, hybrid kernels in LiteRT."""
-    r = edge_sdk.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "int8-dynamic"],
+    r = edgelift.convert(digits_dir / "digits.pt2", to="tflite", quantize=["none", "int8-dynamic"],
                          validation=digits_dir / "val.npz", out=tmp_path)
     fp32, dyn = r.artifact("none", "tflite"), r.artifact("int8-dynamic", "tflite")
     assert abs(dyn.parity.accuracy - fp32.parity.accuracy) <= 0.015
     assert 1e-4 < dyn.parity.primary.rel_l2_error < 0.02  # quantized, so not exact; but close
     assert dyn.size_bytes < 0.3 * fp32.size_bytes
-    info = edge_sdk.inspect(dyn.path)
+    info = edgelift.inspect(dyn.path)
     assert info.quantization == ["5 × int8 per-channel (axis 0) weights"]
     assert any("slower than fp32" in w for w in dyn.warnings)
-    from edge_sdk.runtimes.tflite import dynamic_range_ops
+    from edgelift.runtimes.tflite import dynamic_range_ops
     from ai_edge_litert.interpreter import Interpreter
 
     assert len(dynamic_range_ops(Interpreter(model_path=dyn.path))) == 5
 
 
 def test_per_channel_quantization_round_trip():
-    from edge_sdk.converters.tflite.lower import quantize_per_channel
+    from edgelift.converters.tflite.lower import quantize_per_channel
 
     w = np.random.default_rng(0).standard_normal((4, 3, 3, 2)).astype(np.float32)
     w[2] = 0
@@ -223,44 +223,44 @@ def test_torchscript_exporter_fast_path(tmp_path, digits_reference):
 
     torch.manual_seed(0)
     m = DigitsCNN().eval()
-    r = edge_sdk.convert(m, example_inputs=(torch.zeros(1, 1, 8, 8),), to=["onnx", "tflite"], exporter="torchscript",
+    r = edgelift.convert(m, example_inputs=(torch.zeros(1, 1, 8, 8),), to=["onnx", "tflite"], exporter="torchscript",
                          out=tmp_path)
     assert r.source.inputs[0].name == "x" and r.source.inputs[0].shape[0] == "batch"
     assert all(a.parity.primary.max_abs_error < 1e-4 for a in r.artifacts)
     assert any("TorchScript" in n for n in r.source.notes)
     with pytest.raises(errors.InvalidOptionError, match="exporter 'jit' unknown"):
-        edge_sdk.convert(m, example_inputs=(torch.zeros(1, 1, 8, 8),), exporter="jit", out=tmp_path / "x")
+        edgelift.convert(m, example_inputs=(torch.zeros(1, 1, 8, 8),), exporter="jit", out=tmp_path / "x")
 
 
 def test_auto_exporter_traces_for_fixed_batch_targets(tmp_path, monkeypatch):
     """TFLite fixes the batch at 1, so 'auto' takes the fast tracer; with an ONNX target it keeps dynamo's
     dynamic batch; if tracing fails it falls back to dynamo and says so."""
-    from edge_sdk.converters import torch_export
+    from edgelift.converters import torch_export
     from examples.digits.model import DigitsCNN
 
     torch.manual_seed(0)
     m, x = DigitsCNN().eval(), torch.zeros(1, 1, 8, 8)
-    r = edge_sdk.convert(m, example_inputs=(x,), to="tflite", out=tmp_path / "a")
+    r = edgelift.convert(m, example_inputs=(x,), to="tflite", out=tmp_path / "a")
     assert any("TorchScript" in n for n in r.source.notes) and r.source.inputs[0].shape[0] == "batch"
-    r = edge_sdk.convert(m, example_inputs=(x,), to=["onnx", "tflite"], out=tmp_path / "b")
+    r = edgelift.convert(m, example_inputs=(x,), to=["onnx", "tflite"], out=tmp_path / "b")
     assert not any("TorchScript" in n for n in r.source.notes) and r.source.inputs[0].shape[0] == "batch"
 
     def broken(*a, **k):
         raise errors.ConversionError("tracing failed")
     monkeypatch.setattr(torch_export, "_export_torchscript", broken)
-    r = edge_sdk.convert(m, example_inputs=(x,), to="tflite", out=tmp_path / "c")
+    r = edgelift.convert(m, example_inputs=(x,), to="tflite", out=tmp_path / "c")
     assert any("failed (tracing failed); exported with dynamo" in n for n in r.source.notes)
     assert r.artifacts[0].parity.primary.max_abs_error < 1e-4
 
 
 def test_int4_fully_connected(transformer_dir, tmp_path):
     """int4 goes to FULLY_CONNECTED weights (per-channel, packed two per byte); convs would stay int8."""
-    r = edge_sdk.convert(transformer_dir / "tiny_transformer.pt2", to="tflite", quantize=["int8-dynamic", "int4"],
+    r = edgelift.convert(transformer_dir / "tiny_transformer.pt2", to="tflite", quantize=["int8-dynamic", "int4"],
                          validation=transformer_dir / "val.npz", out=tmp_path)
     q8, q4 = r.artifact("int8-dynamic", "tflite"), r.artifact("int4", "tflite")
     assert q4.size_bytes < 0.75 * q8.size_bytes
     assert q8.parity.primary.rel_l2_error < q4.parity.primary.rel_l2_error < 0.15
-    info = edge_sdk.inspect(q4.path)
+    info = edgelift.inspect(q4.path)
     assert info.weight_dtypes["int4"].tensors == 10 and "int8" not in info.weight_dtypes
     assert info.parameters == r.source.parameters
 
@@ -289,10 +289,10 @@ class SpatialZoo(torch.nn.Module):
 def test_more_spatial_ops_match_onnxruntime(tmp_path):
     torch.manual_seed(0)
     m = SpatialZoo().eval()
-    r = edge_sdk.convert(m, example_inputs=(torch.randn(1, 3, 16, 16),), to=["tflite", "onnx"], out=tmp_path)
+    r = edgelift.convert(m, example_inputs=(torch.randn(1, 3, 16, 16),), to=["tflite", "onnx"], out=tmp_path)
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    lite = next(iter(edge_sdk.load(r.artifact("none", "tflite").path).run(x).values()))
-    ort = next(iter(edge_sdk.load(r.artifact("none", "onnx").path).run(x).values()))
+    lite = next(iter(edgelift.load(r.artifact("none", "tflite").path).run(x).values()))
+    ort = next(iter(edgelift.load(r.artifact("none", "onnx").path).run(x).values()))
     assert lite.shape == (1, 6, 48, 32)
     np.testing.assert_allclose(lite, ort, atol=1e-4, rtol=0)
     ops = set(ops_of(r.artifact("none", "tflite").path))
@@ -305,15 +305,15 @@ def test_erf_from_builtins(tmp_path):
             return torch.erf(x * 3.0)
 
     x = torch.linspace(-2, 2, 64).reshape(1, 64)
-    r = edge_sdk.convert(Erf(), example_inputs=(x,), to="tflite", out=tmp_path)
-    got = next(iter(edge_sdk.load(r.artifact("none", "tflite").path).run(x.numpy()).values()))
+    r = edgelift.convert(Erf(), example_inputs=(x,), to="tflite", out=tmp_path)
+    got = next(iter(edgelift.load(r.artifact("none", "tflite").path).run(x.numpy()).values()))
     np.testing.assert_allclose(got, torch.erf(x * 3.0).numpy(), atol=1e-6)
 
 
 def test_generated_model_is_smoke_loaded_in_a_child_process(tmp_path):
     """LiteRT aborts the whole process on some malformed models; the converter loads each new
     file in a child first, so a converter bug becomes a ConversionError, not a dead CLI."""
-    from edge_sdk.converters.to_tflite import _smoke_load
+    from edgelift.converters.to_tflite import _smoke_load
 
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import edge_sdk
+import edgelift
 
 pytest.importorskip("transformers")
 pytest.importorskip("ai_edge_litert")
@@ -41,9 +41,9 @@ def test_minilm_tflite_embeddings(minilm_dir, tmp_path, convert_all):
     assert full.quantization.details["float_ops"] > 0
     int4 = r.artifact("int4", "tflite")
     assert 0.9 <= int4.parity.primary.cosine_similarity < dyn.parity.primary.cosine_similarity
-    assert edge_sdk.inspect(int4.path).weight_dtypes["int4"].tensors == 36  # 6 layers x 6 projections
+    assert edgelift.inspect(int4.path).weight_dtypes["int4"].tensors == 36  # 6 layers x 6 projections
     # recomputed here, one sentence at a time through the runtime API (the artifact has batch 1)
-    m = edge_sdk.load(fp32.path)
+    m = edgelift.load(fp32.path)
     got = np.concatenate([m.run({k: v[i:i + 1].numpy() for k, v in feeds.items()})[m.outputs[0].name]
                           for i in range(len(TEXTS))])
     cos = np.sum(got * ref, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))

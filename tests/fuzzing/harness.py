@@ -1,4 +1,4 @@
-"""Run mutants through edge-sdk's entry points, each in its own process, and classify what happened.
+"""Run mutants through edgelift's entry points, each in its own process, and classify what happened.
 
 A worker process imports every heavy module once (numpy, onnxruntime, onnx, torch, LiteRT, llama.cpp,
 coremltools) and forks one child per case: the child gets an address-space limit (its size at fork +
@@ -6,7 +6,7 @@ coremltools) and forks one child per case: the child gets an address-space limit
 The worker waits with a timeout and reports how the child ended:
 
 - ``accepted``: the entry point returned (exit 0) — the mutant was still a valid file;
-- ``clean``: a typed ``edge_sdk.errors`` exception (API) or exit 2 with one ``error:`` line (CLI);
+- ``clean``: a typed ``edgelift.errors`` exception (API) or exit 2 with one ``error:`` line (CLI);
 - failures: ``traceback`` (any other exception, or a CLI exit other than 0/2), ``memory``
   (MemoryError: an allocation past the limit), ``signal:<name>`` (a native abort or crash),
   ``hang`` (still running after the timeout), ``code-execution`` (a planted payload ran).
@@ -82,7 +82,7 @@ def _child(case: Case, workdir: Path) -> None:
         from . import entries
 
         _limit_memory()
-        os.environ["EDGE_SDK_DEBUG"] = "1"  # the CLI re-raises what it would report as an internal error: we see it
+        os.environ["EDGELIFT_DEBUG"] = "1"  # the CLI re-raises what it would report as an internal error: we see it
         os.chdir(workdir)
         kind, value = entries.run(case.format, case.entry, Path(case.path), workdir)
         result = {"kind": kind, "value": value}

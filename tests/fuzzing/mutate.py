@@ -221,8 +221,8 @@ def protobuf_lengths(data: bytes, max_fields: int = 20_000) -> list[tuple[int, i
 
 def _varint(buf: bytes, pos: int, end: int):
     """(value, next position) of the varint at ``pos`` (the codec's reader), or (None, None) where it breaks."""
-    from edge_sdk.core.onnx_proto import _varint as read_varint
-    from edge_sdk.errors import ModelFormatError
+    from edgelift.core.onnx_proto import _varint as read_varint
+    from edgelift.errors import ModelFormatError
 
     try:
         return read_varint(memoryview(buf)[:end], pos)

@@ -26,7 +26,7 @@ def build_seeds(root: Path, digits_dir: Path | None = None) -> Path:
     os.environ["EDGE_FUZZ_SEEDS"] = str(root)
     if done.exists():
         return root
-    import edge_sdk
+    import edgelift
 
     if digits_dir is None:
         from examples.digits.train import train
@@ -37,7 +37,7 @@ def build_seeds(root: Path, digits_dir: Path | None = None) -> Path:
         shutil.copyfile(digits_dir / name, root / name)
     val = np.load(digits_dir / "val.npz")
     np.savez(root / "val.npz", x=val["x"][:16], labels=val["labels"][:16])
-    res = edge_sdk.convert(digits_dir / "digits.pt2", quantize=["none", "int8", "int4"], calibration=root / "val.npz",
+    res = edgelift.convert(digits_dir / "digits.pt2", quantize=["none", "int8", "int4"], calibration=root / "val.npz",
                            validation=root / "val.npz", out=root / "onnx")
     shutil.copyfile(res.artifact("none").path, root / "digits.onnx")
     shutil.copyfile(res.artifact("int8").path, root / "digits.int8.onnx")
@@ -46,15 +46,15 @@ def build_seeds(root: Path, digits_dir: Path | None = None) -> Path:
     from examples.digits.to_tflite import digits_onnx_to_tflite
 
     (root / "digits.tflite").write_bytes(digits_onnx_to_tflite(root / "digits.onnx"))
-    res = edge_sdk.convert(root / "digits.onnx", to="tflite", quantize=["int8"], calibration=root / "val.npz",
+    res = edgelift.convert(root / "digits.onnx", to="tflite", quantize=["int8"], calibration=root / "val.npz",
                            validation=root / "val.npz", out=root / "tflite", name="digits")
     shutil.copyfile(res.artifact("int8", "tflite").path, root / "digits.int8.tflite")
     try:
-        res = edge_sdk.convert(digits_dir / "digits.pt2", to="coreml", quantize=["none", "int8"],
+        res = edgelift.convert(digits_dir / "digits.pt2", to="coreml", quantize=["none", "int8"],
                                validation=root / "val.npz", out=root / "coreml", name="digits")
         for a in res.artifacts:
             shutil.copytree(a.path, root / Path(a.path).name, dirs_exist_ok=True)
-    except edge_sdk.errors.MissingDependencyError:
+    except edgelift.errors.MissingDependencyError:
         pass
     tiny_llama_gguf(root / "tiny.gguf")
     tiny_llama_gguf(root / "tiny.q8.gguf", matrix_type="Q8_0")
@@ -75,12 +75,12 @@ def _external_data_copy(src: Path, folder: Path) -> None:
 
 def _stream_and_report(root: Path) -> None:
     """What a device prints for ``edge profile --stream-results`` (replayed by the SSH client), and a report."""
-    cmd = [sys.executable, "-m", "edge_sdk.cli", "profile", str(root / "digits.onnx"), "--runs", "20", "--warmup", "2",
+    cmd = [sys.executable, "-m", "edgelift.cli", "profile", str(root / "digits.onnx"), "--runs", "20", "--warmup", "2",
            "--idle", "0", "--power", "none", "--stream-results"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, timeout=300).stdout
     (root / "device.stream").write_text("".join(ln + "\n" for ln in out.splitlines() if ln.startswith("@@edge-")))
-    subprocess.run([sys.executable, "-m", "edge_sdk.cli", "profile", str(root / "digits.onnx"), "--runs", "20",
+    subprocess.run([sys.executable, "-m", "edgelift.cli", "profile", str(root / "digits.onnx"), "--runs", "20",
                     "--warmup", "2", "--idle", "0", "--power", "none", "--json", str(root / "report.json")],
                    capture_output=True, check=True, env=env, timeout=300)
 
@@ -89,7 +89,7 @@ def _stream_and_report(root: Path) -> None:
 
 def byte_vocabulary() -> tuple[list[str], list[str]]:
     """GPT-2's 256 byte symbols plus a few merges ("he", "ll", "hell"...), as byte-level BPE files hold them."""
-    from edge_sdk.runtimes.gguf_tokenizer import byte_alphabet
+    from edgelift.runtimes.gguf_tokenizer import byte_alphabet
 
     symbols = [byte_alphabet()[b] for b in range(256)]
     merges = ["h e", "l l", "he ll", "Ġ t", "Ġt h", "o r"]

@@ -1,0 +1,327 @@
+"""``backend="edge"``: edgelift's own GGUF decoder for the Llama family (Llama, SmolLM2, TinyLlama, Qwen2).
+
+It exists for what llama.cpp cannot do on a small device: run a model larger than its memory with a
+hard budget (``memory_budget``: weights stream from storage through ``FlashWeights``). Weights stay in
+their GGUF blocks; matrix-vector products run on the blocks (``gguf_kernels``). The forward pass
+below reads top to bottom like the architecture diagram.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..core.formats import ModelFormat
+from ..core.gguf import read_gguf_info
+from ..core.tensors import TensorSpec, physical_memory_bytes
+from ..errors import InputMismatchError, InvalidOptionError, ModelFormatError
+from .base import Session, register_backend
+from .gguf_kernels import KERNELS, rows_of
+from .gguf_tokenizer import tokenizer_from_gguf
+from .weights import FlashWeights, ResidentWeights, WeightStore, tensor_refs
+
+MATRIX_TYPES = ("F32", "F16", *KERNELS)  # what the kernels multiply (numpy for all, ORT for some)
+ARCHES = {"llama": False, "qwen2": True}  # architecture -> NEOX-style rotary (halves) instead of pairs
+
+
+@dataclass
+class HParams:
+    arch: str
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    rope_base: float
+    eps: float
+    n_vocab: int
+    n_ctx: int
+
+    @classmethod
+    def from_gguf(cls, meta: dict, n_vocab: int, n_ctx: int) -> "HParams":
+        """Hyperparameters from the header, each checked for type and range (a hostile file must not
+        reach a division by zero or size a cache by an unchecked count)."""
+        arch = meta.get("general.architecture")
+        if arch not in ARCHES:
+            raise ModelFormatError(f"the edge engine runs {', '.join(ARCHES)} models, not '{arch}'")
+
+        def num(name: str, default=None, *, kind=int, lo=1, hi=1 << 20):
+            v = meta.get(f"{arch}.{name}", default)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
+            if not ok or not lo <= v <= hi or v != v:
+                raise ModelFormatError(f"{arch}.{name} is {v!r} in the GGUF header: expected a number from {lo} to "
+                                       f"{hi}; the file is corrupted or not a {arch} model")
+            return kind(v)
+
+        n_embd, n_head = num("embedding_length"), num("attention.head_count", hi=1 << 12)
+        n_head_kv = num("attention.head_count_kv", n_head, hi=n_head)
+        if n_head % n_head_kv:
+            raise ModelFormatError(f"{arch}.attention.head_count {n_head} is not a multiple of head_count_kv "
+                                   f"{n_head_kv}; the file is corrupted")
+        head_dim = num("rope.dimension_count", n_embd // n_head if n_embd >= n_head else 0, hi=1 << 14)
+        if head_dim % 2:
+            raise ModelFormatError(f"{arch}.rope.dimension_count {head_dim} is odd; the file is corrupted")
+        return cls(arch, n_embd, num("block_count", hi=1 << 12), n_head, n_head_kv, head_dim,
+                   num("rope.freq_base", 10000.0, kind=float, lo=1e-3, hi=1e12),
+                   num("attention.layer_norm_rms_epsilon", 1e-5, kind=float, lo=1e-30, hi=1.0), n_vocab,
+                   min(n_ctx, num("context_length", n_ctx, hi=1 << 24)))
+
+    def check_tensors(self, refs: dict, path: Path) -> None:
+        """Every tensor the forward pass reads exists with the shape these hyperparameters imply, and the
+        KV cache they size fits this machine: so a file's header cannot size memory its weights don't back."""
+        e, q, kv = self.n_embd, self.n_head * self.head_dim, self.n_head_kv * self.head_dim
+        want = {"token_embd.weight": (self.n_vocab, e), "output_norm.weight": (e,)}
+        for i in range(self.n_layer):
+            p = f"blk.{i}."
+            want.update({p + "attn_norm.weight": (e,), p + "attn_q.weight": (q, e), p + "attn_k.weight": (kv, e),
+                         p + "attn_v.weight": (kv, e), p + "attn_output.weight": (e, q), p + "ffn_norm.weight": (e,)})
+            n_ff = refs[p + "ffn_up.weight"].shape[0] if p + "ffn_up.weight" in refs else -1
+            want.update({p + "ffn_gate.weight": (n_ff, e), p + "ffn_up.weight": (n_ff, e),
+                         p + "ffn_down.weight": (e, n_ff)})
+        if "output.weight" in refs:
+            want["output.weight"] = (self.n_vocab, e)
+        for name, shape in want.items():
+            ref = refs.get(name)
+            if ref is None:
+                raise ModelFormatError(f"{path}: tensor '{name}' is missing ({self.arch}, {self.n_layer} blocks); "
+                                       "the file is incomplete or not a model the edge engine runs")
+            if tuple(ref.shape) != shape:
+                raise ModelFormatError(f"{path}: tensor '{name}' has shape {list(ref.shape)}, the header's "
+                                       f"hyperparameters need {list(shape)}; the file is corrupted")
+            if len(shape) == 2 and ref.ggml_type not in MATRIX_TYPES:
+                raise ModelFormatError(f"{path}: tensor '{name}' is {ref.ggml_type}; the edge engine computes with "
+                                       f"{', '.join(MATRIX_TYPES)} (use backend='llama.cpp')")
+            if len(shape) == 1 and ref.ggml_type != "F32":
+                raise ModelFormatError(f"{path}: tensor '{name}' is {ref.ggml_type}, norms must be F32")
+        kv_bytes = 2 * self.n_layer * self.n_ctx * kv * 4
+        if kv_bytes > physical_memory_bytes():
+            raise InvalidOptionError(f"a {self.n_ctx}-token KV cache needs {kv_bytes / 2**30:.1f} GiB, more than this "
+                                     "machine's memory: load with a smaller n_ctx")
+
+
+@dataclass
+class RunStats:
+    """Per generate/run call: time to first token, prefill and decode rates, storage and memory."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    ttft_s: float = 0.0
+    prefill_tokens_per_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    bytes_read: int = 0
+    peak_resident_weight_bytes: int = 0
+    io_wait_s: float = 0.0
+    compute_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def f16(x: np.ndarray) -> np.ndarray:
+    """Rounded through fp16, as llama.cpp stores K/V and feeds its fp16 attention matmuls."""
+    return x.astype(np.float16).astype(np.float32)
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps)) * w
+
+
+def rope(x: np.ndarray, pos: np.ndarray, base: float, neox: bool, factors: np.ndarray | None) -> np.ndarray:
+    """Rotate (n, heads, head_dim) by position: pairs (2i, 2i+1), or halves (i, i + d/2) for NEOX."""
+    d = x.shape[-1]
+    inv = base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+    if factors is not None:
+        inv = inv / factors
+    ang = (pos[:, None].astype(np.float64) * inv[None, :]).astype(np.float32)[:, None, :]  # (n, 1, d/2)
+    cos, sin = np.cos(ang), np.sin(ang)
+    a, b = (x[..., : d // 2], x[..., d // 2:]) if neox else (x[..., 0::2], x[..., 1::2])
+    ra, rb = a * cos - b * sin, a * sin + b * cos
+    return np.concatenate([ra, rb], -1) if neox else np.stack([ra, rb], -1).reshape(x.shape)
+
+
+class LlamaEngine:
+    def __init__(self, store: WeightStore, hp: HParams) -> None:
+        self.store, self.hp = store, hp
+        self.pinned = {name: raw.view(np.float32) if store.refs[name].ggml_type == "F32" else raw
+                       for name, raw in store.pinned.items()}
+        self.rope_factors = self.pinned.get("rope_freqs.weight")
+        shape = (hp.n_layer, hp.n_ctx, hp.n_head_kv, hp.head_dim)
+        self.k_cache, self.v_cache = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        self.shapes = {u.name: {t.name: t for t in u.tensors} for u in store.units}
+        self.on_ffn_activation = None  # optional callback(layer, (n, n_ff) array): what sparsity studies read
+
+    def _mv(self, w: dict, unit: str, name: str, x: np.ndarray) -> np.ndarray:
+        y = w[name](x)  # a prepared kernel on the quantized blocks
+        bias = w.get(name.replace(".weight", ".bias"))  # Qwen2's q/k/v biases (F32)
+        return y if bias is None else y + bias.view(np.float32)
+
+    def forward(self, ids: list[int], pos0: int) -> np.ndarray:
+        """Logits (n, vocab) for tokens ``ids`` at positions pos0.., extending the KV cache."""
+        hp, n = self.hp, len(ids)
+        raw, etype, cols = self.store.embedding_rows(ids)
+        x = rows_of(raw, etype, (n, cols), np.arange(n))                       # (n, d) token embeddings
+        pos = np.arange(pos0, pos0 + n)
+        group = hp.n_head // hp.n_head_kv
+        for i in range(hp.n_layer):
+            unit, p = f"blk.{i}", f"blk.{i}."
+            w = self.store.get(unit)
+            h = rms_norm(x, w[p + "attn_norm.weight"].view(np.float32), hp.eps)
+            q = self._mv(w, unit, p + "attn_q.weight", h).reshape(n, hp.n_head, hp.head_dim)
+            k = self._mv(w, unit, p + "attn_k.weight", h).reshape(n, hp.n_head_kv, hp.head_dim)
+            v = self._mv(w, unit, p + "attn_v.weight", h).reshape(n, hp.n_head_kv, hp.head_dim)
+            neox = ARCHES[hp.arch]
+            q, k = rope(q, pos, hp.rope_base, neox, self.rope_factors), rope(k, pos, hp.rope_base, neox, self.rope_factors)
+            self.k_cache[i, pos0:pos0 + n], self.v_cache[i, pos0:pos0 + n] = f16(k), f16(v)  # llama.cpp's fp16 KV cache
+            K = np.repeat(self.k_cache[i, :pos0 + n], group, axis=1)          # (t, heads, hd): grouped KV
+            V = np.repeat(self.v_cache[i, :pos0 + n], group, axis=1)
+            s = np.einsum("nhd,thd->hnt", f16(q), K) / np.float32(np.sqrt(hp.head_dim))
+            s = np.where(pos[None, :, None] >= np.arange(pos0 + n)[None, None, :], s, -np.inf)  # causal
+            s = np.exp(s - s.max(-1, keepdims=True))
+            att = np.einsum("hnt,thd->nhd", f16(s / s.sum(-1, keepdims=True)), V).reshape(n, -1)
+            x = x + self._mv(w, unit, p + "attn_output.weight", att)
+            h = rms_norm(x, w[p + "ffn_norm.weight"].view(np.float32), hp.eps)
+            gate = self._mv(w, unit, p + "ffn_gate.weight", h)
+            act = gate / (1 + np.exp(-gate)) * self._mv(w, unit, p + "ffn_up.weight", h)   # SwiGLU
+            if self.on_ffn_activation is not None:
+                self.on_ffn_activation(i, act)
+            x = x + self._mv(w, unit, p + "ffn_down.weight", act)
+            self.store.done(unit)
+        h = rms_norm(x, self.pinned["output_norm.weight"], hp.eps)
+        logits = np.empty((n, hp.n_vocab), np.float32)
+        for u in self.store.units:                                             # the output matrix, chunk by chunk
+            if u.rows is not None:
+                w = self.store.get(u.name)
+                logits[:, u.rows[0]:u.rows[1]] = w[u.tensors[0].name](h)
+                self.store.done(u.name)
+        return logits
+
+
+class EdgeLlmSession(Session):
+    """GGUF models run by the edge engine; ``memory_budget`` streams weights (``FlashWeights``)."""
+
+    def __init__(self, path: Path, n_ctx: int = 512, memory_budget=None, drop_cache: bool = True,
+                 prefetch: bool = True, kernels: str = "ort", naive: bool = False) -> None:
+        info = read_gguf_info(path, arrays=("tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+                                            "tokenizer.ggml.merges"))
+        self.tokenizer = tokenizer_from_gguf(info.metadata)
+        self.hp = HParams.from_gguf(info.metadata, len(self.tokenizer.tokens), n_ctx)
+        self.hp.check_tensors(tensor_refs(info), path)
+        if memory_budget is None:
+            self.store: WeightStore = ResidentWeights(path, info, kernels)
+        else:
+            from .memory import parse_budget
+
+            self.store = FlashWeights(path, info, parse_budget(memory_budget), drop_cache=drop_cache, prefetch=prefetch,
+                                      kernels=kernels, naive=naive)
+        self.engine = LlamaEngine(self.store, self.hp)
+        self.n_vocab, self.n_ctx = self.hp.n_vocab, self.hp.n_ctx
+        self.inputs = [TensorSpec("tokens", (None,), "int32")]
+        self.outputs = [TensorSpec("logits", (None, self.n_vocab), "float32")]
+        self.last_stats: RunStats | None = None
+        self._pos = 0  # tokens in the KV cache (eval_tokens)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Logits for every position of ``tokens`` (a fresh sequence: the KV cache restarts)."""
+        ids = [int(t) for t in np.asarray(feeds["tokens"]).reshape(-1)]
+        if not ids or len(ids) > self.n_ctx:
+            raise InvalidOptionError(f"need 1..{self.n_ctx} tokens (n_ctx), got {len(ids)}")
+        bad = [t for t in ids if not 0 <= t < self.n_vocab]
+        if bad:
+            raise InputMismatchError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.n_vocab})")
+        return {"logits": self.engine.forward(ids, 0)}
+
+    def eval_tokens(self, ids: list[int], reset: bool = False) -> np.ndarray:
+        """Extend the sequence by ``ids`` (restart it with ``reset``); the last position's logits."""
+        pos = 0 if reset else self._pos
+        if pos + len(ids) > self.n_ctx:
+            raise InvalidOptionError(f"the sequence would reach {pos + len(ids)} tokens; the context holds {self.n_ctx}")
+        logits = self.engine.forward([int(t) for t in ids], pos)[-1]
+        self._pos = pos + len(ids)
+        return logits
+
+    def tokenize(self, text: str, add_bos: bool = True) -> np.ndarray:
+        return np.asarray(self.tokenizer.encode(text, add_bos=add_bos and self.tokenizer.add_bos), np.int32)
+
+    def detokenize(self, ids) -> str:
+        return self.tokenizer.decode(ids)
+
+    def generate(self, prompt: str, max_tokens: int = 32, temperature: float = 0.0, stream: bool = False,
+                 top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str | Iterator[str]:
+        """Complete ``prompt``: greedy at temperature 0, else temperature / top-k / top-p sampling."""
+        if not prompt:
+            raise InvalidOptionError("the prompt is empty")
+        if max_tokens < 1:
+            raise InvalidOptionError(f"max_tokens must be >= 1, got {max_tokens}")
+        ids = self.tokenize(prompt).tolist()
+        if len(ids) + max_tokens > self.n_ctx:
+            raise InvalidOptionError(f"the prompt is {len(ids)} tokens and {max_tokens} more were asked for, but "
+                                     f"the context holds {self.n_ctx}: shorten it or load with n_ctx={len(ids) + max_tokens}")
+        pieces = self._generate(ids, max_tokens, temperature, top_k, top_p, np.random.default_rng(seed))
+        return pieces if stream else "".join(pieces)
+
+    def _generate(self, ids, max_tokens, temperature, top_k, top_p, rng) -> Iterator[str]:
+        st = self.store.stats
+        read0, io0, wait0 = st.bytes_read, st.io_seconds, st.wait_seconds
+        st.peak_resident_bytes = st.resident_bytes
+        stats = RunStats(prompt_tokens=len(ids))
+        t0 = time.perf_counter()
+        logits = self.engine.forward(ids, 0)[-1]
+        stats.ttft_s = time.perf_counter() - t0
+        stats.prefill_tokens_per_s = len(ids) / stats.ttft_s
+        out: list[int] = []
+        text = ""
+        pos = len(ids)
+        t1 = time.perf_counter()
+        for _ in range(max_tokens):
+            tok = sample(logits, temperature, top_k, top_p, rng)
+            if tok == self.tokenizer.eos:
+                break
+            out.append(tok)
+            full = self.tokenizer.decode(out)
+            yield full[len(text):]
+            text = full
+            if len(out) == max_tokens:
+                break
+            logits = self.engine.forward([tok], pos)[-1]
+            pos += 1
+        decode_s = time.perf_counter() - t1
+        stats.generated_tokens = len(out)
+        stats.decode_tokens_per_s = max(len(out) - 1, 0) / decode_s if decode_s > 0 and len(out) > 1 else 0.0
+        stats.bytes_read = st.bytes_read - read0
+        stats.peak_resident_weight_bytes = st.peak_resident_bytes
+        stats.io_wait_s = st.wait_seconds - wait0
+        stats.compute_s = stats.ttft_s + decode_s - stats.io_wait_s
+        stats.extra = {"io_read_s": st.io_seconds - io0}
+        self.last_stats = stats
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def sample(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng) -> int:
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temperature
+    order = np.argsort(-z)
+    if top_k > 0:
+        order = order[:top_k]
+    p = np.exp(z[order] - z[order[0]])
+    p /= p.sum()
+    if top_p < 1.0:
+        keep = np.searchsorted(np.cumsum(p), top_p) + 1
+        order, p = order[:keep], p[:keep] / p[:keep].sum()
+    return int(rng.choice(order, p=p))
+
+
+@register_backend("edge", formats=(ModelFormat.GGUF,), package="numpy", extra="")
+def open_edge(path: Path, threads: int | None, *, n_ctx: int = 512, memory_budget=None, logits_all: bool = True,
+              embedding: bool = False, drop_cache: bool = True, prefetch: bool = True,
+              kernels: str = "ort", naive: bool = False) -> EdgeLlmSession:
+    """``kernels``: "ort" (ONNX Runtime's MatMulNBits for Q4_0/Q4_1/Q8_0/Q4_K, numpy for the rest) or "numpy"."""
+    if embedding:
+        raise InvalidOptionError("the edge engine runs decoder language models; use backend='llama.cpp' for embeddings")
+    if kernels not in ("ort", "numpy"):
+        raise InvalidOptionError(f"kernels must be 'ort' or 'numpy', got {kernels!r}")
+    return EdgeLlmSession(Path(path), n_ctx, memory_budget, drop_cache, prefetch, kernels, naive)
