@@ -54,11 +54,10 @@ def pack_wheel() -> bytes:
     """This installation as a ``py3-none-any`` wheel (bytes)."""
     import edgelift
 
-    try:
-        dist = metadata.distribution(DIST)
-        meta = dist.read_text("METADATA")
-    except metadata.PackageNotFoundError:
-        meta = None
+    # the installed dist-info first: a clone's folder may also hold a build's stale edgelift.egg-info
+    found = sorted(metadata.distributions(name=DIST), key=lambda d: d.read_text("METADATA") is None)
+    dist = found[0] if found else None
+    meta = dist and (dist.read_text("METADATA") or dist.read_text("PKG-INFO"))
     if not meta:
         raise InvalidOptionError(f"{DIST} is imported from a folder without an install record: install it "
                                  "(pip install . in the clone, or make wheel) before --install")
