@@ -2,13 +2,15 @@
 options (power sampled at 10 Hz, RSS sampled, the minimum-time rule: at least 100 calls and 2 s, calls under
 2 ms timed in groups) against a bare timing loop over the same ONNX Runtime session, side by side; and the
 coefficient of variation of the default profile against the same profile timed call by call (the rule off:
-``min_time_s=0, min_sample_ns=0``, 300 runs — what `edge profile` did before, cv 31-60% on the digits CNN).
+``min_time_s=0, min_sample_ns=0``, 300 runs — what `edge profile` did before, cv 31-60% on the digits CNN),
+and against a bare ONNX Runtime loop timed the same way (2 ms groups for 2 s): the spread the machine itself
+has, which no measurement method removes.
 
 Models: MobileNetV2-224 (fp32, ~ms per run) and the digits CNN (int8, tens of µs: the worst case for any
-per-run overhead). Each round times a bare ``InferenceSession.run`` loop, ``edge profile`` on the same
-file, and the bare loop again; the round's ratio is the profile's median latency over the mean of the two
-bare medians around it (machine noise here drifts by ~10% over seconds), and the figure is the median of
-the rounds' ratios. This host has no power sensor, so the power source is RAPL
+per-run overhead). Each round times a bare ``InferenceSession.run`` loop (grouped as the profile groups
+calls: the same estimator), ``edge profile`` on the same file, and the bare loop again; the round's ratio is
+the profile's median latency over the mean of the two bare medians around it (machine noise here drifts by
+~10-40% over seconds), and the figure is the median of the rounds' ratios. This host has no power sensor, so the power source is RAPL
 replayed from a temp powercap tree (device-power.md's format, a counter advanced by a writer thread):
 the sampler thread wakes, reads and parses sysfs files at 10 Hz exactly as on a device.
 
@@ -66,6 +68,20 @@ def bare_median_ns(sess, feeds: dict, runs: int) -> tuple[float, float]:
     return float(np.median(samples)), float(np.mean(samples))
 
 
+def bare_grouped(sess, feeds: dict, loops: int, seconds: float = 2.0) -> tuple[float, float, float]:
+    """(median, mean, cv) of a bare loop timed as the default profile times it (groups of ``loops`` calls for
+    ``seconds``, per-call figures): the same estimator with no profiler in the process."""
+    samples = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter_ns()
+        for _ in range(loops):
+            sess.run(None, feeds)
+        samples.append((time.perf_counter_ns() - t0) / loops)
+    a = np.asarray(samples)
+    return float(np.median(a)), float(a.mean()), float(a.std(ddof=1) / a.mean()) if a.size > 1 else 0.0
+
+
 def models(tmp: Path) -> dict[str, Path]:
     import torch
 
@@ -86,7 +102,7 @@ def main() -> None:
     import edgelift
     from edgelift.core.tensors import random_input_set
     from edgelift.profilers.power import DeviceEnv
-    from edgelift.profilers.profile import ProfileOptions, profile
+    from edgelift.profilers.profile import MIN_SAMPLE_NS, ProfileOptions, profile
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -97,17 +113,20 @@ def main() -> None:
                     feeds = random_input_set(m.inputs, 1, seed=0).arrays
                 sess = bare_session(path)
                 bare_med, bare_mean, prof_med, prof_mean, samples, ratios, mean_ratios = [], [], [], [], [], [], []
-                cvs, cvs_call, loops = [], [], []
+                cvs, cvs_call, cvs_bare, loops, call_ratios = [], [], [], [], []
                 for _ in range(ROUNDS):
-                    med0, mean0 = bare_median_ns(sess, feeds, RUNS)
+                    call_med, _ = bare_median_ns(sess, feeds, RUNS)
+                    n = max(1, int(np.ceil(MIN_SAMPLE_NS / call_med))) if call_med < MIN_SAMPLE_NS else 1
+                    med0, mean0, cv0 = bare_grouped(sess, feeds, n)
                     rep = profile(path, ProfileOptions(idle_s=0.5, power="rapl", power_rate_hz=10, per_op=False),
                                   power_env=DeviceEnv(root=tmp / "device"))
                     lat, p = rep.runs[0]["latency"], rep.runs[0]["power"]
                     assert p["available"], p
-                    med1, mean1 = bare_median_ns(sess, feeds, RUNS)
+                    med1, mean1, cv1 = bare_grouped(sess, feeds, n)
                     call = profile(path, ProfileOptions(runs=300, warmup=10, idle_s=0.0, power="none", per_op=False,
                                                         min_time_s=0.0, min_sample_ns=0)).runs[0]["latency"]
                     cvs.append(lat["cv"])
+                    cvs_bare.append((cv0 + cv1) / 2)
                     cvs_call.append(call["cv"])
                     loops.append(lat["loops_per_sample"])
                     bare_med.append((med0 + med1) / 2)
@@ -116,6 +135,7 @@ def main() -> None:
                     prof_mean.append(lat["avg_ns"])
                     ratios.append(prof_med[-1] / bare_med[-1])
                     mean_ratios.append(prof_mean[-1] / bare_mean[-1])
+                    call_ratios.append(prof_med[-1] / call_med)
                     samples.append(p["n_samples"])
                 k = int(np.argsort(ratios)[len(ratios) // 2])  # the median round: its own figures, its own ratio
                 result(f"profiler_overhead.{name}.median_latency", prof_med[k] / 1e6, "ms", bare_med[k] / 1e6)
@@ -123,9 +143,13 @@ def main() -> None:
                 result(f"profiler_overhead.{name}.mean_latency", prof_mean[k] / 1e6, "ms", bare_mean[k] / 1e6)
                 result(f"profiler_overhead.{name}.cv_default", float(np.median(cvs)), "ratio",
                        float(np.median(cvs_call)))
-                print(f"# {name}: per-round ratios (median latency) {' '.join(f'{r:.3f}' for r in ratios)}")
+                result(f"profiler_overhead.{name}.cv_default_vs_bare", float(np.median(cvs)), "ratio",
+                       float(np.median(cvs_bare)))
+                print(f"# {name}: per-round ratios (median latency) {' '.join(f'{r:.3f}' for r in ratios)}; against "
+                      f"the median of single bare calls {' '.join(f'{r:.3f}' for r in call_ratios)}")
                 print(f"# {name}: per-round cv, default {' '.join(f'{c:.3f}' for c in cvs)}; call by call "
-                      f"{' '.join(f'{c:.3f}' for c in cvs_call)}; calls per sample {min(loops)}-{max(loops)}")
+                      f"{' '.join(f'{c:.3f}' for c in cvs_call)}; bare loop timed alike "
+                      f"{' '.join(f'{c:.3f}' for c in cvs_bare)}; calls per sample {min(loops)}-{max(loops)}")
                 print(f"# {name}: {ROUNDS} rounds; power samples per measured window "
                       f"{min(samples)}-{max(samples)} at 10 Hz")
         finally:

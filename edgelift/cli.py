@@ -90,37 +90,37 @@ def convert(
     source: str = typer.Argument(..., metavar="SOURCE", help="model.pt2, model.onnx, module.path:factory (with --weights), "
                                  "or for --to gguf a Hugging Face checkpoint directory, a model id in the local Hugging "
                                  "Face cache (ORG/NAME, never downloaded) or model.gguf."),
-    to: list[str] = typer.Option(["onnx"], "--to", help="Target formats (comma list or repeatable): onnx, tflite, coreml; or gguf (alone) from a Hugging Face checkpoint or a .gguf."),
+    to: list[str] = typer.Option(["onnx"], "--to", rich_help_panel="Targets", help="Target formats (comma list or repeatable): onnx, tflite, coreml; or gguf (alone) from a Hugging Face checkpoint or a .gguf."),
     quantize: list[str] = typer.Option(
         ["none"], "--quantize", "-q",
-        help="Modes (comma list, e.g. int8,int4, or repeatable): none|fp32, fp16, int8, int8-dynamic, int4; Core ML also palettize4, palettize6; "
+        rich_help_panel="Targets", help="Modes (comma list, e.g. int8,int4, or repeatable): none|fp32, fp16, int8, int8-dynamic, int4; Core ML also palettize4, palettize6; "
              "GGUF: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K Q4_K_S Q4_K_M Q5_K_S Q5_K_M.",
     ),
-    out: Path = typer.Option(Path("edge-out"), "--out", "-o", help="Output directory."),
+    out: Path = typer.Option(Path("edge-out"), "--out", "-o", rich_help_panel="Targets", help="Output directory."),
     calibration: Optional[str] = typer.Option(
-        None, "--calibration", help="FILE.npz (arrays keyed by input name, axis 0 = samples) or 'random'."),
+        None, "--calibration", rich_help_panel="Data and shapes", help="FILE.npz (arrays keyed by input name, axis 0 = samples) or 'random'."),
     validation: Optional[str] = typer.Option(
-        None, "--validation", help="FILE.npz for parity (optional 'labels' key for accuracy)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="FILE.safetensors for a factory source."),
-    input_shape: list[str] = typer.Option([], "--input-shape", help="NAME=1x3x640x640 (repeatable): sizes for the model's symbolic dims; ? keeps a dim dynamic (ONNX), NAME= for a scalar."),
-    batch_axis: list[str] = typer.Option([], "--batch-axis", help="NAME=- : the input has no batch axis (a state or scalar fed whole); NAME=0 : axis 0 is its batch."),
-    input_range: list[str] = typer.Option([], "--input-range", help="NAME=LO..HI : values random data draws for an input (e.g. sr=16000..16000, ids=0..30521)."),
-    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Parity gate: minimum cosine of the primary output (default per mode: fp32 0.9999, fp16 0.999, int8 0.99, int4 0.98)."),
-    max_rel_l2: Optional[float] = typer.Option(None, "--max-rel-l2", help="Parity gate: maximum relative L2 error of the primary output."),
-    keep_failed: bool = typer.Option(False, "--keep-failed", help="Write artifacts that fail their parity gate too (marked failed in conversion.json); the exit code is still 3."),
-    no_repair: bool = typer.Option(False, "--no-repair", help="Do not try mixed precision (nodes kept in float) on artifacts below their gate."),
-    name: Optional[str] = typer.Option(None, "--name", help="Artifact base name (default: from the source)."),
-    block_size: int = typer.Option(32, "--block-size", help="int4 block size: 32, 64 or 128."),
-    asymmetric: bool = typer.Option(False, "--asymmetric", help="int4 with zero points (default symmetric)."),
-    activation_type: str = typer.Option("uint8", "--activation-type", help="int8 activations: uint8 or int8."),
-    calibration_method: str = typer.Option("minmax", "--calibration-method", help="minmax, entropy, percentile."),
-    static_batch: bool = typer.Option(False, "--static-batch", help="Keep the example's batch size fixed."),
-    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)."),
-    nhwc_io: bool = typer.Option(False, "--nhwc-io", help="TFLite: NHWC model inputs/outputs (no input TRANSPOSE)."),
-    int8_io: bool = typer.Option(False, "--int8-io", help="TFLite int8: int8 inputs/outputs (no QUANTIZE/DEQUANTIZE at the ends)."),
-    coreml_target: str = typer.Option("iOS16", "--coreml-target", help="Core ML minimum deployment target: iOS16, iOS17, iOS18 (int4 needs iOS18)."),
-    coreml_precision: str = typer.Option("fp16", "--coreml-precision", help="Core ML compute precision of the compressed modes: fp16 or fp32."),
-    exporter: str = typer.Option("auto", "--exporter", help="torch -> ONNX: auto (dynamo for a dynamic batch, else the TorchScript tracer with dynamo as fallback), dynamo, torchscript."),
+        None, "--validation", rich_help_panel="Data and shapes", help="FILE.npz for parity (optional 'labels' key for accuracy)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", rich_help_panel="Data and shapes", help="FILE.safetensors for a factory source."),
+    input_shape: list[str] = typer.Option([], "--input-shape", rich_help_panel="Data and shapes", help="NAME=1x3x640x640 (repeatable): sizes for the model's symbolic dims; ? keeps a dim dynamic (ONNX), NAME= for a scalar."),
+    batch_axis: list[str] = typer.Option([], "--batch-axis", rich_help_panel="Data and shapes", help="NAME=- : the input has no batch axis (a state or scalar fed whole); NAME=0 : axis 0 is its batch."),
+    input_range: list[str] = typer.Option([], "--input-range", rich_help_panel="Data and shapes", help="NAME=LO..HI : values random data draws for an input (e.g. sr=16000..16000, ids=0..30521)."),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", rich_help_panel="Parity gate", help="Parity gate: minimum cosine of the primary output (default per mode: fp32 0.9999, fp16 0.999, int8 0.99, int4 0.98)."),
+    max_rel_l2: Optional[float] = typer.Option(None, "--max-rel-l2", rich_help_panel="Parity gate", help="Parity gate: maximum relative L2 error of the primary output."),
+    keep_failed: bool = typer.Option(False, "--keep-failed", rich_help_panel="Parity gate", help="Write artifacts that fail their parity gate too (marked failed in conversion.json); the exit code is still 3."),
+    no_repair: bool = typer.Option(False, "--no-repair", rich_help_panel="Parity gate", help="Do not try mixed precision (nodes kept in float) on artifacts below their gate."),
+    name: Optional[str] = typer.Option(None, "--name", rich_help_panel="Targets", help="Artifact base name (default: from the source)."),
+    block_size: int = typer.Option(32, "--block-size", rich_help_panel="Quantization", help="int4 block size: 32, 64 or 128."),
+    asymmetric: bool = typer.Option(False, "--asymmetric", rich_help_panel="Quantization", help="int4 with zero points (default symmetric)."),
+    activation_type: str = typer.Option("uint8", "--activation-type", rich_help_panel="Quantization", help="int8 activations: uint8 or int8."),
+    calibration_method: str = typer.Option("minmax", "--calibration-method", rich_help_panel="Quantization", help="minmax, entropy, percentile."),
+    static_batch: bool = typer.Option(False, "--static-batch", rich_help_panel="Export and formats", help="Keep the example's batch size fixed."),
+    opset: Optional[int] = typer.Option(None, "--opset", rich_help_panel="Export and formats", help="ONNX opset (default: the exporter's)."),
+    nhwc_io: bool = typer.Option(False, "--nhwc-io", rich_help_panel="Export and formats", help="TFLite: NHWC model inputs/outputs (no input TRANSPOSE)."),
+    int8_io: bool = typer.Option(False, "--int8-io", rich_help_panel="Export and formats", help="TFLite int8: int8 inputs/outputs (no QUANTIZE/DEQUANTIZE at the ends)."),
+    coreml_target: str = typer.Option("iOS16", "--coreml-target", rich_help_panel="Export and formats", help="Core ML minimum deployment target: iOS16, iOS17, iOS18 (int4 needs iOS18)."),
+    coreml_precision: str = typer.Option("fp16", "--coreml-precision", rich_help_panel="Export and formats", help="Core ML compute precision of the compressed modes: fp16 or fp32."),
+    exporter: str = typer.Option("auto", "--exporter", rich_help_panel="Export and formats", help="torch -> ONNX: auto (dynamo for a dynamic batch, else the TorchScript tracer with dynamo as fallback), dynamo, torchscript."),
 ) -> None:
     """Convert a model to deployable artifacts, with a parity report for each."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -753,11 +753,13 @@ def report(
     except EdgeError as e:
         _fail(e)
     table = Table(box=box.SIMPLE_HEAD, title="profile comparison")
-    for col in ("model", "format", "backend", "device", "mean ms", "p99 ms", "size", "peak RSS", "energy/run", "accuracy"):
+    for col in ("model", "format", "backend", "device", "median ms", "mean ms", "p99 ms", "size", "peak RSS",
+                "energy/run", "accuracy"):
         table.add_column(col, justify="left" if col in ("model", "format", "backend", "device") else "right")
     for r in comparison_rows(docs):
         table.add_row(escape(r["label"]) + (" [yellow](partial)[/]" if r["partial"] else ""), r["format"], r["backend"],
-                      escape(str(r["device"])), *("n/a" if r[k] is None else f"{r[k] / 1e6:.3f}" for k in ("mean_ns", "p99_ns")),
+                      escape(str(r["device"])),
+                      *("n/a" if r[k] is None else f"{r[k] / 1e6:.3f}" for k in ("median_ns", "mean_ns", "p99_ns")),
                       "n/a" if r["size_bytes"] is None else _human_bytes(r["size_bytes"]), "n/a" if r["peak_rss_bytes"] is None else _human_bytes(r["peak_rss_bytes"]),
                       "n/a" if r["energy_j"] is None else f"{r['energy_j'] * 1e3:.2f} mJ",
                       "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}")

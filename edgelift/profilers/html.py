@@ -289,16 +289,16 @@ def _sweep_overview(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     if len(runs) < 2:
         return []
     rows = [[Markup(f'<a href="#run-{i}">{_e(fmt_text(r.get("label")))}</a>'),
-             fmt_ms(_get(r, "latency", "avg_ns")), fmt_ms(_get(r, "latency", "median_ns")),
+             fmt_ms(_get(r, "latency", "median_ns")), fmt_ms(_get(r, "latency", "avg_ns")),
              fmt_ms(_get(r, "latency", "p99_ns")), _warn_badge(r.get("latency")),
              fmt_rate(_get(r, "latency", "throughput_per_s"), "items/s"), fmt_bytes(_peak_rss(r)),
              fmt_joules(_get(r, "power", "energy_per_inference_j")) if _get(r, "power", "available") else NA]
             for i, r in enumerate(runs)]
-    table = grid_table(["setting", "mean", "median", "p99", "cv", "throughput", "peak RSS", "energy / inference"],
+    table = grid_table(["setting", "median", "mean", "p99", "cv", "throughput", "peak RSS", "energy / inference"],
                        rows, numeric=[False] + [True] * 7)
     labels = [fmt_text(r.get("label")) for r in runs]
-    means = [(_num(_get(r, "latency", "avg_ns")) or float("nan")) / 1e6 for r in runs]
-    chart = svg.hbar_svg(labels, means, title="mean latency per setting", x_label="ms")
+    medians = [(_num(_get(r, "latency", "median_ns")) or float("nan")) / 1e6 for r in runs]
+    chart = svg.hbar_svg(labels, medians, title="median latency per setting", x_label="ms")
     return [f"<section><h2>Sweep overview</h2>{table}{_figure(chart)}</section>"]
 
 
@@ -308,7 +308,7 @@ def _latency_table(run: Mapping[str, Any]) -> str:
     unit = "token" if run.get("latency_unit") == "token" else "inference"
     header = ["", f"per {unit}"] + (["end to end"] if len(blocks) > 1 else [])
     rows: list[list[Any]] = []
-    for name, key in (("mean", "avg_ns"), ("median", "median_ns"), ("p90", "p90_ns"), ("p95", "p95_ns"),
+    for name, key in (("median", "median_ns"), ("mean", "avg_ns"), ("p90", "p90_ns"), ("p95", "p95_ns"),
                       ("p99", "p99_ns"), ("min", "min_ns"), ("max", "max_ns"), ("std", "stddev_ns")):
         rows.append([name] + [fmt_ms(_get(b, key)) for b in blocks])
     rows.append(["cv"] + [_warn_badge(b) for b in blocks])
@@ -531,6 +531,7 @@ def comparison_rows(docs: Sequence[Doc]) -> list[dict[str, Any]]:
             rows.append({
                 "label": label, "format": m.get("format"), "backend": m.get("backend"),
                 "device": d.get("model") or d.get("hostname"), "run": run.get("label"),
+                "median_ns": _get(run, "latency", "median_ns"),
                 "mean_ns": _get(run, "latency", "avg_ns"), "p99_ns": _get(run, "latency", "p99_ns"),
                 "unreliable": bool(_get(run, "latency", "unreliable")),
                 "throughput": _get(run, "latency", "throughput_per_s"), "size_bytes": m.get("size_bytes"),
@@ -556,19 +557,19 @@ def _pick_metrics(rows: list[dict[str, Any]], pareto_x: str, pareto_y: str | Non
 
 
 def _comparison_table(rows: list[dict[str, Any]], front: set[int]) -> str:
-    header = ["", "model", "format", "backend", "device", "mean", "p99", "throughput", "size on disk",
+    header = ["", "model", "format", "backend", "device", "median", "mean", "p99", "throughput", "size on disk",
               "peak RSS", "energy / inference", "accuracy"]
     body = []
     for i, r in enumerate(rows):
-        mean = fmt_ms(r["mean_ns"])
+        median, mean = fmt_ms(r.get("median_ns")), fmt_ms(r["mean_ns"])
         if r["unreliable"]:
             mean = Markup(f'{_e(mean)} <span class="badge">⚠ unreliable</span>')
         star = Markup('<span class="front">★</span>') if i in front else ""
         body.append([star, r["label"] + (" (partial)" if r["partial"] else ""), fmt_text(r["format"]),
-                     fmt_text(r["backend"]), fmt_text(r["device"]), mean, fmt_ms(r["p99_ns"]),
+                     fmt_text(r["backend"]), fmt_text(r["device"]), median, mean, fmt_ms(r["p99_ns"]),
                      fmt_rate(r["throughput"], "items/s"), fmt_bytes(r["size_bytes"]), fmt_bytes(r["peak_rss_bytes"]),
                      fmt_joules(r["energy_j"]), fmt_pct(r["accuracy"], 2)])
-    return grid_table(header, body, numeric=[False] * 5 + [True] * 7)
+    return grid_table(header, body, numeric=[False] * 5 + [True] * 8)
 
 
 def render_comparison_html(docs: Sequence[Doc], *, pareto_x: str = "latency", pareto_y: str | None = None,

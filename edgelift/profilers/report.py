@@ -190,10 +190,10 @@ def comparison_markdown(docs: list[dict], failures: list[tuple[str, str]] = ()) 
 
     rows = comparison_rows(docs)
     lines = ["# Profile comparison", ""]
-    lines += _table(["model", "format", "backend", "device", "mean ms", "p99 ms", "per s", "size",
+    lines += _table(["model", "format", "backend", "device", "median ms", "mean ms", "p99 ms", "per s", "size",
                      "peak RSS", "energy/inference", "accuracy"], [
         [r["label"] + (" (partial)" if r["partial"] else ""), r["format"], r["backend"], str(r["device"]),
-         _ms(r["mean_ns"]), _ms(r["p99_ns"]), "n/a" if r["throughput"] is None else f"{r['throughput']:.1f}",
+         _ms(r.get("median_ns")), _ms(r["mean_ns"]), _ms(r["p99_ns"]), "n/a" if r["throughput"] is None else f"{r['throughput']:.1f}",
          "n/a" if r["size_bytes"] is None else format_bytes(r["size_bytes"]),
          "n/a" if r["peak_rss_bytes"] is None else format_bytes(r["peak_rss_bytes"]), _j(r["energy_j"]),
          "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}"] for r in rows])
