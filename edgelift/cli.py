@@ -569,7 +569,8 @@ def profile(
                 device_binary=device_binary, ssh_config=ssh_config, accept_new_host_key=accept_new_host_key,
                 install=install, remote_python=remote_python, remote_cache=remote_cache, jobs=jobs, json_out=json_out, markdown=markdown,
                 html=html, label=label, threads=thread_list[0] if thread_list else None, runs=runs, warmup=warmup,
-                n_prompt=prompt_list[0], n_gen=gen_list[0], power_rate=power_rate, idle=idle))
+                n_prompt=prompt_list[0], n_gen=gen_list[0], power_rate=power_rate, idle=idle,
+                lists=max(len(thread_list), len(prompt_list), len(gen_list)) > 1))
             return
         grid = parse_sweep(sweep)
         for key, values in (("threads", thread_list), ("batch", batch_list), ("n_prompt", prompt_list),

@@ -93,11 +93,11 @@ except edgelift.errors.IncompatibleBackendError as e:
 @pytest.mark.slow
 def test_pi_like_venv_runs_real_tflite_runtime(digits_tflite, digits_dir, digits_reference, tmp_path):
     """The real tflite-runtime 2.14 (numpy < 2), as on older Raspberry Pi images: same numbers as torch."""
-    from tests.test_runtime import _dynamic_range_fc
+    from tests.builders import dynamic_range_fc
 
     python = device_venv("tflite-runtime", "tflite-runtime")
     out = tmp_path / "out.npy"
-    dr = _dynamic_range_fc(tmp_path / "dr.tflite")
+    dr = dynamic_range_fc(tmp_path / "dr.tflite")
     r = subprocess.run([str(python), "-c", PI_SCRIPT, str(digits_tflite), str(digits_dir / "val.npz"), str(out),
                         str(dr)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -174,3 +174,10 @@ def test_hugging_face_ids_come_from_the_local_cache_only(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["convert", "Org/Missing", "--to", "gguf", "-q", "F16", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "never downloads" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_lists_are_refused_for_phones_not_dropped(digits_result):
+    """benchmark_model on a phone runs one setting: a -t list there is refused before anything connects."""
+    res = CliRunner().invoke(app, ["profile", str(digits_result.artifact("int8").path), "--device", "adb://SERIAL",
+                                   "-t", "1,2"])
+    assert res.exit_code == 2 and "one value each" in res.output

@@ -46,13 +46,20 @@ def test_heavy_packages_not_loaded_by_import_even_when_present():
 
 
 def test_cli_without_converter_extra_names_the_extra(tmp_path):
+    """convert needs the [convert] extra and says so; inspect does not need it (own codecs) and reads the file."""
     model = tmp_path / "m.onnx"
     model.write_bytes(b"\x08\x0a\x12\x07pytorch")
     r = run(f"""
-        sys.argv = ['edge', 'inspect', {str(model)!r}]
+        sys.argv = ['edge', 'convert', {str(model)!r}, '--out', {str(tmp_path / 'out')!r}]
         from edgelift.cli import main
         main()
     """)
     assert r.returncode == 2, r.stderr
     assert "pip install 'edgelift[convert]'" in r.stderr
     assert "Traceback" not in r.stderr
+    r = run(f"""
+        sys.argv = ['edge', 'inspect', {str(model)!r}]
+        from edgelift.cli import main
+        main()
+    """)
+    assert r.returncode == 2 and "no ONNX graph" in r.stderr and "Traceback" not in r.stderr

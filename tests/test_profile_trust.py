@@ -32,7 +32,7 @@ def test_minimum_time_and_grouped_samples(digits_result):
     loops = lat["loops_per_sample"]
     assert loops > 1  # each call is far below 1 ms
     per_sample_s = np.asarray(lat["samples_ns"]) * loops / 1e9
-    assert np.all(per_sample_s > 0.0005)  # groups of about 1 ms
+    assert np.all(per_sample_s > 0.0003)  # groups of about 1 ms (sized from the warm-up; the machine's speed drifts)
     covered = lat["t_offsets_s"][-1] + per_sample_s[-1]
     assert 0.5 <= covered < elapsed  # the minimum time was run, and the offsets are real time
     assert lat["avg_ns"] == pytest.approx(np.mean(lat["samples_ns"]))  # per-call figures, from the samples
@@ -83,7 +83,9 @@ def test_ctrl_c_writes_the_partial_report_and_exits_130(digits_result, tmp_path)
     md = tmp_path / "r.md"
     proc = subprocess.Popen([sys.executable, "-m", "edgelift.cli", "profile", str(digits_result.artifact("int8").path),
                              "--duration", "30", "--idle", "0", "--power", "none", "--json", str(out), "--markdown",
-                             str(md)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(md)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a background job (make test &) inherits SIGINT ignored; a terminal's Ctrl-C is not
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(6)  # loaded and measuring
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)

@@ -627,7 +627,7 @@ def test_tflite_profile(phone, files):
     from edgelift.profilers.html import render_profile_html
     from edgelift.profilers.report import ProfileReport
 
-    assert "| default | 50 | 1.251 | n/a |" in ProfileReport(doc).to_markdown()
+    assert "| default | 50 | n/a | 1.251 |" in ProfileReport(doc).to_markdown()
     assert "Pixel 7" in render_profile_html(doc)
 
 

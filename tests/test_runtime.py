@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import edgelift
+from tests.builders import dynamic_range_fc
 from edgelift import errors
 from edgelift.runtimes import tflite as tflite_backend
 
@@ -126,22 +127,6 @@ def importlib_spec(name):
     return importlib.machinery.ModuleSpec(name, None)
 
 
-def _dynamic_range_fc(path: Path) -> Path:
-    """A FULLY_CONNECTED with int8 weights and float activations (what `int8-dynamic` gives)."""
-    from edgelift.converters.tflite.builder import TFLiteBuilder
-
-    rng = np.random.default_rng(0)
-    w = rng.integers(-127, 128, (4, 8)).astype(np.int8)
-    b = TFLiteBuilder()
-    x = b.tensor("x", (1, 8))
-    y = b.tensor("y", (1, 4))
-    wt = b.constant("w", w, scales=[0.02] * 4, zero_points=[0] * 4, quantized_dimension=0)
-    b.op("FULLY_CONNECTED", [x, wt, -1], [y], "FullyConnectedOptions", AsymmetricQuantizeInputs=True)
-    b.inputs, b.outputs = [x], [y]
-    path.write_bytes(b.finish())
-    return path
-
-
 def test_tflite_runtime_refuses_numpy2(fake_tflite_runtime, digits_tflite):
     with pytest.raises(errors.IncompatibleBackendError, match="numpy"):
         edgelift.load(digits_tflite, backend="tflite-runtime")
@@ -153,7 +138,7 @@ def test_tflite_runtime_runs_float_and_refuses_dynamic_range(fake_tflite_runtime
     x, ref, _ = digits_reference
     m = edgelift.load(digits_tflite, backend="tflite-runtime")
     np.testing.assert_allclose(m.run(x)["logits"], ref, atol=1e-4)
-    dr = _dynamic_range_fc(tmp_path / "dr.tflite")
+    dr = dynamic_range_fc(tmp_path / "dr.tflite")
     assert edgelift.load(dr, backend="litert").run(np.ones((1, 8), np.float32))["y"].shape == (1, 4)
     with pytest.raises(errors.IncompatibleBackendError, match="dynamic-range quantized"):
         edgelift.load(dr, backend="tflite-runtime")

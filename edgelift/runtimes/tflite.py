@@ -121,7 +121,12 @@ def external_delegate(name: str, load_delegate):
 
 @register_backend("litert", formats=(ModelFormat.TFLITE,), package="ai_edge_litert", extra="tflite")
 def open_litert(path: Path, threads: int | None, *, xnnpack: bool = True, delegate: str | None = None) -> TFLiteSession:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType, load_delegate
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    def load_delegate(lib: str):
+        from ai_edge_litert.interpreter import load_delegate as load
+
+        return load(lib)
 
     return TFLiteSession(Interpreter, path, threads, xnnpack, OpResolverType, delegate, load_delegate)
 
@@ -143,7 +148,10 @@ def open_tflite_runtime(path: Path, threads: int | None, *, xnnpack: bool = True
         from tflite_runtime.interpreter import OpResolverType
     except ImportError:  # very old releases
         OpResolverType = None
-    from tflite_runtime.interpreter import load_delegate
+    def load_delegate(lib: str):
+        from tflite_runtime.interpreter import load_delegate as load
+
+        return load(lib)
 
     session = TFLiteSession(Interpreter, path, threads, xnnpack, OpResolverType, delegate, load_delegate)
     bad = dynamic_range_ops(session.interpreter)

@@ -47,6 +47,9 @@ def profile_on_devices(console, err_console, model: Path, device: list[str], dev
 
     extras = _extras_for(Path(model))  # also the usual missing-file / format error, before any connection
     targets = device_list(device, devices)
+    if extra.get("lists") and any(url.startswith("adb://") for _, url in targets):
+        raise InvalidOptionError("a phone (adb) runs benchmark_model / llama-bench once per profile: give -t, -p and -n "
+                                 "one value each there (lists run on SSH devices and locally)")
     options = RemoteOptions(profile_args=forwarded, threads=extra["threads"], runs=extra["runs"],
                             warmup=extra["warmup"], n_prompt=extra["n_prompt"], n_gen=extra["n_gen"],
                             device_binary=extra["device_binary"], accept_new_host_key=extra["accept_new_host_key"],
