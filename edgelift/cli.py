@@ -737,6 +737,8 @@ def report(
     reports: list[Path] = typer.Argument(..., metavar="REPORT.json...", help="Profile reports written by edge profile --json."),
     html: Optional[Path] = typer.Option(None, "--html", help="Write the comparison as one self-contained HTML file."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the comparison as Markdown."),
+    output: str = typer.Option("table", "--output", "-o", metavar="FORMAT",
+                               help="What to print on stdout: table, json (the rows), md or csv."),
 ) -> None:
     """Compare profiles (formats, quantizations, devices) side by side: table and Pareto plot."""
     from .core.atomic import atomic_write_text
@@ -744,6 +746,10 @@ def report(
     from .profilers.report import comparison_markdown, load_report
 
     try:
+        if output not in OUTPUT_FORMATS:
+            from .errors import InvalidOptionError
+
+            raise InvalidOptionError(f"-o {output}: choose one of {', '.join(OUTPUT_FORMATS)}")
         docs = [load_report(p) for p in reports]
         if html is not None:
             from .profilers.html import render_comparison_html
@@ -753,6 +759,24 @@ def report(
             atomic_write_text(markdown, comparison_markdown(docs))
     except EdgeError as e:
         _fail(e)
+    if output != "table":
+        import csv
+        import io
+        import json as _json
+
+        rows = comparison_rows(docs)
+        if output == "json":
+            text = _json.dumps(rows, indent=1)
+        elif output == "md":
+            text = comparison_markdown(docs)
+        else:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            text = buf.getvalue()
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
     table = Table(box=box.SIMPLE_HEAD, title="profile comparison")
     for col in ("model", "format", "backend", "device", "median ms", "mean ms", "p99 ms", "size", "peak RSS",
                 "energy/run", "accuracy"):

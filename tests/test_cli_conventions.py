@@ -181,3 +181,18 @@ def test_lists_are_refused_for_phones_not_dropped(digits_result):
     res = CliRunner().invoke(app, ["profile", str(digits_result.artifact("int8").path), "--device", "adb://SERIAL",
                                    "-t", "1,2"])
     assert res.exit_code == 2 and "one value each" in res.output
+
+
+def test_report_prints_json_md_csv(digits_result, tmp_path):
+    runner = CliRunner()
+    files = []
+    for mode in ("int8", "int4"):
+        out = tmp_path / f"{mode}.json"
+        res = runner.invoke(app, ["profile", str(digits_result.artifact(mode).path), *QUICK, "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        files.append(str(out))
+    rows = json.loads(runner.invoke(app, ["report", *files, "-o", "json"]).stdout)
+    assert [r["label"] for r in rows] == ["digits.int8.onnx", "digits.int4.onnx"]
+    table = list(csv.DictReader(io.StringIO(runner.invoke(app, ["report", *files, "-o", "csv"]).stdout)))
+    assert float(table[1]["median_ns"]) == pytest.approx(rows[1]["median_ns"])
+    assert runner.invoke(app, ["report", *files, "-o", "md"]).stdout.startswith("# Profile comparison")
