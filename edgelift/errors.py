@@ -110,6 +110,15 @@ def shown(text: object, limit: int = 80) -> str:
     return out + ("..." if len(s) > limit else "")
 
 
+def install_hint(extra: str) -> str:
+    """How to add an extra without resolving our package by name on a registry (a name can be taken there):
+    from the clone, or from the wheel ``make wheel`` builds."""
+    from ._version import __version__
+
+    return (f"pip install '.[{extra}]' in the edgelift clone, or pip install "
+            f"'edgelift-{__version__}-py3-none-any.whl[{extra}]'")
+
+
 def require(module: str, extra: str, purpose: str):
     """Import an optional dependency or raise :class:`MissingDependencyError` naming its extra."""
     import importlib
@@ -118,5 +127,5 @@ def require(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as e:
         raise MissingDependencyError(
-            f"{purpose} needs the '{module}' package: pip install 'edgelift[{extra}]'"
+            f"{purpose} needs the '{module}' package: {install_hint(extra)}"
         ) from e

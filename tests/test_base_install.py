@@ -43,7 +43,7 @@ def test_base_install_runs_onnx(digits_onnx, digits_dir, tmp_path):
     r = subprocess.run([str(cli), "run", str(digits_onnx), "--random"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0 and "linear_1" in r.stdout, r.stderr
     r = subprocess.run([str(cli), "convert", str(digits_onnx)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert r.returncode == 2 and "pip install 'edgelift[convert]'" in r.stderr, r.stderr
+    assert r.returncode == 2 and "pip install '.[convert]' in the edgelift clone" in r.stderr, r.stderr
 
 
 @pytest.mark.slow

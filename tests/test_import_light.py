@@ -55,7 +55,7 @@ def test_cli_without_converter_extra_names_the_extra(tmp_path):
         main()
     """)
     assert r.returncode == 2, r.stderr
-    assert "pip install 'edgelift[convert]'" in r.stderr
+    assert "pip install '.[convert]' in the edgelift clone" in r.stderr
     assert "Traceback" not in r.stderr
     r = run(f"""
         sys.argv = ['edge', 'inspect', {str(model)!r}]

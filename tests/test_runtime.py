@@ -89,7 +89,7 @@ def test_missing_backend_names_the_extra(digits_tflite, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("ai_edge_litert", "tflite_runtime") else real(name, *a))
-    with pytest.raises(errors.MissingDependencyError, match=r"pip install 'edgelift\[tflite\]'"):
+    with pytest.raises(errors.MissingDependencyError, match=r"pip install '\.\[tflite\]' in the edgelift clone"):
         edgelift.load(digits_tflite)
 
 

@@ -80,8 +80,10 @@ def choose_backend(fmt: ModelFormat, backend: str = "auto") -> Backend:
 
 
 def _install_hint(b: Backend) -> str:
-    pkg = f"edgelift[{b.extra}]" if b.extra else "edgelift"
-    return f"backend '{b.name}' needs the '{b.package}' package: pip install '{pkg}'"
+    from ..errors import install_hint
+
+    how = install_hint(b.extra) if b.extra else f"pip install {b.package}"
+    return f"backend '{b.name}' needs the '{b.package}' package: {how}"
 
 
 class Model:

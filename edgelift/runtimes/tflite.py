@@ -141,7 +141,7 @@ def open_tflite_runtime(path: Path, threads: int | None, *, xnnpack: bool = True
     if numpy_major() >= 2:
         raise IncompatibleBackendError(
             f"tflite-runtime is built against numpy 1.x and fails with numpy {np.__version__}: "
-            "pip install 'numpy<2', or use LiteRT: pip install 'edgelift[tflite]'")
+            "pip install 'numpy<2', or use LiteRT (the [tflite] extra)")
     from tflite_runtime.interpreter import Interpreter
 
     try:
@@ -158,5 +158,5 @@ def open_tflite_runtime(path: Path, threads: int | None, *, xnnpack: bool = True
     if bad:
         raise IncompatibleBackendError(
             f"{path} is dynamic-range quantized (float activations, int8 weights in {', '.join(bad[:3])}); "
-            "tflite-runtime 2.14 computes such models wrongly: use LiteRT (pip install 'edgelift[tflite]')")
+            "tflite-runtime 2.14 computes such models wrongly: use LiteRT (the [tflite] extra)")
     return session
