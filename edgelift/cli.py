@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from .core.units import format_bytes as _human_bytes  # the one size convention (decimal units)
 from .errors import EdgeError
 
 _PLACEHOLDERS = {"str": "TEXT", "Path": "PATH", "int": "INTEGER", "float": "FLOAT"}
@@ -64,12 +65,6 @@ def _fail(e: EdgeError) -> None:
     message = " ".join(str(e).split())  # always one line
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=e.exit_code)
-
-
-def _human_bytes(n: float) -> str:
-    from .core.units import format_bytes
-
-    return format_bytes(n)
 
 
 def _version(value: bool) -> None:
@@ -530,8 +525,7 @@ def profile(
     try:
         if model is None:
             raise InvalidOptionError("give the model to profile: edge profile MODEL (or --list-power)")
-        if output not in OUTPUT_FORMATS:
-            raise InvalidOptionError(f"-o {output}: choose one of {', '.join(OUTPUT_FORMATS)}")
+        _check_output_format(output)
         from .core.atomic import ensure_writable_dir
         from .errors import OutputError
 
@@ -622,6 +616,19 @@ def profile(
 OUTPUT_FORMATS = ("table", "json", "md", "csv")
 
 
+def _check_output_format(output: str) -> None:
+    from .errors import InvalidOptionError
+
+    if output not in OUTPUT_FORMATS:
+        raise InvalidOptionError(f"-o {output}: choose one of {', '.join(OUTPUT_FORMATS)}")
+
+
+def _write_stdout(text: str) -> None:
+    """A whole report on stdout for pipes (-o json|md|csv), newline-terminated; warnings stay on stderr."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
 def _profile_with_progress(run_profile, model: Path, opts, grid: dict):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -648,8 +655,7 @@ def emit_profile(report, output: str) -> None:
 
     text = {"json": lambda: report.to_json(), "md": lambda: profile_markdown(report.doc),
             "csv": lambda: profile_csv(report.doc)}[output]()
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    sys.stdout.flush()
+    _write_stdout(text)
     for w in report.doc.get("warnings", []):
         err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
 
@@ -657,12 +663,10 @@ def emit_profile(report, output: str) -> None:
 def int_list(flag: str, text: str) -> list[int]:
     """``"128,512"`` -> ``[128, 512]`` (llama-bench's comma lists); one line naming the flag otherwise."""
     from .errors import InvalidOptionError
+    from .profilers.profile import parse_int_list
 
-    try:
-        values = [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
+    values = parse_int_list(text)
+    if values is None:
         raise InvalidOptionError(f"{flag} {text!r}: write integers >= 1 separated by commas, e.g. 1,2,4")
     return values
 
@@ -672,26 +676,27 @@ def backend_options(ep: list[str], ep_option: list[str], delegate: Optional[str]
     delegate, llama.cpp's GPU layers."""
     from .errors import InvalidOptionError
 
+    from .runtimes.ort import provider_name
+
     out: dict = {}
     names = [e.strip() for spec in ep for e in spec.split(",") if e.strip()]
-    settings: dict[str, dict[str, str]] = {}
+    settings: dict[str, dict[str, str]] = {}  # by ONNX Runtime's provider name: cuda, CUDA and CUDAExecutionProvider alike
+    written: dict[str, str] = {}  # ...and as the user wrote it, for the refusal
     for spec in ep_option:
         who, _, kv = spec.partition(":")
         key, eq, value = kv.partition("=")
         if not who or not key or not eq:
             raise InvalidOptionError(f"--ep-option {spec!r}: write EP:KEY=VALUE, e.g. tensorrt:trt_fp16_enable=True")
-        settings.setdefault(who.strip().lower(), {})[key.strip()] = value.strip()
+        full = provider_name(who)
+        settings.setdefault(full, {})[key.strip()] = value.strip()
+        written.setdefault(full, who.strip().lower())
     if settings and not names:
         raise InvalidOptionError("--ep-option needs --ep naming that provider")
     if names:
-        from .runtimes.ort import provider_name
-
-        unused = set(settings) - {n.lower() for n in names} - {provider_name(n).lower() for n in names}
+        unused = set(settings) - {provider_name(n) for n in names}
         if unused:
-            raise InvalidOptionError(f"--ep-option for {sorted(unused)}, which --ep does not name")
-        out["providers"] = [(n, settings[n.lower()]) if n.lower() in settings else
-                            (n, settings[provider_name(n).lower()]) if provider_name(n).lower() in settings else n
-                            for n in names]
+            raise InvalidOptionError(f"--ep-option for {sorted(written[u] for u in unused)}, which --ep does not name")
+        out["providers"] = [(n, settings[provider_name(n)]) if provider_name(n) in settings else n for n in names]
     if delegate is not None:
         out["delegate"] = delegate
     if n_gpu_layers is not None:
@@ -746,10 +751,7 @@ def report(
     from .profilers.report import comparison_markdown, load_report
 
     try:
-        if output not in OUTPUT_FORMATS:
-            from .errors import InvalidOptionError
-
-            raise InvalidOptionError(f"-o {output}: choose one of {', '.join(OUTPUT_FORMATS)}")
+        _check_output_format(output)
         docs = [load_report(p) for p in reports]
         if html is not None:
             from .profilers.html import render_comparison_html
@@ -775,7 +777,7 @@ def report(
             writer.writeheader()
             writer.writerows(rows)
             text = buf.getvalue()
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        _write_stdout(text)
         return
     table = Table(box=box.SIMPLE_HEAD, title="profile comparison")
     for col in ("model", "format", "backend", "device", "median ms", "mean ms", "p99 ms", "size", "peak RSS",

@@ -118,11 +118,10 @@ class _Node:
     attrs: dict[str, list]  # name -> the attribute's parsed fields
 
 
-def _walk(graph_raw: bytes, nodes: list[_Node], tensors: dict[str, _Tensor], depth: int = 0) -> None:
-    """Nodes and constant tensors of a graph and, depth first, of the graphs its nodes hold."""
+def _walk(g: list, nodes: list[_Node], tensors: dict[str, _Tensor], depth: int = 0) -> None:
+    """Nodes and constant tensors of a graph (its parsed fields) and, depth first, of the graphs its nodes hold."""
     if depth > 64:
         raise ModelFormatError("subgraphs nest more than 64 deep; the file is corrupted or hostile")
-    g = pb.parse(graph_raw)
     for n, wt, v in g:
         if n == _G_INIT and wt == 2:
             t = _tensor(v)
@@ -145,7 +144,7 @@ def _walk(graph_raw: bytes, nodes: list[_Node], tensors: dict[str, _Tensor], dep
         for af in attrs.values():
             for k, w, sub in af:
                 if k in (_A_G, _A_GRAPHS) and w == 2:
-                    _walk(sub, nodes, tensors, depth + 1)
+                    _walk(pb.parse(sub), nodes, tensors, depth + 1)
 
 
 def _int_attr(node: _Node, name: str):
@@ -222,8 +221,8 @@ def summarize(data: bytes) -> OnnxSummary:
         raise ModelFormatError("the file has no ONNX graph; it is not an ONNX model")
     nodes: list[_Node] = []
     tensors: dict[str, _Tensor] = {}
-    _walk(graphs[0], nodes, tensors)
-    g = pb.parse(graphs[0])
+    g = pb.parse(graphs[0])  # parsed once: the walk and the signature below read the same fields
+    _walk(g, nodes, tensors)
     inits = {pb._str(pb.parse(v), _T_NAME) for n, wt, v in g if n == _G_INIT and wt == 2}
     inputs = [vi for vi in (pb._value_info(v) for n, wt, v in g if n == 11 and wt == 2) if vi.name not in inits]
     outputs = [pb._value_info(v) for n, wt, v in g if n == 12 and wt == 2]

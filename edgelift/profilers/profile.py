@@ -80,6 +80,15 @@ class ProfileOptions:
             raise InvalidOptionError(f"the idle baseline must be >= 0 s, got {self.idle_s}")
 
 
+def parse_int_list(text: str) -> list[int] | None:
+    """``"1,2,4"`` -> ``[1, 2, 4]``; None unless every value is an integer >= 1 (callers name their flag)."""
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        return None
+    return values if values and min(values) >= 1 else None
+
+
 def parse_sweep(specs: list[str]) -> dict[str, list[int]]:
     """``["threads=1,2,4", "batch=1,8"]`` -> {"threads": [1, 2, 4], "batch": [1, 8]}."""
     out: dict[str, list[int]] = {}
@@ -88,11 +97,8 @@ def parse_sweep(specs: list[str]) -> dict[str, list[int]]:
         key = key.strip()
         if key not in SWEEPABLE or not values:
             raise InvalidOptionError(f"--sweep {spec!r}: write NAME=V1,V2 with NAME one of {', '.join(SWEEPABLE)}")
-        try:
-            vals = [int(v) for v in values.split(",") if v.strip()]
-        except ValueError:
-            raise InvalidOptionError(f"--sweep {spec!r}: values must be integers") from None
-        if not vals or min(vals) < 1:
+        vals = parse_int_list(values)
+        if vals is None:
             raise InvalidOptionError(f"--sweep {spec!r}: values must be integers >= 1")
         out[key] = vals
     return out
