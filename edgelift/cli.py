@@ -564,7 +564,9 @@ def profile(
                 install=install, remote_python=remote_python, remote_cache=remote_cache, jobs=jobs, json_out=json_out, markdown=markdown,
                 html=html, label=label, threads=thread_list[0] if thread_list else None, runs=runs, warmup=warmup,
                 n_prompt=prompt_list[0], n_gen=gen_list[0], power_rate=power_rate, idle=idle,
-                lists=max(len(thread_list), len(prompt_list), len(gen_list)) > 1))
+                lists={k: v for k, v in (("threads", thread_list), ("n_prompt", prompt_list), ("n_gen", gen_list))
+                       if len(v) > 1}, delegate=delegate,
+                n_gpu_layers=n_gpu_layers))
             return
         grid = parse_sweep(sweep)
         for key, values in (("threads", thread_list), ("batch", batch_list), ("n_prompt", prompt_list),
@@ -704,6 +706,14 @@ def backend_options(ep: list[str], ep_option: list[str], delegate: Optional[str]
     return out
 
 
+def placement_text(ops: dict) -> str:
+    """"CUDA 40 nodes (96% of node time), CPU 3 nodes (4%); 3 partitions": which nodes fell back."""
+    shares = ", ".join(f"{p['provider'].replace('ExecutionProvider', '')} {p['nodes']} nodes ({p['percent']:.0f}% of node time)"
+                       for p in ops["providers"])
+    n = ops.get("partitions")
+    return shares + ("" if n is None else f"; {n} partition{'s' if n != 1 else ''}")
+
+
 def print_profile(doc: dict) -> None:
     m, d = doc["model"], doc["device"]
     table = Table(box=box.SIMPLE_HEAD, title=escape(f"{m['name']} ({m['format']}, {_human_bytes(m['size_bytes'])}) "
@@ -730,9 +740,15 @@ def print_profile(doc: dict) -> None:
             console.print(f"{escape(r['label'])}: pp{q['n_prompt']} {q['pp_avg_ts']:.1f} ± {q['pp_stddev_ts']:.1f} tok/s, "
                           f"tg{q['n_gen']} {q['tg_avg_ts']:.1f} ± {q['tg_stddev_ts']:.1f} tok/s, TTFT {q['ttft_ms']:.1f} ms, "
                           f"{q['tpot_ms']:.2f} ms/token", highlight=False)
+        metrics = (r["power"] or {}).get("metrics") or {}
+        if metrics:
+            console.print(f"{escape(r['label'])}: during the runs: " + escape(", ".join(
+                f"{name} mean {m['mean']:.1f} max {m['max']:.1f}" for name, m in metrics.items())), highlight=False)
         if r.get("ops"):
             top = ", ".join(f"{o['op_type']} {o['percent']:.0f}%" for o in r["ops"]["by_type"][:5])
             console.print(f"{escape(r['label'])}: time by op type: {escape(top)}", highlight=False)
+            if r["ops"].get("providers"):
+                console.print(f"{escape(r['label'])}: placement: {escape(placement_text(r['ops']))}", highlight=False)
     for w in doc.get("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
 

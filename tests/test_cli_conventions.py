@@ -176,11 +176,16 @@ def test_hugging_face_ids_come_from_the_local_cache_only(tmp_path, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
-def test_lists_are_refused_for_phones_not_dropped(digits_result):
-    """benchmark_model on a phone runs one setting: a -t list there is refused before anything connects."""
-    res = CliRunner().invoke(app, ["profile", str(digits_result.artifact("int8").path), "--device", "adb://SERIAL",
-                                   "-t", "1,2"])
-    assert res.exit_code == 2 and "one value each" in res.output
+def test_prompt_lists_are_refused_for_a_tflite_model_on_a_phone(tmp_path):
+    """-p/-n lists are llama-bench's: on a phone a .tflite model refuses them before anything connects
+    (-t lists run there, one benchmark_model per setting: tests/test_remote_adb.py)."""
+    tfl = tmp_path / "m.tflite"
+    tfl.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(200))
+    bm = tmp_path / "benchmark_model"
+    bm.write_bytes(b"\x7fELF" + bytes(100))
+    res = CliRunner().invoke(app, ["profile", str(tfl), "--device", "adb://SERIAL", "-p", "128,512",
+                                   "--device-binary", str(bm)])
+    assert res.exit_code == 2 and "GGUF language models only" in res.output
 
 
 def test_report_prints_json_md_csv(digits_result, tmp_path):

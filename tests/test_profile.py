@@ -281,14 +281,12 @@ def test_profile_tflite_says_why_there_is_no_op_table(digits_tflite, monkeypatch
 
 
 def test_profile_tflite_op_table_from_benchmark_model(digits_tflite, tmp_path):
-    """benchmark_model is not installed here: a stand-in replays its documented --enable_op_profiling output
-    (the transcript of tests/test_remote_adb.py) after checking it was asked for the right graph and flags."""
+    """benchmark_model is not installed here: a stand-in replays a REAL --enable_op_profiling log
+    (tests/data/captures, MobileNetV1 on riscv64, the older tab-separated layout) after checking it was
+    asked for the right graph and flags. The capture's by-type summary starts with CONV_2D."""
     pytest.importorskip("ai_edge_litert")
-    from tests.test_remote_adb import BENCH_OPS
-
     fake = tmp_path / "benchmark_model"
-    transcript = tmp_path / "out.txt"
-    transcript.write_text(BENCH_OPS.replace("{runs}", "20"))
+    transcript = Path(__file__).parent / "data" / "captures" / "benchmark_model-op-profiling-linux-riscv64-qemu.txt"
     fake.write_text(f"#!{sys.executable}\nimport sys\nargs = sys.argv[1:]\n"
                     f"assert '--graph={digits_tflite}' in args and '--enable_op_profiling=true' in args, args\n"
                     f"assert '--num_threads=2' in args, args\n"

@@ -1,7 +1,10 @@
 """``edge profile MODEL --device adb://SERIAL``: the Android flow, replayed.
 
 No phone is attached where these tests run. A fake ``adb`` executable placed first on PATH replays
-captured adb transcripts: ``adb devices``, ``getprop``, ``dumpsys battery``, ``/proc`` and sysfs files
+adb transcripts written here after the formats' sources, HAND-WRITTEN IMITATIONS because no public
+capture of them exists in ../shared/reference/captures (the real captures it has, the older
+tab-separated ``benchmark_model`` log, ``dumpsys battery`` and llama-bench tables, are read verbatim
+by tests/test_captures_tools.py): ``adb devices``, ``getprop``, ``dumpsys battery``, ``/proc`` and sysfs files
 (battery ``current_now`` µA / ``voltage_now`` µV, Pixel ODPM ``energy_value``), ``push``, ``stat`` and
 ``sha256sum`` on a fake device filesystem, and the benchmark binaries printing LiteRT
 ``benchmark_model`` output (format of ``benchmark_model.cc`` / ``stats_calculator.cc``) or
@@ -41,7 +44,7 @@ SERIAL = "2A211FDH2001VM"
 IDLE_UA, BUSY_UA, UV = -300000, -900000, 3850000  # battery gauge: idle / benchmark current, voltage
 IDLE_W, BUSY_W = 0.3 * 3.85, 0.9 * 3.85
 
-# ---- captured output ----------------------------------------------------------------------------------
+# ---- hand-written output (current INFO:-prefixed benchmark_model layout; no capture) ----------------------------------------------------------------------------------
 
 
 def _field(value: str, width: int) -> str:
@@ -354,6 +357,14 @@ elif prog.startswith("/data/local/tmp/"):
     if not os.path.isfile(local(prog)):
         out(f"/system/bin/sh: {prog}: inaccessible or not found\n", sys.stderr)
         sys.exit(127)
+    calls = int(read("bench_calls")) + 1 if os.path.exists(os.path.join(H, "bench_calls")) else 1
+    with open(os.path.join(H, "bench_calls"), "w") as f:
+        f.write(str(calls))
+    if os.path.exists(os.path.join(H, "unplug_at")) and calls >= int(read("unplug_at")):
+        with open(os.path.join(H, "devices.txt"), "w") as f:  # the cable is pulled: adb loses the phone
+            f.write("List of devices attached\n\n")
+        out("error: closed\n", sys.stderr)
+        sys.exit(1)
     name = os.path.basename(prog)
     if "--enable_op_profiling=true" in cmd:
         name += ".ops"
@@ -596,7 +607,7 @@ def test_tflite_profile(phone, files):
     timed run (not the op-profiling pass), ops from the profiled pass, power from the replayed battery
     gauge: |I| x V is 1.155 W idle and 3.465 W while the measured section runs."""
     lines: list[str] = []
-    doc = target().profile(files["tflite"], RemoteOptions(runs=50, warmup=5, threads=4,
+    doc = target().profile(files["tflite"], RemoteOptions(runs=50, warmup=5, threads=4, delegate="gpu",
                                                           device_binary=files["benchmark_model"]), lines.append)
     validate(doc)
     run = doc["runs"][0]
@@ -621,6 +632,7 @@ def test_tflite_profile(phone, files):
     assert any("charging" in w for w in doc["warnings"])
     timed, profiled = phone.runs("benchmark_model")
     assert "--num_threads=4" in timed and "--num_runs=50" in timed and "--warmup_runs=5" in timed
+    assert "--use_gpu=true" in timed and "--use_gpu=true" in profiled  # --delegate gpu, in benchmark_model's words
     assert "--enable_op_profiling=true" not in timed and "--enable_op_profiling=true" in profiled
     assert any(a.startswith("--graph=/data/local/tmp/edgelift/digits-") for a in timed)
     assert any("count=50 first=1288" in ln for ln in lines) and "" not in lines
@@ -659,6 +671,94 @@ def test_gguf_profile_with_pixel_odpm(phone, files):
     from edgelift.profilers.report import ProfileReport
 
     assert "149.9 ± 0.9" in ProfileReport(doc).to_markdown() and render_profile_html(doc)
+
+
+def test_thread_list_runs_one_setting_after_another_and_streams_each(phone, files):
+    """-t 1,2 on a phone, as over SSH: benchmark_model runs once per thread count (timed run, then its
+    op pass), each run labelled like a local sweep, and "measured threads=1" is announced before the
+    second setting starts."""
+    phone.program("benchmark_model", "\n".join(ln for ln in BENCH_TIMED.splitlines() if not ln.startswith("@@sleep")))
+    lines: list[str] = []
+    doc = target(idle_s=0.1).profile(files["tflite"], RemoteOptions(
+        runs=50, warmup=5, lists={"threads": [1, 2]}, device_binary=files["benchmark_model"]), lines.append)
+    validate(doc)
+    assert [r["label"] for r in doc["runs"]] == ["threads=1", "threads=2"] and doc["partial"] is False
+    assert [r["params"]["threads"] for r in doc["runs"]] == [1, 2]
+    timed = [a for a in phone.runs("benchmark_model") if "--enable_op_profiling=true" not in a]
+    assert [next(x for x in a if x.startswith("--num_threads=")) for a in timed] == ["--num_threads=1", "--num_threads=2"]
+    measured = lines.index("measured threads=1")
+    second_start = [i for i, ln in enumerate(lines) if ln.startswith("INFO: STARTING!")][2]  # timed, ops, timed
+    assert measured < second_start and lines[-1] == "measured threads=2"
+    assert doc["options"]["sweep"] == {"threads": [1, 2]}
+
+
+def test_prompt_lists_are_refused_for_tflite_on_a_phone(phone, files):
+    with pytest.raises(InvalidOptionError, match="GGUF language models only"):
+        target().profile(files["tflite"], RemoteOptions(lists={"n_prompt": [128, 512]},
+                                                        device_binary=files["benchmark_model"]))
+
+
+def test_lost_adb_connection_keeps_the_settings_done(phone, files):
+    """The cable is pulled when the third benchmark_model starts (threads=2's timed run, after threads=1's
+    timed run and op pass): the report holds threads=1, marked partial with adb's error; a phone lost
+    before any setting finished is an error, not an empty report."""
+    phone.program("benchmark_model", "\n".join(ln for ln in BENCH_TIMED.splitlines() if not ln.startswith("@@sleep")))
+    (phone.home / "unplug_at").write_text("3")
+    opts = RemoteOptions(runs=50, warmup=5, lists={"threads": [1, 2]}, device_binary=files["benchmark_model"])
+    doc = target(idle_s=0.1).profile(files["tflite"], opts)
+    validate(doc)
+    assert doc["partial"] is True and [r["label"] for r in doc["runs"]] == ["threads=1"]
+    assert doc["warnings"][0].startswith("partial results: the run on adb://") and "error: closed" in doc["warnings"][0]
+    phone.devices(f"{SERIAL}\tdevice")
+    (phone.home / "bench_calls").unlink()
+    (phone.home / "unplug_at").write_text("1")
+    with pytest.raises(DeviceUnreachableError, match="error: closed"):
+        target(idle_s=0.1).profile(files["tflite"], opts)
+
+
+def test_ctrl_c_on_a_phone_keeps_the_settings_done(phone, files):
+    """Ctrl-C (KeyboardInterrupt raised while the second setting's output streams in) stops the adb
+    client and returns the first setting, marked partial; Ctrl-C during the first setting raises."""
+    phone.program("benchmark_model", "\n".join(ln for ln in BENCH_TIMED.splitlines() if not ln.startswith("@@sleep")))
+    opts = RemoteOptions(runs=50, warmup=5, lists={"threads": [1, 2]}, device_binary=files["benchmark_model"])
+    seen = []
+
+    def on_line(line: str) -> None:
+        seen.append(line)
+        if line.startswith("INFO: STARTING!") and sum(ln.startswith("INFO: STARTING!") for ln in seen) == 3:
+            raise KeyboardInterrupt
+
+    doc = target(idle_s=0.1).profile(files["tflite"], opts, on_line)
+    validate(doc)
+    assert doc["partial"] is True and [r["label"] for r in doc["runs"]] == ["threads=1"]
+    assert "Ctrl-C" in doc["warnings"][0]
+
+    def interrupt_at_once(line: str) -> None:
+        if line.startswith("INFO: STARTING!"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        target(idle_s=0.1).profile(files["tflite"], opts, interrupt_at_once)
+
+
+def test_gguf_profile_reads_llama_bench_markdown_when_json_is_not_printed(phone, files):
+    """A llama-bench that prints its Markdown table despite ``-o json`` (a wrapper, a vendor build): the
+    REAL arm64 capture (tests/data/captures/llama-bench-cpu-arm64-cix.md) is replayed as its stdout, and
+    the report takes pp512 and tg128 from it (194.05 ± 0.65 and 40.39 ± 0.15 t/s, 12 threads)."""
+    table = (Path(__file__).parent / "data" / "captures" / "llama-bench-cpu-arm64-cix.md").read_text()
+    phone.program("llama-bench", table)
+    phone.battery(charging=False)
+    doc = target(idle_s=0.1).profile(files["gguf"], RemoteOptions(n_prompt=512, n_gen=128,
+                                                                 device_binary=files["llama-bench"]))
+    validate(doc)
+    llm = doc["runs"][0]["llm"]
+    assert (llm["n_prompt"], llm["n_gen"]) == (512, 128) and llm["repetitions"] is None
+    assert (llm["pp_avg_ts"], llm["pp_stddev_ts"], llm["tg_avg_ts"], llm["tg_stddev_ts"]) == (194.05, 0.65, 40.39, 0.15)
+    assert llm["ttft_ms"] == pytest.approx(512 / 194.05 * 1e3) and llm["tpot_ms"] == pytest.approx(1e3 / 40.39)
+    assert doc["runs"][0]["params"]["threads"] == 12
+    from edgelift.profilers.report import ProfileReport
+
+    assert "repetitions not reported" in ProfileReport(doc).to_markdown()
 
 
 def test_push_caching(phone, files):

@@ -397,7 +397,29 @@ def _power_chart(run: Mapping[str, Any]) -> list[str]:
     chart = svg.line_svg(series, title=f"power ({fmt_text(p.get('source'))})", x_label="time (s)", y_label="W",
                          hlines={"idle": idle} if idle is not None else None, y_from_zero=True, width=1200,
                          height=300)
-    return [_figure(chart)]
+    return [_figure(chart), *_timeline_extras(t, tl)]
+
+
+# Source metrics drawn under the power curve, by chart: (title, y label, metric names).
+TIMELINE_METRIC_CHARTS = (("GPU and memory-controller load", "%", ("gpu_load_pct", "emc_load_pct")),
+                          ("RAM", "MB", ("ram_used_mb", "lfb_mb")))
+
+
+def _timeline_extras(t: list, tl: Mapping[str, Any]) -> list[str]:
+    """Per-rail power (when there is more than one rail) and the source's metrics (tegrastats' GPU and
+    EMC load, RAM) on the power chart's time axis, so a GPU that idles while power rises shows."""
+    out = []
+    rails = {k: v for k, v in (tl.get("rails") or {}).items() if isinstance(v, list) and len(v) == len(t)}
+    if len(rails) > 1:
+        out.append(_figure(svg.line_svg({k: (t, v) for k, v in rails.items()}, title="power per rail",
+                                        x_label="time (s)", y_label="W", y_from_zero=True, width=1200, height=300)))
+    metrics = tl.get("metrics") or {}
+    for title, unit, names in TIMELINE_METRIC_CHARTS:
+        series = {n: (t, metrics[n]) for n in names if isinstance(metrics.get(n), list) and len(metrics[n]) == len(t)}
+        if series:
+            out.append(_figure(svg.line_svg(series, title=title, x_label="time (s)", y_label=unit, y_from_zero=True,
+                                            width=1200, height=240)))
+    return out
 
 
 def _ops(run: Mapping[str, Any]) -> list[str]:

@@ -29,6 +29,17 @@ class NodeTime:
     op_type: str
     avg_ms: float
     percent: float
+    provider: str | None = None  # the execution provider that ran it (ONNX Runtime traces)
+
+
+@dataclass
+class ProviderShare:
+    """Where nodes ran: with a GPU provider, the nodes left on the CPU are the ones that fell back."""
+
+    provider: str
+    nodes: int
+    avg_ms: float
+    percent: float
 
 
 @dataclass
@@ -38,6 +49,8 @@ class OpProfile:
     total_ms: float  # per run, summed over kernels (excludes the executor's own overhead)
     by_type: list[OpTypeTime] = field(default_factory=list)
     top_nodes: list[NodeTime] = field(default_factory=list)
+    providers: list[ProviderShare] = field(default_factory=list)
+    partitions: int | None = None  # runs of consecutive nodes on one provider (each boundary copies tensors)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +69,8 @@ def from_ort_trace(events: list[dict], top: int = 10) -> OpProfile:
         runs -= 1
     node_us: dict[str, float] = defaultdict(float)
     node_type: dict[str, str] = {}
+    node_provider: dict[str, str] = {}
+    node_index: dict[str, int] = {}
     type_us: dict[str, float] = defaultdict(float)
     type_calls: dict[str, int] = defaultdict(int)
     for e in events:
@@ -66,6 +81,13 @@ def from_ort_trace(events: list[dict], top: int = 10) -> OpProfile:
         node = name[: -len("_kernel_time")]
         node_us[node] += float(e.get("dur", 0))
         node_type[node] = op
+        args = e.get("args", {})
+        if isinstance(args.get("provider"), str):
+            node_provider[node] = args["provider"]
+        try:
+            node_index.setdefault(node, int(args.get("node_index")))
+        except (TypeError, ValueError):
+            pass
         type_us[op] += float(e.get("dur", 0))
         type_calls[op] += 1
     runs = max(runs, 1)
@@ -75,9 +97,19 @@ def from_ort_trace(events: list[dict], top: int = 10) -> OpProfile:
     for op, us in sorted(type_us.items(), key=lambda kv: -kv[1]):
         cum += pct(us)
         by_type.append(OpTypeTime(op, us / runs / 1e3, pct(us), cum, type_calls[op] / runs))
-    nodes = [NodeTime(n, node_type[n], us / runs / 1e3, pct(us))
+    nodes = [NodeTime(n, node_type[n], us / runs / 1e3, pct(us), node_provider.get(n))
              for n, us in sorted(node_us.items(), key=lambda kv: -kv[1])[:top]]
-    return OpProfile("onnxruntime", runs, total_us / runs / 1e3, by_type, nodes)
+    prov_us: dict[str, float] = defaultdict(float)
+    prov_nodes: dict[str, int] = defaultdict(int)
+    for n, us in node_us.items():
+        if n in node_provider:
+            prov_us[node_provider[n]] += us
+            prov_nodes[node_provider[n]] += 1
+    providers = [ProviderShare(p, prov_nodes[p], us / runs / 1e3, pct(us))
+                 for p, us in sorted(prov_us.items(), key=lambda kv: -kv[1])]
+    order = [node_provider[n] for n in sorted(node_index, key=node_index.get) if n in node_provider]
+    partitions = (1 + sum(a != b for a, b in zip(order, order[1:]))) if order else None
+    return OpProfile("onnxruntime", runs, total_us / runs / 1e3, by_type, nodes, providers, partitions)
 
 
 def read_ort_trace(path: str | Path) -> list[dict]:

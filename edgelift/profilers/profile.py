@@ -265,7 +265,25 @@ def power_section(source, rate_hz: float, sampler, reason: str | None, units: fl
             "energy_per_inference_j": per(s.energy_j), "energy_per_inference_above_idle_j": per(s.energy_above_idle_j),
             "energy_per_token_j": per_tok(s.energy_j), "energy_per_token_above_idle_j": per_tok(s.energy_above_idle_j),
             "n_samples": s.samples, "measured_s": s.duration_s,
-            "timeline": {"t_s": [t - t0 for t in full.t_s], "w": list(full.watts), "phase": phase}}
+            "timeline": {"t_s": [t - t0 for t in full.t_s], "w": list(full.watts), "phase": phase,
+                         "rails": {k: _nan_to_none(v) for k, v in full.rails.items()},
+                         "metrics": {k: _nan_to_none(v) for k, v in full.metrics.items()}},
+            "metrics": _metric_summary(sampler.phase_trace("measured").metrics)}
+
+
+def _nan_to_none(values: list[float]) -> list[float | None]:
+    """JSON has no NaN: a rail or metric a sample did not print becomes null."""
+    return [None if v != v else v for v in values]
+
+
+def _metric_summary(metrics: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Mean and max of each source metric over the measured phase (tegrastats' GPU load, RAM ...)."""
+    out = {}
+    for name, values in metrics.items():
+        vals = [v for v in values if v == v]
+        if vals:
+            out[name] = {"mean": sum(vals) / len(vals), "max": max(vals)}
+    return out
 
 
 def _llm_run(model, opts: ProfileOptions, progress: Progress | None) -> tuple[dict, list[int], list[float], int]:
@@ -462,7 +480,7 @@ def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: 
     dropped connection still leaves the settings already done).
     """
     from .device import device_identity
-    from .power import DeviceEnv, detect_power_source, POWER_SOURCES
+    from .power import DeviceEnv, absence_hints, detect_power_source, POWER_SOURCES
 
     opts = options or ProfileOptions()
     opts.check()
@@ -485,6 +503,7 @@ def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: 
         source = detect_power_source(env, opts.power)
         if source is None:
             reason = f"no power source found on this device (looked for: {', '.join(POWER_SOURCES)})"
+            reason += "".join(f"; {hint}" for hint in absence_hints(env))  # e.g. RAPL present but root-only
     power = _Power(source, opts.power_rate_hz)
     settings = [dict(zip(sweep, combo)) for combo in itertools.product(*sweep.values())] or [{}]
     runs, warnings = [], []

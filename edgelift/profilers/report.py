@@ -144,7 +144,8 @@ def profile_markdown(doc: dict) -> str:
              f"{r['llm']['tg_avg_ts']:.1f} ± {r['llm']['tg_stddev_ts']:.1f}", f"{r['llm']['ttft_ms']:.1f}",
              f"{r['llm']['tpot_ms']:.2f}"] for r in llm])
         lines += ["", f"-p {llm[0]['llm']['n_prompt']} -n {llm[0]['llm']['n_gen']}, "
-                      f"{llm[0]['llm']['repetitions']} repetitions"]
+                      + (f"{llm[0]['llm']['repetitions']} repetitions" if llm[0]['llm']['repetitions'] is not None
+                       else "repetitions not reported (llama-bench's table)")]
         for r in llm:
             w = r["llm"].get("weights")
             if w:
@@ -161,9 +162,13 @@ def profile_markdown(doc: dict) -> str:
         per_token = "" if p.get("energy_per_token_j") is None else \
             f", {_j(p['energy_per_token_j'])}/token ({_j(p['energy_per_token_above_idle_j'])} above idle)"
         lines.append(f"- {r['label']}: {p['source']} at {p['rate_hz']:g} Hz, {p['n_samples']} samples — idle "
-                     f"{p['idle_w']:.2f} W, average {p['avg_w']:.2f} W, peak {p['peak_w']:.2f} W; "
+                     f"{'n/a' if p['idle_w'] is None else format(p['idle_w'], '.2f')} W, average {p['avg_w']:.2f} W, peak {p['peak_w']:.2f} W; "
                      f"{_j(p['energy_per_inference_j'])} per inference ({_j(p['energy_per_inference_above_idle_j'])} "
                      f"above idle){per_token}")
+        metrics = p.get("metrics") or {}
+        if metrics:
+            lines.append("  - during the measured runs: " + ", ".join(
+                f"{name} mean {m['mean']:.1f}, max {m['max']:.1f}" for name, m in metrics.items()))
     for r in doc["runs"]:
         ops = r.get("ops")
         lines += ["", f"## Per-op time ({r['label']})", ""]
@@ -177,6 +182,11 @@ def profile_markdown(doc: dict) -> str:
             lines += ["", f"Profiled node times add up to {ops['sum_ms']:.3f} ms per run, {ops['sum_over_measured']:.2f}x "
                           f"the measured median ({ops['measured_median_ms']:.3f} ms): the per-op pass is a separate, "
                           "instrumented run. \"Share of median\" spreads the measured median by each type's %."]
+        if ops.get("providers"):
+            lines += ["", "Placement (execution provider per node; with a GPU provider, CPU nodes are the fallbacks"
+                          + ("" if ops.get("partitions") is None else f"; {ops['partitions']} partition(s)") + "):", ""]
+            lines += _table(["provider", "nodes", "ms", "% of node time"], [
+                [p["provider"], str(p["nodes"]), f"{p['avg_ms']:.4f}", f"{p['percent']:.1f}"] for p in ops["providers"]])
         lines += ["", f"Top {len(ops['top_nodes'])} nodes:", ""]
         lines += _table(["node", "op type", "avg ms", "%"], [
             [n["name"], n["op_type"], f"{n['avg_ms']:.4f}", f"{n['percent']:.1f}"] for n in ops["top_nodes"]])

@@ -54,6 +54,27 @@ PROVIDER_PACKAGES = {
 }
 
 
+# Short --ep-option keys -> ONNX Runtime's TensorRT provider options (trtexec's --fp16 / --int8 and
+# its engine cache, in the words TensorRT users know); full trt_* names pass through unchanged.
+TENSORRT_OPTION_ALIASES = {"fp16": "trt_fp16_enable", "int8": "trt_int8_enable",
+                           "engine_cache": "trt_engine_cache_path", "workspace": "trt_max_workspace_size"}
+
+
+def tensorrt_options(opts: dict[str, str] | None) -> dict[str, str]:
+    """TensorRT provider options with aliases expanded and the engine and timing caches on by default,
+    under ``<edgelift cache>/tensorrt``: building an engine takes minutes, and without a cache every
+    ``load()`` (every ``edge run``) would build it again. ``trt_engine_cache_enable=False`` turns it off."""
+    out = {TENSORRT_OPTION_ALIASES.get(k, k): str(v) for k, v in (opts or {}).items()}
+    if out.get("trt_engine_cache_enable", "true").lower() not in ("0", "false"):
+        from ..core.cache import cache_root
+
+        cache = out.setdefault("trt_engine_cache_path", str(cache_root() / "tensorrt"))
+        out["trt_engine_cache_enable"] = "True"
+        out.setdefault("trt_timing_cache_enable", "True")
+        out.setdefault("trt_timing_cache_path", cache)
+    return out
+
+
 def provider_name(name: str) -> str:
     """``cuda`` / ``CUDA`` / ``CUDAExecutionProvider`` -> ``CUDAExecutionProvider``."""
     key = name.strip()
@@ -84,6 +105,8 @@ def resolve_providers(providers, available: list[str], version: str = "") -> lis
                 f"execution provider {name} ({full}) is not in this onnxruntime {version} (it has {have}): "
                 + (f"install {hint} instead of onnxruntime" if hint else "install an onnxruntime build with it")
                 + ", or use --ep cpu")
+        if full == "TensorrtExecutionProvider":
+            opts = tensorrt_options(opts)
         out.append((full, {k: str(v) for k, v in opts.items()}) if opts else full)
     names = [x[0] if isinstance(x, tuple) else x for x in out]
     if "CPUExecutionProvider" not in names:

@@ -96,11 +96,17 @@ class DeviceEnv:
 
 @dataclass
 class PowerReading:
-    """One sample: ``t`` in ``time.monotonic`` seconds, total ``watts`` and per-rail watts."""
+    """One sample: ``t`` in ``time.monotonic`` seconds, total ``watts`` and per-rail watts.
+
+    ``metrics`` holds what a source prints beside power in the same line (tegrastats: GPU and
+    memory-controller load, RAM), named with their unit (``gpu_load_pct``, ``ram_used_mb``), so the
+    report's timeline can show GPU load under the power curve without a second sampler.
+    """
 
     t: float
     watts: float
     rails: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def board_total(rails: dict[str, float]) -> tuple[float, str]:
@@ -207,5 +213,22 @@ def detect_power_source(env: DeviceEnv | None = None, name: str = "auto") -> Pow
         raise InvalidOptionError(f"unknown power source {name!r}; choose one of: {choices}")
     source = _safe_detect(cls, env)
     if source is None:
-        raise InvalidOptionError(f"power source {name!r} not found: looked for {cls.looked_for}")
+        why = _why_not(cls, env)
+        raise InvalidOptionError(f"power source {name!r} not found: " + (why or f"looked for {cls.looked_for}"))
     return source
+
+
+def _why_not(cls: type[PowerSource], env: DeviceEnv) -> str | None:
+    """A source's optional ``why_not(env)`` hook: why it exists on this machine but cannot be used
+    (RAPL's root-only counters), or None. A hook that raises gives no hint: hints never break detection."""
+    hook = getattr(cls, "why_not", None)
+    try:
+        return hook(env) if hook is not None else None
+    except Exception:  # noqa: BLE001 - a hint is optional
+        return None
+
+
+def absence_hints(env: DeviceEnv) -> list[str]:
+    """``"<source>: <why>"`` for each registered source that exists on the machine but could not be
+    used, to add to "no power source found"."""
+    return [f"{name}: {why}" for name, cls in POWER_SOURCES.items() if (why := _why_not(cls, env))]

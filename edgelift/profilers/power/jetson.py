@@ -41,13 +41,38 @@ class Ina3221Channel:
         return None if v is None or i is None else v * i / 1e6
 
 
-def _is_unconnected(label: str) -> bool:
-    """Orin boards label unpopulated channels ``NC``; match it as a word so e.g. ``SYNC`` survives."""
+# Prefixes that name the supply, not the part it feeds: ``VDD_GPU`` (JetPack 5/6, TX2) and
+# ``POM_5V_GPU`` (Nano) are the rail JetPack 4 Xavier prints as plain ``GPU``.
+RAIL_PREFIXES = ("VDD_", "POM_5V_")
+
+
+def is_unconnected_rail(label: str) -> bool:
+    """Orin boards label unpopulated channels ``NC``; match it as a word so e.g. ``SYNC`` survives.
+
+    Shared by the INA3221 reader and the tegrastats parser, which both drop such channels (AGX Orin
+    tegrastats prints ``NC 0mW/0mW`` twice under one name).
+    """
     return "NC" in re.split(r"[^A-Za-z0-9]+", label.upper())
 
 
+def normalize_rail_name(name: str) -> str:
+    """The part a rail feeds, with the supply prefix (:data:`RAIL_PREFIXES`) removed.
+
+    Rail names differ between releases for the same rail: JetPack 4 Xavier prints ``GPU``/``CPU``/
+    ``SOC``, TX2 and JetPack 5/6 ``VDD_GPU``/``VDD_CPU``/``VDD_SOC``, the Nano ``POM_5V_GPU``. This
+    maps them all to ``GPU``/``CPU``/``SOC`` (and both board inputs ``VDD_IN``/``POM_5V_IN`` to
+    ``IN``) so callers can compare boards. Readings keep the names exactly as the device prints
+    them; the board total (:func:`board_total`) is decided on those printed names.
+    """
+    n = name.strip().upper()
+    for prefix in RAIL_PREFIXES:
+        if n.startswith(prefix) and len(n) > len(prefix):
+            return n[len(prefix):]
+    return n
+
+
 def _skip(index: int, label: str) -> bool:
-    return index == SUM_CHANNEL or label.strip().lower() == SUM_LABEL or _is_unconnected(label)
+    return index == SUM_CHANNEL or label.strip().lower() == SUM_LABEL or is_unconnected_rail(label)
 
 
 def _hwmon_channels(env: DeviceEnv, hwmon: Path) -> list[Ina3221Channel]:

@@ -4,7 +4,8 @@
 between reads with the wrap undone. Top-level domains (``intel-rapl:N``) are the packages and make
 the total; sub-domains (``intel-rapl:N:M``: core, uncore, dram) are parts of them and only rails, as
 is a top-level ``psys`` (platform) domain, which contains the packages.
-Since Linux 5.10 (CVE-2020-8694) ``energy_uj`` is root-only: unreadable -> not detected.
+Since Linux 5.10 (CVE-2020-8694) ``energy_uj`` is root-only: unreadable -> not detected, and
+:meth:`RaplPowerSource.why_not` says so (with the way to grant it) for the profile's warning.
 """
 
 from __future__ import annotations
@@ -74,6 +75,22 @@ class RaplPowerSource(PowerSource):
             return cls(env, domains) if any(d.top_level for d in domains) else None
         except Exception:  # noqa: BLE001 - detection never raises
             return None
+
+    @classmethod
+    def why_not(cls, env: DeviceEnv) -> str | None:
+        """Why RAPL was not detected although its counters exist: ``energy_uj`` raised PermissionError
+        (root-only since Linux 5.10). None when there are no counters or they are readable, so a
+        machine without RAPL gets no hint. Without it the profile would only say "no power source
+        found", which sends a user of an Intel laptop looking for hardware they have."""
+        for d in env.glob(POWERCAP_GLOB):
+            try:
+                (d / "energy_uj").read_text()
+            except PermissionError:
+                return ("RAPL counters exist but energy_uj is root-only (Linux >= 5.10): run as root, or grant "
+                        "read access until reboot with `sudo chmod o+r /sys/class/powercap/intel-rapl:*/energy_uj`")
+            except OSError:
+                continue
+        return None
 
     def _snapshot(self) -> tuple[float, dict[str, float]]:
         t = self.env.clock()

@@ -21,14 +21,16 @@ DEFAULT_RATE_HZ = 10.0
 
 @dataclass
 class PowerTrace:
-    """Samples in time order: ``t_s`` (monotonic seconds), total ``watts``, and per-rail watts.
+    """Samples in time order: ``t_s`` (monotonic seconds), total ``watts``, per-rail watts and the
+    source's other metrics (:attr:`PowerReading.metrics`).
 
-    Every ``rails`` list is aligned with ``t_s``; a rail missing from a sample holds NaN.
+    Every ``rails`` and ``metrics`` list is aligned with ``t_s``; a value missing from a sample is NaN.
     """
 
     t_s: list[float] = field(default_factory=list)
     watts: list[float] = field(default_factory=list)
     rails: dict[str, list[float]] = field(default_factory=dict)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.t_s)
@@ -42,7 +44,8 @@ class PowerTrace:
         """The samples with ``t0 <= t <= t1`` (an open end when None)."""
         keep = [i for i, t in enumerate(self.t_s) if (t0 is None or t >= t0) and (t1 is None or t <= t1)]
         return PowerTrace([self.t_s[i] for i in keep], [self.watts[i] for i in keep],
-                          {k: [v[i] for i in keep] for k, v in self.rails.items()})
+                          {k: [v[i] for i in keep] for k, v in self.rails.items()},
+                          {k: [v[i] for i in keep] for k, v in self.metrics.items()})
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -218,9 +221,14 @@ class PowerSampler:
             marks = dict(self._marks)
         t0 = marks[start] if isinstance(start, str) else start
         t1 = marks[end] if isinstance(end, str) else end
-        names: list[str] = []
-        for r in readings:
-            names += [k for k in r.rails if k not in names]
         full = PowerTrace([r.t for r in readings], [r.watts for r in readings],
-                          {k: [r.rails.get(k, math.nan) for r in readings] for k in names})
+                          _aligned([r.rails for r in readings]), _aligned([r.metrics for r in readings]))
         return full.between(t0, t1)
+
+
+def _aligned(per_reading: list[dict[str, float]]) -> dict[str, list[float]]:
+    """Per-reading dicts as one list per key (first-seen order), NaN where a reading lacks the key."""
+    names: dict[str, None] = {}
+    for d in per_reading:
+        names.update(dict.fromkeys(d))
+    return {k: [d.get(k, math.nan) for d in per_reading] for k in names}

@@ -19,6 +19,8 @@ timeout and turns adb's own failures (no device, unauthorized, offline) into
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import queue
 import re
 import shutil
@@ -44,7 +46,7 @@ from .android_output import (
     parse_cpu_list,
     parse_dumpsys_battery,
     parse_getprop,
-    parse_llama_bench_json,
+    parse_llama_bench,
     parse_meminfo,
     parse_op_profile,
     parse_run_stats,
@@ -250,7 +252,7 @@ def _gguf_run(pp: LlamaBenchTest, tg: LlamaBenchTest, load_ns: int | None) -> di
     local profiler writes it: TTFT = prompt processing (its logits give the first token), TPOT = mean tg time / n_gen."""
     per_tok = [s / tg.n_gen for s in tg.samples_ns] or [tg.avg_ns / tg.n_gen]
     tpot_ns = tg.avg_ns / tg.n_gen
-    llm = {"n_prompt": pp.n_prompt, "n_gen": tg.n_gen, "repetitions": len(tg.samples_ns),
+    llm = {"n_prompt": pp.n_prompt, "n_gen": tg.n_gen, "repetitions": len(tg.samples_ns) or None,  # None: a table
            "ttft_ms": pp.avg_ns / 1e6, "pp_avg_ts": pp.avg_ts, "pp_stddev_ts": pp.stddev_ts,
            "tg_avg_ts": tg.avg_ts, "tg_stddev_ts": tg.stddev_ts, "tpot_ms": tpot_ns / 1e6,
            "pp_samples_ns": list(pp.samples_ns), "tg_samples_ns": list(tg.samples_ns)}
@@ -266,6 +268,33 @@ def _gguf_run(pp: LlamaBenchTest, tg: LlamaBenchTest, load_ns: int | None) -> di
 
 
 # ---- the target ---------------------------------------------------------------------------------------
+
+
+# edge's --delegate -> benchmark_model's flags (LiteRT's own names for the same choice)
+BENCHMARK_MODEL_DELEGATES = {
+    "xnnpack": ["--use_xnnpack=true"], "none": ["--use_xnnpack=false"], "gpu": ["--use_gpu=true"],
+    "nnapi": ["--use_nnapi=true"], "hexagon": ["--use_hexagon=true"],
+}
+
+
+def sweep_settings(options: RemoteOptions, fmt: ModelFormat) -> list[dict[str, int]]:
+    """One dict per setting of the -t/-p/-n lists (``[{}]`` without lists); -p/-n lists are llama-bench's
+    and refused for a .tflite model, as locally."""
+    if fmt is not ModelFormat.GGUF and {"n_prompt", "n_gen"} & set(options.lists):
+        raise InvalidOptionError("-p/-n lists are llama-bench's prompt and generation lengths: they apply to GGUF "
+                                 "language models only")
+    keys = list(options.lists)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*options.lists.values())] or [{}]
+
+
+def benchmark_model_delegate_flags(delegate: str | None) -> list[str]:
+    """The benchmark_model flags for ``--delegate`` on a phone (none given: its defaults)."""
+    if delegate is None:
+        return []
+    if delegate not in BENCHMARK_MODEL_DELEGATES:
+        raise InvalidOptionError(f"--delegate {delegate} on a phone: benchmark_model takes "
+                                 f"{', '.join(BENCHMARK_MODEL_DELEGATES)}")
+    return list(BENCHMARK_MODEL_DELEGATES[delegate])
 
 
 @register_target("adb")
@@ -506,7 +535,7 @@ class AdbTarget(DeviceTarget):
 
     def _profile_tflite(self, remote_bin: str, remote_model: str, options: RemoteOptions, source, on_line):
         threads = [f"--num_threads={options.threads}"] if options.threads else []
-        base = [remote_bin, f"--graph={remote_model}", *threads]
+        base = [remote_bin, f"--graph={remote_model}", *threads, *benchmark_model_delegate_flags(options.delegate)]
         res, sampler, t0, t1 = self._measured_run(
             [*base, f"--num_runs={options.runs}", f"--warmup_runs={options.warmup}", *self.TFLITE_FLAGS],
             source, options.power_rate_hz, on_line)
@@ -526,14 +555,15 @@ class AdbTarget(DeviceTarget):
 
     def _profile_gguf(self, remote_bin: str, remote_model: str, options: RemoteOptions, source, on_line):
         args = [remote_bin, "-m", remote_model, "-p", str(options.n_prompt), "-n", str(options.n_gen), "-o", "json",
-                *(["-t", str(options.threads)] if options.threads else []), "--progress"]
+                *(["-t", str(options.threads)] if options.threads else []),
+                *(["-ngl", str(options.n_gpu_layers)] if options.n_gpu_layers is not None else []), "--progress"]
         res, sampler, t0, t1 = self._measured_run(args, source, options.power_rate_hz, on_line)
         if res.returncode != 0 and "--progress" in res.text:  # a build older than --progress: run without it
             res, sampler, t0, t1 = self._measured_run(args[:-1], source, options.power_rate_hz, on_line)
         if res.returncode != 0:
             raise self._fail("llama-bench", res)
         try:
-            pp, tg = split_pp_tg(parse_llama_bench_json(res.stdout))
+            pp, tg = split_pp_tg(parse_llama_bench(res.stdout))
         except ValueError as e:
             raise RemoteRunError(f"{self.url}: {e} ({res.why()})") from None
         if pp is None or tg is None or tg.n_gen < 1:
@@ -546,8 +576,11 @@ class AdbTarget(DeviceTarget):
         return run, sampler, exact, reps, reps * tg.n_gen, build
 
     def profile(self, model: Path, options: RemoteOptions, on_line: OnLine | None = None) -> dict:
-        """Push what is missing, run the benchmark under the power sampler, return the report document."""
-        from ..profile import accuracy_from_conversion, power_section, report_doc
+        """Push what is missing, then run the benchmark under the power sampler once per setting (the
+        -t/-p/-n lists, as locally and over SSH), each setting's result announced as it is measured.
+        Ctrl-C or a lost adb connection after the first setting give a report of the settings done,
+        marked partial with the reason; before it, they raise as usual."""
+        from ..profile import accuracy_from_conversion, report_doc
 
         path = Path(model)
         if options.idle_s is not None:
@@ -556,6 +589,7 @@ class AdbTarget(DeviceTarget):
         if fmt not in TOOLS:
             raise InvalidOptionError(f"{path.name} is a {fmt.value} model: on Android, edge profile runs .tflite "
                                      "(LiteRT benchmark_model) and .gguf (llama-bench) models")
+        settings = sweep_settings(options, fmt)
         tool = TOOLS[fmt]
         binary = self._check_binary(options.device_binary, fmt)
         say = on_line or (lambda s: None)
@@ -565,26 +599,58 @@ class AdbTarget(DeviceTarget):
         remote_model, pushed_model = self.ensure_model(path)
         say(f"{'pushed' if pushed_model else 'already on the phone:'} {path.name}")
         source = detect_adb_power(AdbDeviceEnv(self))
+        runs, warnings, version, partial_why = [], [], None, None
         try:
-            measure = self._profile_tflite if fmt is ModelFormat.TFLITE else self._profile_gguf
-            run, sampler, exact, units, tokens, version = measure(remote_bin, remote_model, options, source, on_line)
-            run["power"] = power_section(source, options.power_rate_hz, sampler, NO_POWER_REASON, units, tokens)
+            for params in settings:
+                try:
+                    run, exact, version = self._profile_setting(fmt, remote_bin, remote_model, options, params,
+                                                                source, on_line)
+                except KeyboardInterrupt:
+                    if not runs:
+                        raise
+                    partial_why = "interrupted (Ctrl-C); the adb client running the benchmark was stopped"
+                except (DeviceUnreachableError, RemoteRunError) as e:
+                    if not runs:
+                        raise
+                    partial_why = f"the run on {self.url} ended early ({e})"
+                if partial_why is not None:
+                    break
+                runs.append(run)
+                warnings += self._warnings(run, source, exact, tool, BatteryState(**_battery_args(device)))
+                say(f"measured {run['label']}")
         finally:
             if source is not None:
                 source.close()
-        warnings = self._warnings(run, source, exact, tool, BatteryState(**_battery_args(device)))
+        if partial_why is not None:
+            warnings.insert(0, f"partial results: {partial_why}")
         # benchmark_model has no version flag: its hash identifies the build
         device["backends"] = {tool.name: version or f"sha256:{file_sha256(binary)[:12]}"}
         options_used = {"runs": options.runs, "warmup": options.warmup, "duration_s": None, "power": "auto",
                         "power_rate_hz": options.power_rate_hz, "idle_s": self.idle_s,
                         "n_prompt": options.n_prompt if fmt is ModelFormat.GGUF else None,
-                        "n_gen": options.n_gen if fmt is ModelFormat.GGUF else None, "sweep": {},
+                        "n_gen": options.n_gen if fmt is ModelFormat.GGUF else None, "sweep": dict(options.lists),
                         "threads": options.threads, "device_binary": binary.name}
-        doc = report_doc(path, fmt, tool.backend, {**device, "url": self.url}, [run], warnings, options_used,
-                         accuracy=accuracy_from_conversion(path), inputs=[])
+        doc = report_doc(path, fmt, tool.backend, {**device, "url": self.url}, runs, list(dict.fromkeys(warnings)),
+                         options_used, accuracy=accuracy_from_conversion(path), inputs=[],
+                         partial=partial_why is not None)
         doc["remote"] = {"serial": self.serial, "binary": remote_bin, "model": remote_model,
                          "pushed_binary": pushed_bin, "pushed_model": pushed_model}
         return doc
+
+    def _profile_setting(self, fmt: ModelFormat, remote_bin: str, remote_model: str, options: RemoteOptions,
+                         params: dict[str, int], source, on_line) -> tuple[dict, bool, str | None]:
+        """One setting (e.g. ``{"threads": 2}``) measured: (run entry labelled as locally, whether the
+        measured window came from the binary's progress lines, llama-bench's build or None)."""
+        from ..profile import power_section
+
+        opts = dataclasses.replace(options, **params)
+        measure = self._profile_tflite if fmt is ModelFormat.TFLITE else self._profile_gguf
+        run, sampler, exact, units, tokens, version = measure(remote_bin, remote_model, opts, source, on_line)
+        run["power"] = power_section(source, options.power_rate_hz, sampler, NO_POWER_REASON, units, tokens)
+        if params:
+            run["label"] = " ".join(f"{k}={v}" for k, v in params.items())
+            run["params"] = {**run["params"], **params}
+        return run, exact, version
 
     @staticmethod
     def _warnings(run: dict, source: PowerSource | None, exact: bool, tool: _Tool, battery: BatteryState) -> list[str]:

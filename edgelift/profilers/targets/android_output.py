@@ -1,5 +1,5 @@
-"""Parsers for what a phone prints over adb: LiteRT's ``benchmark_model``, ``llama-bench -o json``,
-``dumpsys battery``, ``getprop``, ``/proc/meminfo`` and ``adb devices``.
+"""Parsers for what a phone prints over adb: LiteRT's ``benchmark_model``, ``llama-bench`` (``-o json`` and
+the default Markdown table), ``dumpsys battery``, ``getprop``, ``/proc/meminfo`` and ``adb devices``.
 
 Pure functions from text to dataclasses, so the adb target stays a thin transport and every format
 is tested on its own against captured output. Units are in the field names (``_us``, ``_mb``,
@@ -327,6 +327,110 @@ def parse_llama_bench_json(text: str) -> list[LlamaBenchTest]:
     return tests
 
 
+@dataclass(frozen=True)
+class LlamaBenchRow:
+    """One row of llama-bench's default Markdown table (``-o md``), as printed: the model type, size
+    (``MiB``/``GiB``, converted to MiB), params (``M``/``B``, converted to billions), backend, threads
+    and the test name (``pp512``, ``tg128``, ``pp4096+tg128``, ``pp512 @ d4096``), and ``t/s`` as
+    ``mean ± stddev``. Columns llama-bench adds only when asked for (``ngl``, ``fa``, ``n_ubatch`` …)
+    are kept as text in ``extra``. Phones and boards run the default printer unless ``-o json`` was
+    given, so a pasted or logged table must read as well as the JSON."""
+
+    model: str
+    size_mib: float | None
+    params_b: float | None
+    backend: str | None
+    threads: int | None
+    test: str
+    n_prompt: int
+    n_gen: int
+    n_depth: int
+    avg_ts: float
+    stddev_ts: float
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """``pp``, ``tg`` or ``pp+tg``, as for :class:`LlamaBenchTest`."""
+        if self.n_gen == 0:
+            return "pp"
+        return "tg" if self.n_prompt == 0 else "pp+tg"
+
+    def to_test(self) -> LlamaBenchTest:
+        """The row as a :class:`LlamaBenchTest`: the test's time from its rate (tokens / t/s) and the
+        time's spread to first order (relative spread of t/s); the table has no per-repetition samples."""
+        tokens = self.n_prompt + self.n_gen
+        avg_ns = tokens / self.avg_ts * 1e9 if self.avg_ts > 0 else 0.0
+        std_ns = avg_ns * self.stddev_ts / self.avg_ts if self.avg_ts > 0 else 0.0
+        size = None if self.size_mib is None else int(round(self.size_mib * 2**20))
+        params = None if self.params_b is None else int(round(self.params_b * 1e9))
+        return LlamaBenchTest(self.n_prompt, self.n_gen, self.threads, avg_ns, std_ns, self.avg_ts, self.stddev_ts,
+                              [], [], self.n_depth, None, self.model, size, params, None, None, self.backend)
+
+
+_MD_TEST = re.compile(r"^(?:pp(\d+))?\+?(?:tg(\d+))?(?:\s*@\s*d(\d+))?$")
+_MD_TS = re.compile(r"^([-+0-9.eE]+)\s*(?:±|\+/-)\s*([-+0-9.eE]+)$")
+_MD_SIZE = {"B": 1.0 / 2**20, "KiB": 1.0 / 1024, "MiB": 1.0, "GiB": 1024.0, "TiB": 1024.0**2}
+_MD_PARAMS = {"K": 1e-6, "M": 1e-3, "B": 1.0, "T": 1e3}
+
+
+def _md_scaled(cell: str, units: dict[str, float]) -> float | None:
+    """``636.18 MiB`` -> 636.18 (MiB), ``1.10 B`` -> 1.1 (billions); None for an unknown unit."""
+    number, _, unit = cell.partition(" ")
+    try:
+        return float(number) * units[unit.strip()]
+    except (KeyError, ValueError):
+        return None
+
+
+def parse_llama_bench_markdown(text: str) -> list[LlamaBenchRow]:
+    """The rows of llama-bench's Markdown table, in printed order. Columns are found by their header
+    names (widths follow the content, and optional columns come and go between builds); the
+    ``|---|---:|`` rule, blank lines, the ``build: <hash> (<number>)`` footer and any log lines around
+    the table are skipped. A ValueError says so when there is no table with ``test`` and ``t/s``."""
+    header: list[str] | None = None
+    rows: list[LlamaBenchRow] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not (line.startswith("|") and line.endswith("|")):
+            continue
+        cells = [c.strip() for c in line[1:-1].split("|")]
+        if header is None:
+            if "test" in cells and "t/s" in cells:
+                header = cells
+            continue
+        if all(set(c) <= set("-: ") for c in cells) or len(cells) != len(header):
+            continue  # the alignment rule, or a row of another table
+        row = dict(zip(header, cells))
+        test, ts = _MD_TEST.match(row["test"]), _MD_TS.match(row["t/s"])
+        if test is None or ts is None or not (test.group(1) or test.group(2)):
+            continue
+        threads = row.get("threads")
+        known = {"model", "size", "params", "backend", "threads", "test", "t/s"}
+        rows.append(LlamaBenchRow(
+            row.get("model", ""), _md_scaled(row.get("size", ""), _MD_SIZE),
+            _md_scaled(row.get("params", ""), _MD_PARAMS), row.get("backend"),
+            int(threads) if threads and threads.isdigit() else None, row["test"],
+            int(test.group(1) or 0), int(test.group(2) or 0), int(test.group(3) or 0),
+            float(ts.group(1)), float(ts.group(2)), {k: v for k, v in row.items() if k not in known}))
+    if not rows:
+        raise ValueError("no llama-bench Markdown table with 'test' and 't/s' columns in the output")
+    return rows
+
+
+def parse_llama_bench(text: str) -> list[LlamaBenchTest]:
+    """llama-bench's tests from ``-o json`` output or, failing that, its default Markdown table (a
+    wrapper script or a vendor build that ignores ``-o json``): the same tests either way, without
+    per-repetition samples from the table."""
+    try:
+        return parse_llama_bench_json(text)
+    except ValueError as json_error:
+        try:
+            return [row.to_test() for row in parse_llama_bench_markdown(text)]
+        except ValueError:
+            raise json_error from None
+
+
 def split_pp_tg(tests: list[LlamaBenchTest]) -> tuple[LlamaBenchTest | None, LlamaBenchTest | None]:
     """The prompt-processing and the text-generation test of one ``-p P -n N`` run (either may be absent)."""
     pp = next((t for t in tests if t.kind == "pp"), None)
@@ -343,7 +447,12 @@ _PLUGGED = (("AC powered", "ac"), ("USB powered", "usb"), ("Wireless powered", "
 
 @dataclass(frozen=True)
 class BatteryState:
-    """``dumpsys battery``: ``voltage`` is mV and ``temperature`` tenths of a °C in its output."""
+    """``dumpsys battery``: ``voltage`` is mV and ``temperature`` tenths of a °C in its output.
+
+    ``current_now_raw`` comes from a vendor extra (Samsung One UI prints ``current now:`` after the
+    AOSP fields; AOSP prints no current): its unit and sign are the vendor's (Samsung's battery driver
+    uses mA), so it is kept as printed, with no unit suffix, and None where the line is absent.
+    """
 
     level_percent: float | None = None
     voltage_v: float | None = None
@@ -351,6 +460,8 @@ class BatteryState:
     charge_counter_uah: int | None = None
     status: str | None = None
     plugged: tuple[str, ...] = ()
+    current_now_raw: float | None = None  # vendor extra line (Samsung ``current now:``), unit as printed
+
 
     @property
     def charging(self) -> bool:
@@ -359,10 +470,14 @@ class BatteryState:
 
     def to_dict(self) -> dict:
         return {"level_percent": self.level_percent, "voltage_v": self.voltage_v, "temperature_c": self.temperature_c,
-                "charge_counter_uah": self.charge_counter_uah, "status": self.status, "plugged": list(self.plugged)}
+                "charge_counter_uah": self.charge_counter_uah, "status": self.status, "plugged": list(self.plugged),
+                "current_now_raw": self.current_now_raw}
 
 
 def _fields(text: str) -> dict[str, str]:
+    """``key: value`` lines, indented or not (Samsung prints vendor lines at column 0), first one
+    wins: the AOSP block comes first, so a vendor's later duplicate (Samsung's second, lower-case
+    ``charge counter:``) cannot override it. Keys are case-sensitive for the same reason."""
     out = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
@@ -389,7 +504,8 @@ def parse_dumpsys_battery(text: str) -> BatteryState:
         temperature_c=None if tenths is None else tenths / 10.0,
         charge_counter_uah=None if counter is None else int(counter),
         status=None if status is None else BATTERY_STATUS.get(int(status), f"status {int(status)}"),
-        plugged=tuple(name for key, name in _PLUGGED if f.get(key) == "true"))
+        plugged=tuple(name for key, name in _PLUGGED if f.get(key) == "true"),
+        current_now_raw=number("current now"))
 
 
 _PROP = re.compile(r"^\[([^\]]+)\]:\s*\[(.*)\]\s*$")

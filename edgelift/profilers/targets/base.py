@@ -38,7 +38,10 @@ class RemoteOptions:
     n_gen: int = 64
     device_binary: Path | None = None  # adb: benchmark_model or llama-bench built for Android
     accept_new_host_key: bool = False  # ssh: trust a host key seen for the first time (never silently)
-    install: bool = False  # ssh: pip install edgelift into a venv on the device when missing
+    install: bool = False  # ssh: install this machine's edgelift wheel into a venv on the device
+    delegate: str | None = None  # adb: benchmark_model's --use_xnnpack / --use_gpu / --use_nnapi
+    n_gpu_layers: int | None = None  # adb: llama-bench -ngl
+    lists: dict[str, list[int]] = field(default_factory=dict)  # adb: -t/-p/-n lists, one binary run per setting
     install_extras: tuple[str, ...] = ()  # ...with these extras (the model's backend: "tflite", "llama")
     power_rate_hz: float = 10.0
     idle_s: float | None = None  # seconds of idle power baseline (None: the target's default)

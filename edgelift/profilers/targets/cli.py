@@ -47,15 +47,13 @@ def profile_on_devices(console, err_console, model: Path, device: list[str], dev
 
     extras = _extras_for(Path(model))  # also the usual missing-file / format error, before any connection
     targets = device_list(device, devices)
-    if extra.get("lists") and any(url.startswith("adb://") for _, url in targets):
-        raise InvalidOptionError("a phone (adb) runs benchmark_model / llama-bench once per profile: give -t, -p and -n "
-                                 "one value each there (lists run on SSH devices and locally)")
     options = RemoteOptions(profile_args=forwarded, threads=extra["threads"], runs=extra["runs"],
                             warmup=extra["warmup"], n_prompt=extra["n_prompt"], n_gen=extra["n_gen"],
                             device_binary=extra["device_binary"], accept_new_host_key=extra["accept_new_host_key"],
                             install=extra["install"], power_rate_hz=extra["power_rate"], ssh_config=extra["ssh_config"],
                             remote_python=extra["remote_python"], remote_cache=extra["remote_cache"], idle_s=extra["idle"],
-                            install_extras=extras)
+                            install_extras=extras, delegate=extra.get("delegate"),
+                            n_gpu_layers=extra.get("n_gpu_layers"), lists=dict(extra.get("lists") or {}))
     results = profile_fleet(targets, Path(model), options, jobs=extra["jobs"],
                             on_line=lambda s: err_console.print(escape(s), highlight=False))
     failures = [(r.name, r.error) for r in results if r.error]
