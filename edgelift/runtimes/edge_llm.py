@@ -70,7 +70,7 @@ class HParams:
                    num("attention.layer_norm_rms_epsilon", 1e-5, kind=float, lo=1e-30, hi=1.0), n_vocab,
                    min(n_ctx, num("context_length", n_ctx, hi=1 << 24)))
 
-    def check_tensors(self, refs: dict, path: Path) -> None:
+    def check_tensors(self, refs: dict, path: Path, matrix_types: tuple[str, ...] = MATRIX_TYPES) -> None:
         """Every tensor the forward pass reads exists with the shape these hyperparameters imply, and the
         KV cache they size fits this machine: so a file's header cannot size memory its weights don't back."""
         e, q, kv = self.n_embd, self.n_head * self.head_dim, self.n_head_kv * self.head_dim
@@ -92,9 +92,9 @@ class HParams:
             if tuple(ref.shape) != shape:
                 raise ModelFormatError(f"{path}: tensor '{name}' has shape {list(ref.shape)}, the header's "
                                        f"hyperparameters need {list(shape)}; the file is corrupted")
-            if len(shape) == 2 and ref.ggml_type not in MATRIX_TYPES:
+            if len(shape) == 2 and ref.ggml_type not in matrix_types:
                 raise ModelFormatError(f"{path}: tensor '{name}' is {ref.ggml_type}; the edge engine computes with "
-                                       f"{', '.join(MATRIX_TYPES)} (use backend='llama.cpp')")
+                                       f"{', '.join(matrix_types)} here (use backend='llama.cpp')")
             if len(shape) == 1 and ref.ggml_type != "F32":
                 raise ModelFormatError(f"{path}: tensor '{name}' is {ref.ggml_type}, norms must be F32")
         kv_bytes = 2 * self.n_layer * self.n_ctx * kv * 4
@@ -202,19 +202,28 @@ class EdgeLlmSession(Session):
     """GGUF models run by the edge engine; ``memory_budget`` streams weights (``FlashWeights``)."""
 
     def __init__(self, path: Path, n_ctx: int = 512, memory_budget=None, drop_cache: bool = True,
-                 prefetch: bool = True, kernels: str = "ort", naive: bool = False) -> None:
+                 prefetch: bool = True, kernels: str = "ort", naive: bool = False, threads: int = 1) -> None:
         info = read_gguf_info(path, arrays=("tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
-                                            "tokenizer.ggml.merges"))
+                                            "tokenizer.ggml.merges", "tokenizer.ggml.scores"))
+        arch = info.metadata.get("general.architecture")
+        if arch not in ARCHES:  # the architecture first: a Gemma file must not be refused for its tokenizer
+            raise ModelFormatError(f"{path.name} is a '{arch}' model; the edge engine runs {', '.join(ARCHES)} "
+                                   "(use backend='llama.cpp' for it)")
         self.tokenizer = tokenizer_from_gguf(info.metadata)
         self.hp = HParams.from_gguf(info.metadata, len(self.tokenizer.tokens), n_ctx)
-        self.hp.check_tensors(tensor_refs(info), path)
+        if kernels == "ggml":
+            from .ggml_kernels import SUPPORTED as matrix_types
+        else:
+            matrix_types = MATRIX_TYPES
+        self.hp.check_tensors(tensor_refs(info), path, matrix_types)
+        self.kernels, self.threads = kernels, threads
         if memory_budget is None:
-            self.store: WeightStore = ResidentWeights(path, info, kernels)
+            self.store: WeightStore = ResidentWeights(path, info, kernels, threads)
         else:
             from .memory import parse_budget
 
             self.store = FlashWeights(path, info, parse_budget(memory_budget), drop_cache=drop_cache, prefetch=prefetch,
-                                      kernels=kernels, naive=naive)
+                                      kernels=kernels, naive=naive, threads=threads)
         self.engine = LlamaEngine(self.store, self.hp)
         self.n_vocab, self.n_ctx = self.hp.n_vocab, self.hp.n_ctx
         self.inputs = [TensorSpec("tokens", (None,), "int32")]
@@ -315,13 +324,41 @@ def sample(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng
     return int(rng.choice(order, p=p))
 
 
+KERNEL_CHOICES = ("auto", "ggml", "ort", "numpy")
+DEFAULT_THREADS = 4  # like llama.cpp: a few cores; more rarely helps a memory-bound decode
+
+
+def resolve_kernels(kernels: str) -> str:
+    """``auto``: ggml's kernels when the llama extra is installed (fast K-quants, on the GGUF bytes as
+    they are, threaded), else ONNX Runtime's; ``ggml`` asked for by name and missing is an error."""
+    if kernels not in KERNEL_CHOICES:
+        raise InvalidOptionError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got {kernels!r}")
+    if kernels in ("auto", "ggml"):
+        from .ggml_kernels import available
+
+        why = available()
+        if why is None:
+            return "ggml"
+        if kernels == "ggml":
+            raise InvalidOptionError(f"kernels='ggml' is not available: {why}")
+        return "ort"
+    return kernels
+
+
 @register_backend("edge", formats=(ModelFormat.GGUF,), package="numpy", extra="")
 def open_edge(path: Path, threads: int | None, *, n_ctx: int = 512, memory_budget=None, logits_all: bool = True,
               embedding: bool = False, drop_cache: bool = True, prefetch: bool = True,
-              kernels: str = "ort", naive: bool = False) -> EdgeLlmSession:
-    """``kernels``: "ort" (ONNX Runtime's MatMulNBits for Q4_0/Q4_1/Q8_0/Q4_K, numpy for the rest) or "numpy"."""
+              kernels: str = "auto", naive: bool = False) -> EdgeLlmSession:
+    """``kernels``: "ggml" (llama.cpp's CPU kernels on the GGUF bytes, ``threads`` threads; resident and
+    streamed weights alike), "ort" (ONNX Runtime's MatMulNBits for Q4_0/Q4_1/Q8_0/Q4_K, one thread per
+    matrix session; numpy for the rest and for streamed weights), "numpy", or "auto" (ggml when the llama
+    extra is installed, else ort)."""
     if embedding:
         raise InvalidOptionError("the edge engine runs decoder language models; use backend='llama.cpp' for embeddings")
-    if kernels not in ("ort", "numpy"):
-        raise InvalidOptionError(f"kernels must be 'ort' or 'numpy', got {kernels!r}")
-    return EdgeLlmSession(Path(path), n_ctx, memory_budget, drop_cache, prefetch, kernels, naive)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InvalidOptionError(f"threads must be a positive integer, got {threads!r}")
+    import os
+
+    n_threads = threads or min(os.cpu_count() or 1, DEFAULT_THREADS)
+    return EdgeLlmSession(Path(path), n_ctx, memory_budget, drop_cache, prefetch, resolve_kernels(kernels), naive,
+                          n_threads)

@@ -264,7 +264,14 @@ class NumpyMatVec:
         return matvec(self.raw, self.ggml_type, self.shape, x)
 
 
-def prepare_matvec(raw: np.ndarray, ggml_type: str, shape: tuple[int, int], kernels: str = "ort"):
+def prepare_matvec(raw: np.ndarray, ggml_type: str, shape: tuple[int, int], kernels: str = "ort", threads: int = 1):
+    """The kernel for one matrix: ggml's on the bytes as they are, ONNX Runtime's MatMulNBits on a repacked
+    copy (the 4/8-bit types it expresses exactly), or numpy."""
+    if kernels == "ggml":
+        from .ggml_kernels import SUPPORTED, GgmlMatVec
+
+        if ggml_type in SUPPORTED:
+            return GgmlMatVec(raw, ggml_type, shape, threads)
     if kernels == "ort" and ggml_type in ORT_TYPES and shape[1] % 32 == 0:
         return OrtMatVec(raw, ggml_type, shape)
     return NumpyMatVec(raw, ggml_type, shape)

@@ -1,8 +1,12 @@
-"""The GGUF file's own tokenizer for the edge engine: byte-level BPE (``tokenizer.ggml.model = gpt2``).
+"""The GGUF file's own tokenizer for the edge engine, as llama.cpp's ``llama-vocab.cpp`` tokenizes.
 
-Control tokens (``<|im_start|>``) are matched literally first, then text is split by the
-pre-tokenizer llama.cpp would use (GPT-2's pattern; ``smollm`` and ``llama-bpe`` split digits
-individually / in threes), mapped to GPT-2's byte alphabet and merged by rank.
+- byte-level BPE (``tokenizer.ggml.model = gpt2``: SmolLM2, Llama 3, Qwen2): control tokens
+  (``<|im_start|>``) are matched literally first, then text is split by the pre-tokenizer llama.cpp
+  would use (GPT-2's pattern; ``smollm`` and ``qwen2`` split digits one by one, ``llama-bpe`` in
+  threes), mapped to GPT-2's byte alphabet and merged by rank;
+- SentencePiece (``llama``: Llama 2, TinyLlama, Mistral): spaces become ``▁`` (one is prepended
+  unless ``add_space_prefix`` is false), characters are merged by the score of the merged piece
+  (highest first, leftmost on ties), and a character with no piece becomes its ``<0xXX>`` byte tokens.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ CONTROL = 3
 _LETTER = r"[^\W\d_]"
 _GPT2 = re.compile(rf"'s|'t|'re|'ve|'m|'ll|'d| ?{_LETTER}+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+")
 _SINGLE_DIGITS = re.compile(rf"'s|'t|'re|'ve|'m|'ll|'d| ?{_LETTER}+|\d| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+")
-_LLAMA3 = re.compile(rf"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\w]?{_LETTER}+|\d{{1,3}}| ?(?:[^\s\w]|_)+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-PRE_TOKENIZERS = {"gpt-2": _GPT2, "default": _GPT2, "smollm": _SINGLE_DIGITS, "llama-bpe": _LLAMA3}
+# \p{L} is [^\W\d_]; "not a letter or number" is (?:[^\w]|_), CR/LF excluded where llama.cpp does
+_LLAMA3 = re.compile(rf"(?i:'s|'t|'re|'ve|'m|'ll|'d)|(?:[^\r\n\w]|_)?{_LETTER}+|\d{{1,3}}| ?(?:[^\s\w]|_)+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = re.compile(rf"(?i:'s|'t|'re|'ve|'m|'ll|'d)|(?:[^\r\n\w]|_)?{_LETTER}+|\d| ?(?:[^\s\w]|_)+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRE_TOKENIZERS = {"gpt-2": _GPT2, "default": _GPT2, "smollm": _SINGLE_DIGITS, "llama-bpe": _LLAMA3, "qwen2": _QWEN2}
 
 
 @lru_cache(maxsize=1)
@@ -88,10 +94,92 @@ class BPETokenizer:
         return data.decode("utf-8", errors="replace")
 
 
-def tokenizer_from_gguf(meta: dict) -> BPETokenizer:
+SPACE = "\u2581"  # SentencePiece's visible space
+BYTE = 6
+
+
+class SentencePieceTokenizer:
+    """llama.cpp's ``llm_tokenizer_spm``: score-ordered merges of characters, byte fallback."""
+
+    def __init__(self, tokens: list[str], types: list[int], scores: list[float], bos: int | None, eos: int | None,
+                 add_bos: bool, add_space_prefix: bool) -> None:
+        self.tokens, self.scores = tokens, scores
+        self.ids = {t: i for i, t in enumerate(tokens)}
+        self.bos, self.eos, self.add_bos, self.add_space_prefix = bos, eos, add_bos, add_space_prefix
+        specials = sorted((t for t, k in zip(tokens, types) if k == CONTROL and t), key=len, reverse=True)
+        self.special = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
+        self.byte_ids = {int(t[3:5], 16): i for i, (t, k) in enumerate(zip(tokens, types))
+                         if k == BYTE and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t)}
+
+    def _pieces(self, text: str) -> list[int]:
+        import heapq
+
+        sym = list(text)  # Unicode characters; merged in place, None marks a consumed slot
+        nxt, prv = list(range(1, len(sym) + 1)), list(range(-1, len(sym) - 1))
+        heap: list[tuple[float, int, int, str]] = []
+
+        def push(i: int) -> None:
+            j = nxt[i]
+            if j < len(sym):
+                piece = sym[i] + sym[j]
+                if piece in self.ids:
+                    heapq.heappush(heap, (-self.scores[self.ids[piece]], i, j, piece))
+
+        for i in range(len(sym) - 1):
+            push(i)
+        while heap:
+            _, i, j, piece = heapq.heappop(heap)
+            if sym[i] is None or sym[j] is None or nxt[i] != j or sym[i] + sym[j] != piece:
+                continue  # stale: one side was merged since this pair was queued
+            sym[i], sym[j] = piece, None
+            nxt[i] = nxt[j]
+            if nxt[i] < len(sym):
+                prv[nxt[i]] = i
+            if prv[i] >= 0:
+                push(prv[i])
+            push(i)
+        out = []
+        for s in (x for x in sym if x is not None):
+            if s in self.ids:
+                out.append(self.ids[s])
+            else:  # byte fallback, as SentencePiece and llama.cpp do
+                out += [self.byte_ids[b] for b in s.encode("utf-8") if b in self.byte_ids]
+        return out
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        out = [self.bos] if (self.add_bos if add_bos is None else add_bos) and self.bos is not None else []
+        first = True
+        for piece in (self.special.split(text) if self.special else [text]):
+            if not piece:
+                continue
+            if self.special and self.special.fullmatch(piece) and piece in self.ids:
+                out.append(self.ids[piece])
+                first = False
+                continue
+            if self.add_space_prefix and first:
+                piece = " " + piece
+            first = False
+            out += self._pieces(piece.replace(" ", SPACE))
+        return out
+
+    def decode(self, ids) -> str:
+        data = bytearray()
+        for i in ids:
+            t = self.tokens[int(i)]
+            if int(i) in self.byte_ids.values() and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t):
+                data.append(int(t[3:5], 16))
+            elif self.special and self.special.fullmatch(t):
+                data += t.encode()
+            else:
+                data += t.replace(SPACE, " ").encode("utf-8")
+        return data.decode("utf-8", errors="replace")
+
+
+def tokenizer_from_gguf(meta: dict) -> BPETokenizer | SentencePieceTokenizer:
     model = meta.get("tokenizer.ggml.model")
-    if model != "gpt2":
-        raise ModelFormatError(f"the edge engine reads byte-level BPE vocabularies (gpt2); this file's is '{model}'")
+    if model not in ("gpt2", "llama"):
+        raise ModelFormatError(f"the edge engine reads byte-level BPE (gpt2) and SentencePiece (llama) vocabularies; "
+                               f"this file's is '{model}'")
 
     def values(key: str, kind: type, required: bool = True) -> list:
         entry = meta.get(key)
@@ -118,6 +206,14 @@ def tokenizer_from_gguf(meta: dict) -> BPETokenizer:
             raise ModelFormatError(f"{key} is {v!r}, not a token id below {len(tokens)}; the file is corrupted")
         return v
 
-    return BPETokenizer(tokens, types, merges, str(meta.get("tokenizer.ggml.pre", "default")),
-                        token_id("tokenizer.ggml.bos_token_id"), token_id("tokenizer.ggml.eos_token_id"),
+    bos, eos = token_id("tokenizer.ggml.bos_token_id"), token_id("tokenizer.ggml.eos_token_id")
+    if model == "llama":
+        scores = values("tokenizer.ggml.scores", float)
+        if len(scores) != len(tokens):
+            raise ModelFormatError(f"tokenizer.ggml.scores has {len(scores)} entries for {len(tokens)} tokens; "
+                                   "the file is corrupted")
+        return SentencePieceTokenizer(tokens, types, scores, bos, eos,
+                                      bool(meta.get("tokenizer.ggml.add_bos_token", True)),
+                                      bool(meta.get("tokenizer.ggml.add_space_prefix", True)))
+    return BPETokenizer(tokens, types, merges, str(meta.get("tokenizer.ggml.pre", "default")), bos, eos,
                         bool(meta.get("tokenizer.ggml.add_bos_token", False)))

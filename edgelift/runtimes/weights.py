@@ -43,16 +43,31 @@ class Unit:
     nbytes: int
     rows: tuple[int, int] | None = None  # for row chunks of one matrix: the rows held
 
-    def prepare(self, buf: np.ndarray, kernels: str) -> dict:
+    def prepare(self, buf: np.ndarray, kernels: str, threads: int = 1) -> dict:
         """Matrices as ready-to-call matrix-vector kernels, vectors (norms, biases) as raw bytes.
 
-        With ONNX Runtime kernels, matrices that multiply the same vector (q/k/v; gate/up) become one
-        session over their stacked rows: a call costs ~10 µs of overhead whatever its size, and a token
-        makes 7 of them per block. (numpy kernels work on the read buffer in place; stacking would copy.)"""
+        Matrices that multiply the same vector (q/k/v; gate/up) are computed together: with ggml in one
+        graph over the bytes as read (the unit's buffer is the only copy of its weights); with ONNX
+        Runtime as one session over their stacked rows (a call costs ~10 µs of overhead whatever its
+        size, and a token makes 7 of them per block). numpy kernels work on the read buffer in place."""
         from .gguf_kernels import prepare_matvec
 
         out = {}
         raw_of = lambda t: buf[t.offset - self.start:t.offset - self.start + t.nbytes]  # noqa: E731
+        if kernels == "ggml":
+            from .ggml_kernels import SUPPORTED, GgmlGroup
+
+            by_suffix = {t.name.split(".", 2)[-1]: t for t in self.tensors if len(t.shape) == 2}
+            for group in FUSED:
+                ts = [by_suffix.get(f"{n}.weight") for n in group]
+                if all(ts) and all(t.ggml_type in SUPPORTED for t in ts):
+                    shared = GgmlGroup([(raw_of(t), t.ggml_type, t.shape) for t in ts], threads)
+                    out.update({t.name: shared.member(i) for i, t in enumerate(ts)})
+            for t in self.tensors:
+                if t.name not in out:  # the buffer stays alive through these views: no copies
+                    out[t.name] = prepare_matvec(raw_of(t), t.ggml_type, t.shape, kernels, threads) \
+                        if len(t.shape) == 2 else raw_of(t)
+            return out
         if kernels == "ort":
             by_suffix = {t.name.split(".", 2)[-1]: t for t in self.tensors if len(t.shape) == 2}
             for group in FUSED:
@@ -157,8 +172,8 @@ def _pread(fd: int, offset: int, nbytes: int) -> np.ndarray:
 class WeightStore:
     """Units by name; ``get`` blocks until a unit is resident, ``done`` says it may be released."""
 
-    def __init__(self, path: Path, info: GGUFInfo, kernels: str = "ort") -> None:
-        self.path, self.info, self.kernels = Path(path), info, kernels
+    def __init__(self, path: Path, info: GGUFInfo, kernels: str = "ort", threads: int = 1) -> None:
+        self.path, self.info, self.kernels, self.threads = Path(path), info, kernels, threads
         self.units, pinned_refs = plan_units(info)
         self.order = [u.name for u in self.units]
         self._by_name = {u.name: u for u in self.units}
@@ -204,11 +219,11 @@ class WeightStore:
 class ResidentWeights(WeightStore):
     """Every unit read once at load and kept (as prepared kernels)."""
 
-    def __init__(self, path: Path, info: GGUFInfo, kernels: str = "ort") -> None:
-        super().__init__(path, info, kernels)
+    def __init__(self, path: Path, info: GGUFInfo, kernels: str = "ort", threads: int = 1) -> None:
+        super().__init__(path, info, kernels, threads)
         self._units = {}
         for u in self.units:
-            self._units[u.name] = u.prepare(self._read(u.start, u.nbytes), kernels)
+            self._units[u.name] = u.prepare(self._read(u.start, u.nbytes), kernels, threads)
             self._account(u.nbytes)
 
     def get(self, name: str) -> dict:
@@ -219,10 +234,10 @@ class FlashWeights(WeightStore):
     """Units streamed under ``budget`` bytes of resident weights, read ahead on a background thread."""
 
     def __init__(self, path: Path, info: GGUFInfo, budget: int, drop_cache: bool = True, prefetch: bool = True,
-                 kernels: str = "ort", naive: bool = False) -> None:
+                 kernels: str = "ort", naive: bool = False, threads: int = 1) -> None:
         """``naive=True`` is the loader benchmarks compare with: nothing kept resident, no read-ahead,
         every unit read synchronously when the forward pass reaches it."""
-        super().__init__(path, info, kernels)
+        super().__init__(path, info, kernels, threads)
         self.budget = int(budget)
         self.prefetch = prefetch and not naive
         self.drop_cache = drop_cache and hasattr(os, "posix_fadvise")
@@ -264,9 +279,11 @@ class FlashWeights(WeightStore):
         buf = self._read(u.start, u.nbytes)
         if self.drop_cache:
             os.posix_fadvise(self._fd, u.start, u.nbytes, os.POSIX_FADV_DONTNEED)
-        # streamed units compute with the numpy kernels: they work on the bytes as read, where an ONNX
-        # Runtime kernel would first repack them (~1 ms per matrix, more than the matrix's compute)
-        return u.prepare(buf, self.kernels if u.name in self.permanent else "numpy")
+        # streamed units compute on the bytes as read: with ggml (its kernels take GGUF blocks as they
+        # are), else numpy, where an ONNX Runtime kernel would first repack them (~1 ms per matrix,
+        # more than the matrix's compute)
+        streamed_kernels = "ggml" if self.kernels == "ggml" else "numpy"
+        return u.prepare(buf, self.kernels if u.name in self.permanent else streamed_kernels, self.threads)
 
     def _prefetch(self) -> None:
         """Read streamed units in forward order (wrapping to the next token) while the budget has room."""

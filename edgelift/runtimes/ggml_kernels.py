@@ -1,0 +1,173 @@
+"""llama.cpp's own CPU matrix kernels (ggml), called on the GGUF bytes the weight store holds.
+
+A GGUF tensor's bytes *are* ggml's in-memory layout, so ggml's ``mul_mat`` can multiply them where
+they lie: no repacking, no second copy of the weights, the K-quant kernels llama.cpp ships (AVX2 /
+NEON), and ggml's OpenMP threads — ``threads`` is honoured. That is what streamed weights need: a
+block read from storage is computed on as read.
+
+The library is the one the ``llama`` extra (llama-cpp-python) installs beside ``libllama``; it is
+loaded with ctypes, without importing llama_cpp. Only stable entry points are used (``ggml_init``,
+``ggml_new_tensor_2d``, ``ggml_mul_mat``, ``ggml_graph_plan``/``ggml_graph_compute``), and the two
+struct details we depend on are checked when the library loads: the offset of a tensor's ``data``
+pointer is found by allocating a tensor and searching for ``ggml_get_data``'s answer, and a small
+matrix product is compared with numpy. Anything unexpected disables these kernels (``available()``
+says why) and the engine falls back to ONNX Runtime / numpy kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..core.gguf import GGML_TYPES
+
+GGML_TYPE_IDS = {name: tid for tid, (name, _, _) in GGML_TYPES.items()}
+# Types with a CPU mul_mat in every ggml build the llama extra ships (and that the engine's checks allow).
+SUPPORTED = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+F32 = 0
+_P = ctypes.c_void_p
+
+
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+class _CPlan(ctypes.Structure):
+    """ggml_cplan's first two fields (stable since 2023); the rest is opaque and larger than any version's."""
+
+    _fields_ = [("work_size", ctypes.c_size_t), ("work_data", ctypes.c_void_p), ("_rest", ctypes.c_byte * 256)]
+
+
+class _Ggml:
+    def __init__(self, lib_dir: Path) -> None:
+        self.base = ctypes.CDLL(str(lib_dir / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+        self.cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+        b, c = self.base, self.cpu
+        for fn, args, res in ((b.ggml_init, [_InitParams], _P), (b.ggml_free, [_P], None),
+                              (b.ggml_new_tensor_2d, [_P, ctypes.c_int, ctypes.c_int64, ctypes.c_int64], _P),
+                              (b.ggml_mul_mat, [_P, _P, _P], _P), (b.ggml_new_graph, [_P], _P),
+                              (b.ggml_build_forward_expand, [_P, _P], None), (b.ggml_get_data, [_P], _P),
+                              (b.ggml_tensor_overhead, [], ctypes.c_size_t), (b.ggml_graph_overhead, [], ctypes.c_size_t),
+                              (c.ggml_graph_plan, [_P, ctypes.c_int, _P], _CPlan),
+                              (c.ggml_graph_compute, [_P, ctypes.POINTER(_CPlan)], ctypes.c_int)):
+            fn.argtypes, fn.restype = args, res
+        if hasattr(c, "ggml_cpu_init"):
+            c.ggml_cpu_init()
+        self.data_offset = self._find_data_offset()
+        self.lock = threading.Lock()  # one graph at a time: ggml's OpenMP team is shared
+
+    def _find_data_offset(self) -> int:
+        ctx = self.base.ggml_init(_InitParams(1 << 16, None, False))
+        if not ctx:
+            raise OSError("ggml_init failed")
+        try:
+            t = self.base.ggml_new_tensor_2d(ctx, F32, 16, 4)
+            data = self.base.ggml_get_data(t)
+            words = (ctypes.c_uint64 * 64).from_address(t)
+            hits = [i * 8 for i in range(64) if words[i] == data]
+        finally:
+            self.base.ggml_free(ctx)
+        if len(hits) != 1:
+            raise OSError(f"cannot locate ggml_tensor.data ({len(hits)} candidates)")
+        return hits[0]
+
+    def mul_mats(self, mats: list[tuple[np.ndarray, str, tuple[int, int]]], x: np.ndarray,
+                 threads: int) -> list[np.ndarray]:
+        """``x @ W.T`` for each (raw GGUF bytes, type, (rows, cols)) in one graph: x is (n, cols) float32."""
+        n, cols = x.shape
+        outs = [np.empty((n, shape[0]), np.float32) for _, _, shape in mats]
+        mem = self.base.ggml_graph_overhead() + (2 * len(mats) + 1) * self.base.ggml_tensor_overhead() + 256
+        arena = np.empty(mem, np.uint8)
+        set_data = lambda t, arr: setattr(_P.from_address(t + self.data_offset), "value", arr.ctypes.data)  # noqa: E731
+        with self.lock:
+            ctx = self.base.ggml_init(_InitParams(mem, arena.ctypes.data, True))
+            try:
+                b = self.base.ggml_new_tensor_2d(ctx, F32, cols, n)
+                set_data(b, x)
+                graph = self.base.ggml_new_graph(ctx)
+                for (raw, kind, (rows, k)), out in zip(mats, outs):
+                    a = self.base.ggml_new_tensor_2d(ctx, GGML_TYPE_IDS[kind], k, rows)
+                    set_data(a, raw)
+                    y = self.base.ggml_mul_mat(ctx, a, b)
+                    set_data(y, out)
+                    self.base.ggml_build_forward_expand(graph, y)
+                plan = self.cpu.ggml_graph_plan(graph, int(threads), None)
+                work = np.empty(max(int(plan.work_size), 1), np.uint8)
+                plan.work_data = work.ctypes.data
+                status = self.cpu.ggml_graph_compute(graph, ctypes.byref(plan))
+            finally:
+                self.base.ggml_free(ctx)
+        if status != 0:
+            raise RuntimeError(f"ggml_graph_compute failed (status {status})")
+        return outs
+
+
+def _lib_dir() -> Path | None:
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    return d if (d / "libggml-cpu.so").exists() and (d / "libggml-base.so").exists() else None
+
+
+@lru_cache(maxsize=1)
+def _load() -> tuple[_Ggml | None, str | None]:
+    lib_dir = _lib_dir()
+    if lib_dir is None:
+        return None, "llama-cpp-python's ggml libraries are not installed (add the llama extra)"
+    try:
+        g = _Ggml(lib_dir)
+        rng = np.random.default_rng(0)
+        w, x = rng.standard_normal((8, 32)).astype(np.float32), rng.standard_normal((2, 32)).astype(np.float32)
+        (y,) = g.mul_mats([(w.view(np.uint8).reshape(-1), "F32", (8, 32))], x, 1)
+        if not np.allclose(y, x @ w.T, rtol=1e-4, atol=1e-4):
+            return None, "the ggml self-check gave a wrong product (unexpected library version)"
+        return g, None
+    except (OSError, AttributeError, RuntimeError) as e:
+        return None, f"ggml could not be loaded ({e})"
+
+
+def available() -> str | None:
+    """None when ggml's kernels can be used here, else why not (one line)."""
+    return _load()[1]
+
+
+def mul_mats(mats: list[tuple[np.ndarray, str, tuple[int, int]]], x: np.ndarray, threads: int) -> list[np.ndarray]:
+    g, why = _load()
+    if g is None:
+        raise RuntimeError(why)
+    return g.mul_mats(mats, np.ascontiguousarray(x, np.float32), threads)
+
+
+class GgmlMatVec:
+    """One matrix (its GGUF bytes, held as they are) multiplied by ggml's kernel for its type."""
+
+    def __init__(self, raw: np.ndarray, ggml_type: str, shape: tuple[int, int], threads: int) -> None:
+        self.raw, self.ggml_type, self.shape, self.threads, self.nbytes = raw, ggml_type, shape, threads, raw.nbytes
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        (y,) = mul_mats([(self.raw, self.ggml_type, self.shape)], np.atleast_2d(x), self.threads)
+        return y[0] if np.ndim(x) == 1 else y
+
+
+class GgmlGroup:
+    """Matrices applied to the same vector (q/k/v; gate/up) computed in one ggml graph, once per input;
+    ``member(i)`` is the callable for matrix i (the group computes on the first call with a new x)."""
+
+    def __init__(self, mats: list[tuple[np.ndarray, str, tuple[int, int]]], threads: int) -> None:
+        self.mats, self.threads = mats, threads
+        self.nbytes = sum(m[0].nbytes for m in mats)
+        self._x, self._ys = None, None
+
+    def member(self, i: int):
+        def mv(x: np.ndarray) -> np.ndarray:
+            if x is not self._x:
+                self._x, self._ys = x, mul_mats(self.mats, np.atleast_2d(x), self.threads)
+            y = self._ys[i]
+            return y[0] if np.ndim(x) == 1 else y
+        return mv

@@ -1,0 +1,65 @@
+"""llama.cpp's ggml CPU kernels, called by the edge engine on GGUF bytes in place (runtimes.ggml_kernels).
+
+The reference is independent of ggml: the weights are quantized by our converter (qtypes.encode) and
+dequantized by it (qtypes.decode), and the float product of those weights is what ggml must compute,
+up to its int8 quantization of the activations (llama.cpp's Q8 blocks). Where the engine's numpy
+kernels exist (they replay llama.cpp's activation quantization), ggml must agree with them to float
+rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgelift.converters.gguf import qtypes
+from edgelift.runtimes import ggml_kernels
+from edgelift.runtimes.gguf_kernels import KERNELS, matvec
+
+if ggml_kernels.available() is not None:  # None: usable; else the reason it is not
+    pytest.skip(ggml_kernels.available(), allow_module_level=True)
+
+TYPES = ["F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_ggml_matches_the_dequantized_product(kind):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((48, 512)).astype(np.float32)
+    raw = np.ascontiguousarray(qtypes.encode(w, kind)).view(np.uint8).reshape(-1)
+    deq = {"F32": w, "F16": w.astype(np.float16).astype(np.float32)}.get(kind)
+    if deq is None:
+        deq = qtypes.decode(raw, kind, (48, 512)).astype(np.float32)
+    x = rng.standard_normal((3, 512)).astype(np.float32)
+    (got,) = ggml_kernels.mul_mats([(raw, kind, (48, 512))], x, threads=2)
+    want = x @ deq.T
+    assert got.shape == (3, 48)
+    tol = 1e-5 if kind == "F32" else 2e-3 if kind == "F16" else 2e-2  # activations quantized to 8 bits
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < tol, kind
+    if kind in KERNELS:  # the numpy kernels replay llama.cpp's activation blocks, except that llama.cpp
+        # stores an affine type's activation block sum (Q8_1's s) in fp16 and numpy keeps it in fp32
+        ours = matvec(raw, kind, (48, 512), x)
+        tight = 2e-3 if kind in ("Q4_1", "Q5_1", "Q4_K") else 1e-5
+        assert np.linalg.norm(got - ours) / np.linalg.norm(ours) < tight, kind
+
+
+def test_one_graph_for_several_matrices_and_threads_agree():
+    """q/k/v in one graph gives what three separate products give; 1 and 2 threads give the same bits."""
+    rng = np.random.default_rng(2)
+    mats = []
+    for rows in (64, 32, 32):
+        w = rng.standard_normal((rows, 256)).astype(np.float32)
+        mats.append((np.ascontiguousarray(qtypes.encode(w, "Q4_K")).view(np.uint8).reshape(-1), "Q4_K", (rows, 256)))
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    together = ggml_kernels.mul_mats(mats, x, threads=1)
+    for m, y in zip(mats, together):
+        np.testing.assert_array_equal(ggml_kernels.mul_mats([m], x, threads=2)[0], y)
+
+
+def test_threads_reach_the_engine(smollm2_gguf):
+    import edgelift
+
+    with edgelift.load(smollm2_gguf, backend="edge", threads=3) as m:
+        assert m.session.kernels == "ggml" and m.session.store.threads == 3
+    with pytest.raises(edgelift.errors.InvalidOptionError, match="kernels must be one of"):
+        edgelift.load(smollm2_gguf, backend="edge", kernels="cuda")
