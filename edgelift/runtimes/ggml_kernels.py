@@ -60,6 +60,9 @@ class _Ggml:
             c.ggml_cpu_init()
         self.data_offset = self._find_data_offset()
         self.lock = threading.Lock()  # one graph at a time: ggml's OpenMP team is shared
+        self._graph_bytes, self._tensor_bytes = int(b.ggml_graph_overhead()), int(b.ggml_tensor_overhead())
+        self._arena = np.empty(0, np.uint8)  # the context's memory (tensor and graph headers only)
+        self._work = np.empty(1, np.uint8)  # ggml's scratch (the activations quantized to the weights' blocks)
 
     def _find_data_offset(self) -> int:
         ctx = self.base.ggml_init(_InitParams(1 << 16, None, False))
@@ -68,8 +71,11 @@ class _Ggml:
         try:
             t = self.base.ggml_new_tensor_2d(ctx, F32, 16, 4)
             data = self.base.ggml_get_data(t)
-            words = (ctypes.c_uint64 * 64).from_address(t)
-            hits = [i * 8 for i in range(64) if words[i] == data]
+            # the struct lies between the tensor's address and its data (allocated right after it in the
+            # context): scan only there, never the uninitialized data, which may hold any old pointer
+            n_words = min(128, max(0, (data - t) // 8))
+            words = (ctypes.c_uint64 * n_words).from_address(t)
+            hits = [i * 8 for i in range(n_words) if words[i] == data]
         finally:
             self.base.ggml_free(ctx)
         if len(hits) != 1:
@@ -81,11 +87,12 @@ class _Ggml:
         """``x @ W.T`` for each (raw GGUF bytes, type, (rows, cols)) in one graph: x is (n, cols) float32."""
         n, cols = x.shape
         outs = [np.empty((n, shape[0]), np.float32) for _, _, shape in mats]
-        mem = self.base.ggml_graph_overhead() + (2 * len(mats) + 1) * self.base.ggml_tensor_overhead() + 256
-        arena = np.empty(mem, np.uint8)
+        mem = self._graph_bytes + (2 * len(mats) + 1) * self._tensor_bytes + 256
         set_data = lambda t, arr: setattr(_P.from_address(t + self.data_offset), "value", arr.ctypes.data)  # noqa: E731
-        with self.lock:
-            ctx = self.base.ggml_init(_InitParams(mem, arena.ctypes.data, True))
+        with self.lock:  # the arena and the work buffer are reused: one graph at a time
+            if self._arena.nbytes < mem:
+                self._arena = np.empty(mem, np.uint8)
+            ctx = self.base.ggml_init(_InitParams(self._arena.nbytes, self._arena.ctypes.data, True))
             try:
                 b = self.base.ggml_new_tensor_2d(ctx, F32, cols, n)
                 set_data(b, x)
@@ -97,8 +104,9 @@ class _Ggml:
                     set_data(y, out)
                     self.base.ggml_build_forward_expand(graph, y)
                 plan = self.cpu.ggml_graph_plan(graph, int(threads), None)
-                work = np.empty(max(int(plan.work_size), 1), np.uint8)
-                plan.work_data = work.ctypes.data
+                if self._work.nbytes < plan.work_size:
+                    self._work = np.empty(int(plan.work_size), np.uint8)
+                plan.work_data = self._work.ctypes.data
                 status = self.cpu.ggml_graph_compute(graph, ctypes.byref(plan))
             finally:
                 self.base.ggml_free(ctx)

@@ -157,8 +157,8 @@ def plan_units(info: GGUFInfo, chunk_bytes: int | None = None) -> tuple[list[Uni
     return units, pinned
 
 
-def _pread(fd: int, offset: int, nbytes: int) -> np.ndarray:
-    buf = np.empty(nbytes, np.uint8)
+def _pread(fd: int, offset: int, nbytes: int, into: np.ndarray | None = None) -> np.ndarray:
+    buf = np.empty(nbytes, np.uint8) if into is None else into[:nbytes]
     view = memoryview(buf)
     done = 0
     while done < nbytes:
@@ -167,6 +167,32 @@ def _pread(fd: int, offset: int, nbytes: int) -> np.ndarray:
             raise ModelFormatError(f"the model file ended at byte {offset + done}; it is truncated")
         done += n
     return buf
+
+
+DIRECT_ALIGN = 4096  # O_DIRECT: offsets, lengths and buffers aligned to the logical block (4 KiB covers all)
+
+
+def _aligned_slot(nbytes: int) -> np.ndarray:
+    """A page-aligned buffer with room for a unit read from aligned boundaries on both sides."""
+    import mmap
+
+    return np.frombuffer(mmap.mmap(-1, nbytes + 2 * DIRECT_ALIGN), np.uint8)
+
+
+def _pread_direct(fd: int, offset: int, nbytes: int, slot: np.ndarray) -> np.ndarray:
+    """``nbytes`` at ``offset`` read with O_DIRECT (no page cache: the device's full read rate and nothing
+    to evict afterwards) into ``slot``, from the aligned block below ``offset``; the unit's bytes are a
+    view. A read that ends at the end of the file is short, as O_DIRECT allows."""
+    start = offset - offset % DIRECT_ALIGN
+    length = -(-(offset + nbytes - start) // DIRECT_ALIGN) * DIRECT_ALIGN
+    view = memoryview(slot)[:length]
+    done = 0
+    while done < offset + nbytes - start:
+        n = os.preadv(fd, [view[done:]], start + done)
+        if n <= 0:
+            raise ModelFormatError(f"the model file ended at byte {start + done}; it is truncated")
+        done += n
+    return slot[offset - start:offset - start + nbytes]
 
 
 class WeightStore:
@@ -189,9 +215,9 @@ class WeightStore:
         self.stats.resident_bytes += delta
         self.stats.peak_resident_bytes = max(self.stats.peak_resident_bytes, self.stats.resident_bytes)
 
-    def _read(self, offset: int, nbytes: int) -> np.ndarray:
+    def _read(self, offset: int, nbytes: int, into: np.ndarray | None = None) -> np.ndarray:
         t0 = time.perf_counter()
-        buf = _pread(self._fd, offset, nbytes)
+        buf = _pread(self._fd, offset, nbytes, into)
         self.stats.io_seconds += time.perf_counter() - t0
         self.stats.bytes_read += nbytes
         self.stats.reads += 1
@@ -222,8 +248,11 @@ class ResidentWeights(WeightStore):
     def __init__(self, path: Path, info: GGUFInfo, kernels: str = "ort", threads: int = 1) -> None:
         super().__init__(path, info, kernels, threads)
         self._units = {}
+        drop = hasattr(os, "posix_fadvise")
         for u in self.units:
             self._units[u.name] = u.prepare(self._read(u.start, u.nbytes), kernels, threads)
+            if drop:  # the weights are held once, here: the page cache's copy of the file would be a second
+                os.posix_fadvise(self._fd, u.start, u.nbytes, os.POSIX_FADV_DONTNEED)
             self._account(u.nbytes)
 
     def get(self, name: str) -> dict:
@@ -262,6 +291,21 @@ class FlashWeights(WeightStore):
         if naive:
             self.permanent = set()
         self.streamed = [n for n in self.order if n not in self.permanent]
+        # Streamed units are read into a fixed set of slots, allocated once: fresh ~25 MB buffers per read
+        # would leave the allocator's heaps holding freed ones (peak RSS far above the budget on 1B models).
+        window = free - sum(self._by_name[n].nbytes for n in self.permanent)
+        slot = max((self._by_name[n].nbytes for n in self.streamed), default=0)
+        self._slots = [_aligned_slot(slot) for _ in range(max(1, window // (slot + 2 * DIRECT_ALIGN)) if slot else 0)]
+        self._direct_fd = -1
+        if self.streamed and self.drop_cache and hasattr(os, "O_DIRECT"):
+            try:  # streamed reads bypass the page cache; where the filesystem refuses (tmpfs), buffered + DONTNEED
+                self._direct_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+                _pread_direct(self._direct_fd, 0, 1, self._slots[0])
+            except OSError:
+                if self._direct_fd >= 0:
+                    os.close(self._direct_fd)
+                self._direct_fd = -1
+        self._slot_of: dict[str, np.ndarray] = {}
         self._bufs: dict[str, np.ndarray] = {}
         self._cv = threading.Condition()
         self._next = 0  # index into self.streamed of the next unit to read ahead
@@ -275,10 +319,17 @@ class FlashWeights(WeightStore):
         if self.streamed and self.prefetch:
             self._thread.start()
 
-    def _load(self, u: Unit) -> dict:
-        buf = self._read(u.start, u.nbytes)
-        if self.drop_cache:
-            os.posix_fadvise(self._fd, u.start, u.nbytes, os.POSIX_FADV_DONTNEED)
+    def _load(self, u: Unit, into: np.ndarray | None = None) -> dict:
+        if into is not None and self._direct_fd >= 0:
+            t0 = time.perf_counter()
+            buf = _pread_direct(self._direct_fd, u.start, u.nbytes, into)
+            self.stats.io_seconds += time.perf_counter() - t0
+            self.stats.bytes_read += u.nbytes
+            self.stats.reads += 1
+        else:
+            buf = self._read(u.start, u.nbytes, into)
+            if self.drop_cache:
+                os.posix_fadvise(self._fd, u.start, u.nbytes, os.POSIX_FADV_DONTNEED)
         # streamed units compute on the bytes as read: with ggml (its kernels take GGUF blocks as they
         # are), else numpy, where an ONNX Runtime kernel would first repack them (~1 ms per matrix,
         # more than the matrix's compute)
@@ -291,12 +342,13 @@ class FlashWeights(WeightStore):
             with self._cv:
                 name = self.streamed[self._next % len(self.streamed)]
                 u = self._by_name[name]
-                self._cv.wait_for(lambda: self._stop or (name not in self._bufs and
+                self._cv.wait_for(lambda: self._stop or (name not in self._bufs and self._slots and
                                                          self.stats.resident_bytes + u.nbytes <= self.budget))
                 if self._stop:
                     return
                 self._account(u.nbytes)  # reserve before reading: the budget holds during the read
-            buf = self._load(u)
+                slot = self._slot_of[name] = self._slots.pop()
+            buf = self._load(u, slot)
             with self._cv:
                 self._bufs[name] = buf
                 self.read_order.append(name)
@@ -311,7 +363,8 @@ class FlashWeights(WeightStore):
         if not self.prefetch:  # synchronous: read now, in the forward pass's time
             with self._cv:
                 self._account(u.nbytes)
-            self._bufs[name] = self._load(u)
+                slot = self._slot_of[name] = self._slots.pop()
+            self._bufs[name] = self._load(u, slot)
             self.read_order.append(name)
         with self._cv:
             self._cv.wait_for(lambda: name in self._bufs)
@@ -325,6 +378,7 @@ class FlashWeights(WeightStore):
         with self._cv:
             if self._bufs.pop(name, None) is not None:
                 self._account(-self._by_name[name].nbytes)
+                self._slots.append(self._slot_of.pop(name))
             self._cv.notify_all()
 
     def close(self) -> None:
@@ -334,6 +388,9 @@ class FlashWeights(WeightStore):
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         self._bufs.clear()
+        if self._direct_fd >= 0:
+            os.close(self._direct_fd)
+            self._direct_fd = -1
         super().close()
 
 
