@@ -130,6 +130,18 @@ def _new_group() -> _Group:
     raise OSError("; ".join(errors) or "no memory cgroup controller is mounted under /sys/fs/cgroup")
 
 
+def _die_with_parent() -> None:
+    """Linux: the child is killed if we die first (a benchmark stopped mid-run leaves no process behind
+    holding a core and its cgroup)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def unavailable() -> str | None:
     """None when memory cgroups can be created here, else why not (one line, for skip messages)."""
     try:
@@ -160,6 +172,7 @@ def run_limited(cmd: list[str], limit_bytes: int, *, minimum_bytes: int | None =
         def enter() -> None:  # in the child, before exec: all of its memory is charged to the group
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
+            _die_with_parent()
 
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=enter, timeout=timeout_s, env=env,

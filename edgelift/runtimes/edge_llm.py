@@ -97,7 +97,7 @@ class HParams:
                                        f"{', '.join(matrix_types)} here (use backend='llama.cpp')")
             if len(shape) == 1 and ref.ggml_type != "F32":
                 raise ModelFormatError(f"{path}: tensor '{name}' is {ref.ggml_type}, norms must be F32")
-        kv_bytes = 2 * self.n_layer * self.n_ctx * kv * 4
+        kv_bytes = 2 * self.n_layer * self.n_ctx * kv * 2  # fp16 K and V
         if kv_bytes > physical_memory_bytes():
             raise InvalidOptionError(f"a {self.n_ctx}-token KV cache needs {kv_bytes / 2**30:.1f} GiB, more than this "
                                      "machine's memory: load with a smaller n_ctx")
@@ -128,14 +128,19 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps)) * w
 
 
-def rope(x: np.ndarray, pos: np.ndarray, base: float, neox: bool, factors: np.ndarray | None) -> np.ndarray:
-    """Rotate (n, heads, head_dim) by position: pairs (2i, 2i+1), or halves (i, i + d/2) for NEOX."""
-    d = x.shape[-1]
+def rope_tables(pos: np.ndarray, d: int, base: float, factors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of each position's rotation angles, (n, 1, d/2): computed once per forward pass and
+    shared by every layer's q and k."""
     inv = base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
     if factors is not None:
         inv = inv / factors
-    ang = (pos[:, None].astype(np.float64) * inv[None, :]).astype(np.float32)[:, None, :]  # (n, 1, d/2)
-    cos, sin = np.cos(ang), np.sin(ang)
+    ang = (pos[:, None].astype(np.float64) * inv[None, :]).astype(np.float32)[:, None, :]
+    return np.cos(ang), np.sin(ang)
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
+    """Rotate (n, heads, head_dim) by position: pairs (2i, 2i+1), or halves (i, i + d/2) for NEOX."""
+    d = x.shape[-1]
     a, b = (x[..., : d // 2], x[..., d // 2:]) if neox else (x[..., 0::2], x[..., 1::2])
     ra, rb = a * cos - b * sin, a * sin + b * cos
     return np.concatenate([ra, rb], -1) if neox else np.stack([ra, rb], -1).reshape(x.shape)
@@ -147,8 +152,10 @@ class LlamaEngine:
         self.pinned = {name: raw.view(np.float32) if store.refs[name].ggml_type == "F32" else raw
                        for name, raw in store.pinned.items()}
         self.rope_factors = self.pinned.get("rope_freqs.weight")
-        shape = (hp.n_layer, hp.n_ctx, hp.n_head_kv, hp.head_dim)
-        self.k_cache, self.v_cache = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        # fp16, as llama.cpp keeps it (half the memory; the values are rounded to fp16 either way);
+        # head-major: each head's keys contiguous
+        shape = (hp.n_layer, hp.n_head_kv, hp.n_ctx, hp.head_dim)
+        self.k_cache, self.v_cache = np.zeros(shape, np.float16), np.zeros(shape, np.float16)
         self.shapes = {u.name: {t.name: t for t in u.tensors} for u in store.units}
         self.on_ffn_activation = None  # optional callback(layer, (n, n_ff) array): what sparsity studies read
 
@@ -162,24 +169,28 @@ class LlamaEngine:
         hp, n = self.hp, len(ids)
         raw, etype, cols = self.store.embedding_rows(ids)
         x = rows_of(raw, etype, (n, cols), np.arange(n))                       # (n, d) token embeddings
-        pos = np.arange(pos0, pos0 + n)
-        group = hp.n_head // hp.n_head_kv
+        pos, t = np.arange(pos0, pos0 + n), pos0 + n
+        group, kvh, hd = hp.n_head // hp.n_head_kv, hp.n_head_kv, hp.head_dim
+        cos, sin = rope_tables(pos, hd, hp.rope_base, self.rope_factors)
+        neox = ARCHES[hp.arch]
+        mask = np.where(pos[:, None] >= np.arange(t)[None, :], np.float32(0), np.float32(-np.inf))  # causal (n, t)
         for i in range(hp.n_layer):
             unit, p = f"blk.{i}", f"blk.{i}."
             w = self.store.get(unit)
             h = rms_norm(x, w[p + "attn_norm.weight"].view(np.float32), hp.eps)
-            q = self._mv(w, unit, p + "attn_q.weight", h).reshape(n, hp.n_head, hp.head_dim)
-            k = self._mv(w, unit, p + "attn_k.weight", h).reshape(n, hp.n_head_kv, hp.head_dim)
-            v = self._mv(w, unit, p + "attn_v.weight", h).reshape(n, hp.n_head_kv, hp.head_dim)
-            neox = ARCHES[hp.arch]
-            q, k = rope(q, pos, hp.rope_base, neox, self.rope_factors), rope(k, pos, hp.rope_base, neox, self.rope_factors)
-            self.k_cache[i, pos0:pos0 + n], self.v_cache[i, pos0:pos0 + n] = f16(k), f16(v)  # llama.cpp's fp16 KV cache
-            K = np.repeat(self.k_cache[i, :pos0 + n], group, axis=1)          # (t, heads, hd): grouped KV
-            V = np.repeat(self.v_cache[i, :pos0 + n], group, axis=1)
-            s = np.einsum("nhd,thd->hnt", f16(q), K) / np.float32(np.sqrt(hp.head_dim))
-            s = np.where(pos[None, :, None] >= np.arange(pos0 + n)[None, None, :], s, -np.inf)  # causal
+            q = self._mv(w, unit, p + "attn_q.weight", h).reshape(n, hp.n_head, hd)
+            k = self._mv(w, unit, p + "attn_k.weight", h).reshape(n, kvh, hd)
+            v = self._mv(w, unit, p + "attn_v.weight", h).reshape(n, kvh, hd)
+            q, k = rope(q, cos, sin, neox), rope(k, cos, sin, neox)
+            self.k_cache[i, :, pos0:t], self.v_cache[i, :, pos0:t] = k.transpose(1, 0, 2), v.transpose(1, 0, 2)
+            # grouped-query attention without repeating K/V: the query heads that share a KV head as rows
+            qg = f16(q).reshape(n, kvh, group, hd).transpose(1, 2, 0, 3).reshape(kvh, group * n, hd)
+            K, V = self.k_cache[i, :, :t].astype(np.float32), self.v_cache[i, :, :t].astype(np.float32)
+            s = (qg @ K.transpose(0, 2, 1)) / np.float32(np.sqrt(hd))                       # (kvh, group*n, t)
+            s = s.reshape(kvh, group, n, t) + mask                                           # llama.cpp's fp16 KV cache
             s = np.exp(s - s.max(-1, keepdims=True))
-            att = np.einsum("hnt,thd->nhd", f16(s / s.sum(-1, keepdims=True)), V).reshape(n, -1)
+            probs = f16(s / s.sum(-1, keepdims=True)).reshape(kvh, group * n, t)
+            att = (probs @ V).reshape(kvh, group, n, hd).transpose(2, 0, 1, 3).reshape(n, -1)
             x = x + self._mv(w, unit, p + "attn_output.weight", att)
             h = rms_norm(x, w[p + "ffn_norm.weight"].view(np.float32), hp.eps)
             gate = self._mv(w, unit, p + "ffn_gate.weight", h)

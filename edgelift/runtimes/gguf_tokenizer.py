@@ -49,7 +49,9 @@ class BPETokenizer:
                                    f"supported: {', '.join(PRE_TOKENIZERS)}")
         self.tokens, self.pattern = tokens, PRE_TOKENIZERS[pre]
         self.ids = {t: i for i, t in enumerate(tokens)}
-        self.ranks = {tuple(m.split(" ", 1)): r for r, m in enumerate(merges)}
+        # keyed by the merge line itself ("a b", the header's own strings): no tuple of two new strings per
+        # merge (~8 MB on a 49k vocabulary, memory a small board does not have to spare)
+        self.ranks = {m: r for r, m in enumerate(merges)}
         self.bos, self.eos, self.add_bos = bos, eos, add_bos
         specials = sorted((t for t, k in zip(tokens, types) if k == CONTROL and t), key=len, reverse=True)
         self.special = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
@@ -61,7 +63,7 @@ class BPETokenizer:
             return self._cache[word]
         parts = list(word)
         while len(parts) > 1:
-            pairs = [(self.ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            pairs = [(self.ranks.get(f"{a} {b}", 1 << 30), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
             rank, i = min(pairs)
             if rank == 1 << 30:
                 break

@@ -199,7 +199,8 @@ class WeightStore:
     """Units by name; ``get`` blocks until a unit is resident, ``done`` says it may be released."""
 
     def __init__(self, path: Path, info: GGUFInfo, kernels: str = "ort", threads: int = 1) -> None:
-        self.path, self.info, self.kernels, self.threads = Path(path), info, kernels, threads
+        # the header is not kept: its vocabulary arrays (tokens, merges) would stay alive for nothing
+        self.path, self.kernels, self.threads = Path(path), kernels, threads
         self.units, pinned_refs = plan_units(info)
         self.order = [u.name for u in self.units]
         self._by_name = {u.name: u for u in self.units}
