@@ -65,6 +65,7 @@ class GGUFInfo:
     metadata: dict[str, object]  # scalars and strings; arrays as {"array": type, "length": n}
     tensors: list[GGUFTensorInfo] = field(default_factory=list)
     data_offset: int = 0
+    value_types: dict[str, int] = field(default_factory=dict)  # key -> GGUF value type id (arrays: 9)
 
     @property
     def architecture(self) -> str | None:
@@ -133,7 +134,7 @@ class _Reader:
 
 def read_gguf_info(path: str | Path, arrays: tuple[str, ...] = ()) -> GGUFInfo:
     """Parse and validate a GGUF file's header and tensor table without loading tensor data;
-    the metadata arrays named in ``arrays`` (e.g. the vocabulary) keep their values."""
+    the metadata arrays named in ``arrays`` (e.g. the vocabulary) keep their values (``"*"``: all)."""
     p = Path(path)
     size = p.stat().st_size
     with p.open("rb") as f:
@@ -148,11 +149,13 @@ def read_gguf_info(path: str | Path, arrays: tuple[str, ...] = ()) -> GGUFInfo:
             raise ModelFormatError(f"{p}: header claims {n_tensors} tensors and {n_kv} metadata keys (limits "
                                    f"{MAX_TENSORS} and {MAX_METADATA_KEYS}); the file is corrupted")
         meta: dict[str, object] = {}
+        value_types: dict[str, int] = {}
         for _ in range(n_kv):
             key = r.string(MAX_KEY_BYTES, "metadata key")
             if key in meta:
                 raise ModelFormatError(f"{p}: metadata key '{shown(key)}' appears twice; the file is corrupted")
-            meta[key] = r.value(r.unpack("<I"), keep=key == "tokenizer.ggml.tokens", collect=key in arrays)
+            vtype = value_types[key] = r.unpack("<I")
+            meta[key] = r.value(vtype, keep=key == "tokenizer.ggml.tokens", collect=key in arrays or "*" in arrays)
         tensors = []
         names: set[str] = set()
         for _ in range(n_tensors):
@@ -194,4 +197,4 @@ def read_gguf_info(path: str | Path, arrays: tuple[str, ...] = ()) -> GGUFInfo:
     for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
         if start < end:
             raise ModelFormatError(f"{p}: tensors '{shown(a)}' and '{shown(b)}' overlap in the data section; the file is corrupted")
-    return GGUFInfo(p, version, meta, tensors, data_offset)
+    return GGUFInfo(p, version, meta, tensors, data_offset, value_types)

@@ -62,9 +62,10 @@ def decode(raw: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """Float32 values of a stored tensor (element shape ``shape``), for re-quantizing GGUF sources."""
     import gguf
 
-    if name == "F32":
-        return np.asarray(raw, np.float32).reshape(shape)
+    raw = np.asarray(raw)
+    if name == "F32":  # raw file bytes (uint8) or already-typed values
+        return (raw.view(np.float32) if raw.dtype == np.uint8 else raw.astype(np.float32, copy=False)).reshape(shape)
     if name == "F16":
-        return np.asarray(raw).view(np.float16).astype(np.float32).reshape(shape)
+        return raw.view(np.float16).astype(np.float32).reshape(shape)
     return gguf.quants.dequantize(np.asarray(raw, np.uint8).reshape(*shape[:-1], -1), ggml_type(name)) \
         .astype(np.float32).reshape(shape)
