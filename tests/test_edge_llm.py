@@ -215,3 +215,49 @@ def test_cli_run_streams_under_a_budget(smollm2_gguf):
     res = CliRunner().invoke(app, ["run", str(smollm2_gguf), "--backend", "edge", "--memory-budget", "1MB",
                                    "--prompt", "Hi"])
     assert res.exit_code == 2 and "below the minimum" in res.output
+
+
+def test_streamed_reads_bypass_the_page_cache_and_fall_back_where_refused(smollm2_gguf, monkeypatch):
+    """Streamed units are read with O_DIRECT into slots allocated once (their number bounded by the
+    budget); where the filesystem refuses O_DIRECT (tmpfs) the buffered path gives the same logits."""
+    import os
+
+    from edgelift.runtimes import weights
+
+    ids = np.arange(300, 316, dtype=np.int32)
+    with edgelift.load(smollm2_gguf, backend="edge", memory_budget="30MB") as m:
+        st = m.session.store
+        assert st._direct_fd >= 0 and st.streamed
+
+        def slots() -> list:  # free ones and those holding a unit, read under the store's lock
+            with st._cv:
+                return [*st._slots, *st._slot_of.values()]
+
+        before = slots()
+        assert len(before) >= 2  # a read can overlap compute
+        assert st.pinned_bytes + sum(st._by_name[n].nbytes for n in st.permanent) + sum(s.nbytes for s in before) \
+            <= 30_000_000
+        direct = m.run(ids)["logits"]
+        assert sorted(map(id, slots())) == sorted(map(id, before))  # the same buffers, none allocated since
+    real_open = os.open
+
+    def no_direct(path, flags, *a, **kw):
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(22, "Invalid argument")  # what tmpfs answers
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(weights.os, "open", no_direct)
+    with edgelift.load(smollm2_gguf, backend="edge", memory_budget="30MB") as m:
+        assert m.session.store._direct_fd == -1
+        np.testing.assert_array_equal(m.run(ids)["logits"], direct)
+
+
+def test_auto_kernels_fall_back_when_ggml_is_missing(smollm2_gguf, monkeypatch):
+    """Without llama.cpp's libraries, kernels='auto' runs on ONNX Runtime's; kernels='ggml' says why not."""
+    from edgelift.runtimes import ggml_kernels
+
+    monkeypatch.setattr(ggml_kernels, "available", lambda: "llama-cpp-python's ggml libraries are not installed")
+    with edgelift.load(smollm2_gguf, backend="edge") as m:
+        assert m.session.kernels == "ort"
+    with pytest.raises(errors.InvalidOptionError, match="kernels='ggml' is not available: llama-cpp-python"):
+        edgelift.load(smollm2_gguf, backend="edge", kernels="ggml")
