@@ -63,3 +63,38 @@ def test_threads_reach_the_engine(smollm2_gguf):
         assert m.session.kernels == "ggml" and m.session.store.threads == 3
     with pytest.raises(edgelift.errors.InvalidOptionError, match="kernels must be one of"):
         edgelift.load(smollm2_gguf, backend="edge", kernels="cuda")
+
+
+def test_fused_block_graphs_match_the_float_reference():
+    """GgmlBlock's two graphs (RMSNorm + q/k/v; output projection + residual + RMSNorm + SwiGLU FFN +
+    residual) against the same steps in float64 numpy on the converter's dequantized weights."""
+    rng = np.random.default_rng(3)
+    d, ff, kv = 256, 512, 64
+    shapes = {"attn_q": (d, d), "attn_k": (kv, d), "attn_v": (kv, d), "attn_output": (d, d),
+              "ffn_gate": (ff, d), "ffn_up": (ff, d), "ffn_down": (d, ff)}
+    mats, deq = {}, {}
+    for name, shape in shapes.items():
+        w = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        raw = np.ascontiguousarray(qtypes.encode(w, "Q8_0")).view(np.uint8).reshape(-1)
+        mats[name], deq[name] = (raw, "Q8_0", shape), qtypes.decode(raw, "Q8_0", shape).astype(np.float64)
+    norms = {n: (1 + 0.1 * rng.standard_normal(d)).astype(np.float32) for n in ("attn_norm", "ffn_norm")}
+    block = ggml_kernels.GgmlBlock(mats, norms, 1e-5, threads=2)
+    x = rng.standard_normal((3, d)).astype(np.float32)
+    att = rng.standard_normal((3, d)).astype(np.float32)
+
+    def norm(v, w):
+        return v / np.sqrt((v * v).mean(-1, keepdims=True) + 1e-5) * w
+
+    def close(got, want):
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-2  # activations quantized to 8 bits, as above
+
+    h = norm(x.astype(np.float64), norms["attn_norm"])
+    for got, m in zip(block.head(x), ("attn_q", "attn_k", "attn_v")):
+        close(got, h @ deq[m].T)
+    x1 = x + att.astype(np.float64) @ deq["attn_output"].T
+    h2 = norm(x1, norms["ffn_norm"])
+    gate, up = h2 @ deq["ffn_gate"].T, h2 @ deq["ffn_up"].T
+    act_want = gate / (1 + np.exp(-gate)) * up
+    act = np.empty((3, ff), np.float32)
+    close(block.tail(x, att, act), x1 + act_want @ deq["ffn_down"].T)
+    close(act, act_want)

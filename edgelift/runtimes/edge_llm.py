@@ -22,10 +22,11 @@ from ..errors import InputMismatchError, InvalidOptionError, ModelFormatError
 from .base import Session, register_backend
 from .gguf_kernels import KERNELS, rows_of
 from .gguf_tokenizer import tokenizer_from_gguf
-from .weights import FlashWeights, ResidentWeights, WeightStore, tensor_refs
+from .weights import RAW_MATRICES, FlashWeights, ResidentWeights, WeightStore, tensor_refs
 
 MATRIX_TYPES = ("F32", "F16", *KERNELS)  # what the kernels multiply (numpy for all, ORT for some)
-ARCHES = {"llama": False, "qwen2": True}  # architecture -> NEOX-style rotary (halves) instead of pairs
+ARCHES = {"llama": False, "qwen2": True}
+BLOCK_MATRICES = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}  # architecture -> NEOX-style rotary (halves) instead of pairs
 
 
 @dataclass
@@ -124,6 +125,11 @@ def f16(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).astype(np.float32)
 
 
+def raw_rows(block, name: str) -> int:
+    """Rows of one of a fused block's matrices (the FFN width for ffn_up)."""
+    return block.mats[name][2][0]
+
+
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps)) * w
 
@@ -164,6 +170,23 @@ class LlamaEngine:
         bias = w.get(name.replace(".weight", ".bias"))  # Qwen2's q/k/v biases (F32)
         return y if bias is None else y + bias.view(np.float32)
 
+    def _fused(self, w: dict, p: str):
+        """ggml's two graphs per block (norm + q/k/v; output projection + FFN) when this unit's weights
+        are on ggml kernels; None for the step-by-step path."""
+        raw = w.get(RAW_MATRICES)
+        if raw is None or not BLOCK_MATRICES <= set(raw):
+            return None
+        if RAW_MATRICES + ".block" not in w:
+            from .ggml_kernels import GgmlBlock
+
+            norms = {n: w[p + n + ".weight"].view(np.float32) for n in ("attn_norm", "ffn_norm")}
+            w[RAW_MATRICES + ".block"] = GgmlBlock(raw, norms, self.hp.eps, self.store.threads)
+        return w[RAW_MATRICES + ".block"]
+
+    def _bias(self, w: dict, name: str, y: np.ndarray) -> np.ndarray:
+        bias = w.get(name.replace(".weight", ".bias"))  # Qwen2's q/k/v biases (F32)
+        return y if bias is None else y + bias.view(np.float32)
+
     def forward(self, ids: list[int], pos0: int) -> np.ndarray:
         """Logits (n, vocab) for tokens ``ids`` at positions pos0.., extending the KV cache."""
         hp, n = self.hp, len(ids)
@@ -177,10 +200,14 @@ class LlamaEngine:
         for i in range(hp.n_layer):
             unit, p = f"blk.{i}", f"blk.{i}."
             w = self.store.get(unit)
-            h = rms_norm(x, w[p + "attn_norm.weight"].view(np.float32), hp.eps)
-            q = self._mv(w, unit, p + "attn_q.weight", h).reshape(n, hp.n_head, hd)
-            k = self._mv(w, unit, p + "attn_k.weight", h).reshape(n, kvh, hd)
-            v = self._mv(w, unit, p + "attn_v.weight", h).reshape(n, kvh, hd)
+            block = self._fused(w, p)                                          # ggml: 2 graphs for the block
+            if block is not None:
+                q, k, v = (self._bias(w, p + m + ".weight", y) for m, y in zip(("attn_q", "attn_k", "attn_v"),
+                                                                               block.head(x)))
+            else:
+                h = rms_norm(x, w[p + "attn_norm.weight"].view(np.float32), hp.eps)
+                q, k, v = (self._mv(w, unit, p + m + ".weight", h) for m in ("attn_q", "attn_k", "attn_v"))
+            q, k, v = q.reshape(n, hp.n_head, hd), k.reshape(n, kvh, hd), v.reshape(n, kvh, hd)
             q, k = rope(q, cos, sin, neox), rope(k, cos, sin, neox)
             self.k_cache[i, :, pos0:t], self.v_cache[i, :, pos0:t] = k.transpose(1, 0, 2), v.transpose(1, 0, 2)
             # grouped-query attention without repeating K/V: the query heads that share a KV head as rows
@@ -191,6 +218,13 @@ class LlamaEngine:
             s = np.exp(s - s.max(-1, keepdims=True))
             probs = f16(s / s.sum(-1, keepdims=True)).reshape(kvh, group * n, t)
             att = (probs @ V).reshape(kvh, group, n, hd).transpose(2, 0, 1, 3).reshape(n, -1)
+            if block is not None:                                              # the same steps, in one graph
+                act = None if self.on_ffn_activation is None else np.empty((n, raw_rows(block, "ffn_up")), np.float32)
+                x = block.tail(x, att, act)
+                if act is not None:
+                    self.on_ffn_activation(i, act)
+                self.store.done(unit)
+                continue
             x = x + self._mv(w, unit, p + "attn_output.weight", att)
             h = rms_norm(x, w[p + "ffn_norm.weight"].view(np.float32), hp.eps)
             gate = self._mv(w, unit, p + "ffn_gate.weight", h)

@@ -53,6 +53,10 @@ class _Ggml:
                               (b.ggml_mul_mat, [_P, _P, _P], _P), (b.ggml_new_graph, [_P], _P),
                               (b.ggml_build_forward_expand, [_P, _P], None), (b.ggml_get_data, [_P], _P),
                               (b.ggml_tensor_overhead, [], ctypes.c_size_t), (b.ggml_graph_overhead, [], ctypes.c_size_t),
+                              (b.ggml_new_tensor_1d, [_P, ctypes.c_int, ctypes.c_int64], _P),
+                              (b.ggml_nbytes, [_P], ctypes.c_size_t),
+                              (b.ggml_rms_norm, [_P, _P, ctypes.c_float], _P), (b.ggml_mul, [_P, _P, _P], _P),
+                              (b.ggml_add, [_P, _P, _P], _P), (b.ggml_silu, [_P, _P], _P),
                               (c.ggml_graph_plan, [_P, ctypes.c_int, _P], _CPlan),
                               (c.ggml_graph_compute, [_P, ctypes.POINTER(_CPlan)], ctypes.c_int)):
             fn.argtypes, fn.restype = args, res
@@ -113,6 +117,61 @@ class _Ggml:
         if status != 0:
             raise RuntimeError(f"ggml_graph_compute failed (status {status})")
         return outs
+
+
+    def compute(self, build, n_tensors: int, threads: int) -> None:
+        """Run the graph ``build(g)`` makes with a :class:`_Builder` (at most ``n_tensors`` tensors): inputs
+        and weights point at numpy memory, intermediates get numpy buffers, outputs land in given arrays."""
+        mem = self._graph_bytes + n_tensors * self._tensor_bytes + 256
+        with self.lock:
+            if self._arena.nbytes < mem:
+                self._arena = np.empty(mem, np.uint8)
+            ctx = self.base.ggml_init(_InitParams(self._arena.nbytes, self._arena.ctypes.data, True))
+            try:
+                g = _Builder(self, ctx)
+                build(g)
+                plan = self.cpu.ggml_graph_plan(g.graph, int(threads), None)
+                if self._work.nbytes < plan.work_size:
+                    self._work = np.empty(int(plan.work_size), np.uint8)
+                plan.work_data = self._work.ctypes.data
+                status = self.cpu.ggml_graph_compute(g.graph, ctypes.byref(plan))
+            finally:
+                self.base.ggml_free(ctx)
+        if status != 0:
+            raise RuntimeError(f"ggml_graph_compute failed (status {status})")
+
+
+class _Builder:
+    """Tensors of one graph. Every tensor's data is numpy memory we hold until the graph has run: the
+    context is created with no_alloc, so nothing is left for ggml to allocate (or to leave NULL)."""
+
+    def __init__(self, lib: _Ggml, ctx) -> None:
+        self.lib, self.ctx, self.keep = lib, ctx, []
+        self.graph = lib.base.ggml_new_graph(ctx)
+
+    def _point(self, t, arr: np.ndarray):
+        _P.from_address(t + self.lib.data_offset).value = arr.ctypes.data
+        self.keep.append(arr)
+        return t
+
+    def matrix(self, arr: np.ndarray, kind: str, rows: int, cols: int):
+        """A (rows, cols) operand: GGUF bytes of ``kind``, or float32 activations (n, cols)."""
+        return self._point(self.lib.base.ggml_new_tensor_2d(self.ctx, GGML_TYPE_IDS[kind], cols, rows), arr)
+
+    def vector(self, arr: np.ndarray):
+        return self._point(self.lib.base.ggml_new_tensor_1d(self.ctx, F32, arr.shape[-1]), arr)
+
+    def op(self, name: str, *args):
+        """A ggml op (mul_mat, add, mul, silu, rms_norm) whose result gets a fresh numpy buffer."""
+        t = getattr(self.lib.base, f"ggml_{name}")(self.ctx, *args)
+        return self._point(t, np.empty(int(self.lib.base.ggml_nbytes(t)), np.uint8))
+
+    def output(self, t, out: np.ndarray) -> None:
+        """``t``'s values land in ``out`` (float32, its size): the graph computes up to ``t``."""
+        if int(self.lib.base.ggml_nbytes(t)) != out.nbytes:
+            raise RuntimeError("ggml output size mismatch")
+        self._point(t, out)
+        self.lib.base.ggml_build_forward_expand(self.graph, t)
 
 
 def _lib_dir() -> Path | None:
@@ -179,3 +238,56 @@ class GgmlGroup:
             y = self._ys[i]
             return y[0] if np.ndim(x) == 1 else y
         return mv
+
+
+class GgmlBlock:
+    """A transformer block's matrix work as two ggml graphs per token, instead of four kernel calls and
+    numpy between them:
+
+    - ``head(x)``: RMSNorm (ggml's, as llama.cpp) then q, k, v;
+    - ``tail(x, att)``: attention output projection + residual, RMSNorm, SwiGLU FFN, + residual.
+
+    ``mats`` maps short names (attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down) to
+    (GGUF bytes, type, (rows, cols)); ``norms`` maps attn_norm / ffn_norm to float32 weights."""
+
+    def __init__(self, mats: dict, norms: dict[str, np.ndarray], eps: float, threads: int) -> None:
+        self.mats, self.norms, self.eps, self.threads = mats, norms, float(eps), threads
+
+    def _w(self, g: _Builder, name: str):
+        raw, kind, (rows, cols) = self.mats[name]
+        return g.matrix(raw, kind, rows, cols)
+
+    def _norm(self, g: _Builder, x, name: str):
+        return g.op("mul", g.op("rms_norm", x, ctypes.c_float(self.eps)), g.vector(self.norms[name]))
+
+    def head(self, x: np.ndarray) -> list[np.ndarray]:
+        x = np.ascontiguousarray(x, np.float32)
+        n, d = x.shape
+        outs = [np.empty((n, self.mats[m][2][0]), np.float32) for m in ("attn_q", "attn_k", "attn_v")]
+
+        def build(g: _Builder) -> None:
+            h = self._norm(g, g.matrix(x, "F32", n, d), "attn_norm")
+            for m, out in zip(("attn_q", "attn_k", "attn_v"), outs):
+                g.output(g.op("mul_mat", self._w(g, m), h), out)
+
+        _load()[0].compute(build, 16, self.threads)
+        return outs
+
+    def tail(self, x: np.ndarray, att: np.ndarray, activation: np.ndarray | None = None) -> np.ndarray:
+        """``activation``, when given ((n, n_ff) float32), receives the SwiGLU output on the way."""
+        x, att = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(att, np.float32)
+        n, d = x.shape
+        out = np.empty_like(x)
+
+        def build(g: _Builder) -> None:
+            x1 = g.op("add", g.matrix(x, "F32", n, d), g.op("mul_mat", self._w(g, "attn_output"),
+                                                             g.matrix(att, "F32", n, att.shape[1])))
+            h = self._norm(g, x1, "ffn_norm")
+            act = g.op("mul", g.op("silu", g.op("mul_mat", self._w(g, "ffn_gate"), h)),
+                       g.op("mul_mat", self._w(g, "ffn_up"), h))
+            if activation is not None:
+                g.output(act, activation)
+            g.output(g.op("add", x1, g.op("mul_mat", self._w(g, "ffn_down"), act)), out)
+
+        _load()[0].compute(build, 24, self.threads)
+        return out

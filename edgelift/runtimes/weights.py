@@ -67,6 +67,9 @@ class Unit:
                 if t.name not in out:  # the buffer stays alive through these views: no copies
                     out[t.name] = prepare_matvec(raw_of(t), t.ggml_type, t.shape, kernels, threads) \
                         if len(t.shape) == 2 else raw_of(t)
+            # the raw matrices too, for the engine's fused per-block graphs (ggml_kernels.GgmlBlock)
+            out[RAW_MATRICES] = {t.name.split(".", 2)[-1].removesuffix(".weight"): (raw_of(t), t.ggml_type, t.shape)
+                                 for t in self.tensors if len(t.shape) == 2 and t.ggml_type in SUPPORTED}
             return out
         if kernels == "ort":
             by_suffix = {t.name.split(".", 2)[-1]: t for t in self.tensors if len(t.shape) == 2}
@@ -90,6 +93,7 @@ class Unit:
 
 
 FUSED = (("attn_q", "attn_k", "attn_v"), ("ffn_gate", "ffn_up"))  # matrices applied to the same vector
+RAW_MATRICES = "__raw_matrices__"  # key of a ggml-prepared unit's {short name: (bytes, type, shape)}
 
 
 class SharedMatVec:
