@@ -389,7 +389,7 @@ def _profile_setting(path: Path, fmt: ModelFormat, opts: ProfileOptions, params:
         t0 = time.perf_counter_ns()
         model = load(path, backend=opts.backend, threads=threads, **load_options)
         load_ns = time.perf_counter_ns() - t0
-    out: dict[str, Any] = {"label": " ".join(f"{k}={v}" for k, v in params.items()) or "default",
+    out: dict[str, Any] = {"label": setting_label(params),
                            "params": {"threads": threads, "batch": None if is_llm else batch},
                            "backend": model.backend, "load_ns": load_ns,
                            "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in model.inputs]}
@@ -467,6 +467,25 @@ def reconcile_ops(ops: dict, median_ns: float) -> None:
         o["scaled_ms"] = measured_ms * o["percent"] / 100.0
 
 
+def setting_label(params: dict[str, int]) -> str:
+    """A run's name in every table: ``threads=2 batch=4``, or ``default`` without swept parameters."""
+    return " ".join(f"{k}={v}" for k, v in params.items()) or "default"
+
+
+def sweep_settings(sweep: dict[str, list[int]], fmt: ModelFormat) -> list[dict[str, int]]:
+    """One dict per combination of the swept values (``[{}]`` without a sweep), after checking that each
+    parameter can be swept for this model: a local run and a phone's run refuse alike."""
+    unknown = set(sweep) - set(SWEEPABLE)
+    if unknown:
+        raise InvalidOptionError(f"cannot sweep {sorted(unknown)}; sweepable: {', '.join(SWEEPABLE)}")
+    if fmt is ModelFormat.GGUF and "batch" in sweep:
+        raise InvalidOptionError("GGUF language models have no batch to sweep: use -p/-n for the prompt and generation")
+    if fmt is not ModelFormat.GGUF and ({"n_prompt", "n_gen"} & set(sweep)):
+        raise InvalidOptionError("-p/-n lists are llama-bench's prompt and generation lengths: they apply to GGUF "
+                                 "language models only")
+    return [dict(zip(sweep, combo)) for combo in itertools.product(*sweep.values())] or [{}]
+
+
 def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: dict[str, list[int]] | None = None,
             preprocess: Callable | None = None, postprocess: Callable | None = None,
             progress: Progress | None = None, power_env=None,
@@ -487,14 +506,7 @@ def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: 
     path = Path(model)
     fmt = detect_format(path)
     sweep = sweep or {}
-    unknown = set(sweep) - set(SWEEPABLE)
-    if unknown:
-        raise InvalidOptionError(f"cannot sweep {sorted(unknown)}; sweepable: {', '.join(SWEEPABLE)}")
-    if fmt is ModelFormat.GGUF and "batch" in sweep:
-        raise InvalidOptionError("GGUF language models have no batch to sweep: use -p/-n for the prompt and generation")
-    if fmt is not ModelFormat.GGUF and ({"n_prompt", "n_gen"} & set(sweep)):
-        raise InvalidOptionError("-p/-n lists are llama-bench's prompt and generation lengths: they apply to GGUF "
-                                 "language models only")
+    settings = sweep_settings(sweep, fmt)
     env = power_env or DeviceEnv()
     source, reason = None, None
     if opts.power == "none":
@@ -505,7 +517,6 @@ def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: 
             reason = f"no power source found on this device (looked for: {', '.join(POWER_SOURCES)})"
             reason += "".join(f"; {hint}" for hint in absence_hints(env))  # e.g. RAPL present but root-only
     power = _Power(source, opts.power_rate_hz)
-    settings = [dict(zip(sweep, combo)) for combo in itertools.product(*sweep.values())] or [{}]
     runs, warnings = [], []
     interrupted = Interrupted()
     try:

@@ -25,8 +25,8 @@ from .gguf_tokenizer import tokenizer_from_gguf
 from .weights import RAW_MATRICES, FlashWeights, ResidentWeights, WeightStore, tensor_refs
 
 MATRIX_TYPES = ("F32", "F16", *KERNELS)  # what the kernels multiply (numpy for all, ORT for some)
-ARCHES = {"llama": False, "qwen2": True}
-BLOCK_MATRICES = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}  # architecture -> NEOX-style rotary (halves) instead of pairs
+ARCHES = {"llama": False, "qwen2": True}  # architecture -> NEOX-style rotary (halves) instead of pairs
+BLOCK_MATRICES = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}
 
 
 @dataclass
@@ -125,11 +125,6 @@ def f16(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).astype(np.float32)
 
 
-def raw_rows(block, name: str) -> int:
-    """Rows of one of a fused block's matrices (the FFN width for ffn_up)."""
-    return block.mats[name][2][0]
-
-
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps)) * w
 
@@ -166,9 +161,7 @@ class LlamaEngine:
         self.on_ffn_activation = None  # optional callback(layer, (n, n_ff) array): what sparsity studies read
 
     def _mv(self, w: dict, unit: str, name: str, x: np.ndarray) -> np.ndarray:
-        y = w[name](x)  # a prepared kernel on the quantized blocks
-        bias = w.get(name.replace(".weight", ".bias"))  # Qwen2's q/k/v biases (F32)
-        return y if bias is None else y + bias.view(np.float32)
+        return self._bias(w, name, w[name](x))  # a prepared kernel on the quantized blocks
 
     def _fused(self, w: dict, p: str):
         """ggml's two graphs per block (norm + q/k/v; output projection + FFN) when this unit's weights
@@ -219,7 +212,7 @@ class LlamaEngine:
             probs = f16(s / s.sum(-1, keepdims=True)).reshape(kvh, group * n, t)
             att = (probs @ V).reshape(kvh, group, n, hd).transpose(2, 0, 1, 3).reshape(n, -1)
             if block is not None:                                              # the same steps, in one graph
-                act = None if self.on_ffn_activation is None else np.empty((n, raw_rows(block, "ffn_up")), np.float32)
+                act = None if self.on_ffn_activation is None else np.empty((n, block.rows("ffn_up")), np.float32)
                 x = block.tail(x, att, act)
                 if act is not None:
                     self.on_ffn_activation(i, act)

@@ -91,33 +91,14 @@ class _Ggml:
         """``x @ W.T`` for each (raw GGUF bytes, type, (rows, cols)) in one graph: x is (n, cols) float32."""
         n, cols = x.shape
         outs = [np.empty((n, shape[0]), np.float32) for _, _, shape in mats]
-        mem = self._graph_bytes + (2 * len(mats) + 1) * self._tensor_bytes + 256
-        set_data = lambda t, arr: setattr(_P.from_address(t + self.data_offset), "value", arr.ctypes.data)  # noqa: E731
-        with self.lock:  # the arena and the work buffer are reused: one graph at a time
-            if self._arena.nbytes < mem:
-                self._arena = np.empty(mem, np.uint8)
-            ctx = self.base.ggml_init(_InitParams(self._arena.nbytes, self._arena.ctypes.data, True))
-            try:
-                b = self.base.ggml_new_tensor_2d(ctx, F32, cols, n)
-                set_data(b, x)
-                graph = self.base.ggml_new_graph(ctx)
-                for (raw, kind, (rows, k)), out in zip(mats, outs):
-                    a = self.base.ggml_new_tensor_2d(ctx, GGML_TYPE_IDS[kind], k, rows)
-                    set_data(a, raw)
-                    y = self.base.ggml_mul_mat(ctx, a, b)
-                    set_data(y, out)
-                    self.base.ggml_build_forward_expand(graph, y)
-                plan = self.cpu.ggml_graph_plan(graph, int(threads), None)
-                if self._work.nbytes < plan.work_size:
-                    self._work = np.empty(int(plan.work_size), np.uint8)
-                plan.work_data = self._work.ctypes.data
-                status = self.cpu.ggml_graph_compute(graph, ctypes.byref(plan))
-            finally:
-                self.base.ggml_free(ctx)
-        if status != 0:
-            raise RuntimeError(f"ggml_graph_compute failed (status {status})")
-        return outs
 
+        def build(g: _Builder) -> None:
+            b = g.matrix(x, "F32", n, cols)
+            for (raw, kind, (rows, k)), out in zip(mats, outs):
+                g.op("mul_mat", g.matrix(raw, kind, rows, k), b, out=out)
+
+        self.compute(build, 2 * len(mats) + 1, threads)
+        return outs
 
     def compute(self, build, n_tensors: int, threads: int) -> None:
         """Run the graph ``build(g)`` makes with a :class:`_Builder` (at most ``n_tensors`` tensors): inputs
@@ -161,17 +142,18 @@ class _Builder:
     def vector(self, arr: np.ndarray):
         return self._point(self.lib.base.ggml_new_tensor_1d(self.ctx, F32, arr.shape[-1]), arr)
 
-    def op(self, name: str, *args):
-        """A ggml op (mul_mat, add, mul, silu, rms_norm) whose result gets a fresh numpy buffer."""
+    def op(self, name: str, *args, out: np.ndarray | None = None):
+        """A ggml op (mul_mat, add, mul, silu, rms_norm). Its result goes to a fresh numpy buffer, or, as
+        an output of the graph, to ``out`` (float32, the result's size): the graph computes up to it."""
         t = getattr(self.lib.base, f"ggml_{name}")(self.ctx, *args)
-        return self._point(t, np.empty(int(self.lib.base.ggml_nbytes(t)), np.uint8))
-
-    def output(self, t, out: np.ndarray) -> None:
-        """``t``'s values land in ``out`` (float32, its size): the graph computes up to ``t``."""
-        if int(self.lib.base.ggml_nbytes(t)) != out.nbytes:
+        nbytes = int(self.lib.base.ggml_nbytes(t))
+        if out is None:
+            return self._point(t, np.empty(nbytes, np.uint8))
+        if out.nbytes != nbytes:
             raise RuntimeError("ggml output size mismatch")
         self._point(t, out)
         self.lib.base.ggml_build_forward_expand(self.graph, t)
+        return t
 
 
 def _lib_dir() -> Path | None:
@@ -222,24 +204,6 @@ class GgmlMatVec:
         return y[0] if np.ndim(x) == 1 else y
 
 
-class GgmlGroup:
-    """Matrices applied to the same vector (q/k/v; gate/up) computed in one ggml graph, once per input;
-    ``member(i)`` is the callable for matrix i (the group computes on the first call with a new x)."""
-
-    def __init__(self, mats: list[tuple[np.ndarray, str, tuple[int, int]]], threads: int) -> None:
-        self.mats, self.threads = mats, threads
-        self.nbytes = sum(m[0].nbytes for m in mats)
-        self._x, self._ys = None, None
-
-    def member(self, i: int):
-        def mv(x: np.ndarray) -> np.ndarray:
-            if x is not self._x:
-                self._x, self._ys = x, mul_mats(self.mats, np.atleast_2d(x), self.threads)
-            y = self._ys[i]
-            return y[0] if np.ndim(x) == 1 else y
-        return mv
-
-
 class GgmlBlock:
     """A transformer block's matrix work as two ggml graphs per token, instead of four kernel calls and
     numpy between them:
@@ -252,6 +216,10 @@ class GgmlBlock:
 
     def __init__(self, mats: dict, norms: dict[str, np.ndarray], eps: float, threads: int) -> None:
         self.mats, self.norms, self.eps, self.threads = mats, norms, float(eps), threads
+
+    def rows(self, name: str) -> int:
+        """Rows of one of the block's matrices (``ffn_up``: the FFN width)."""
+        return self.mats[name][2][0]
 
     def _w(self, g: _Builder, name: str):
         raw, kind, (rows, cols) = self.mats[name]
@@ -268,7 +236,7 @@ class GgmlBlock:
         def build(g: _Builder) -> None:
             h = self._norm(g, g.matrix(x, "F32", n, d), "attn_norm")
             for m, out in zip(("attn_q", "attn_k", "attn_v"), outs):
-                g.output(g.op("mul_mat", self._w(g, m), h), out)
+                g.op("mul_mat", self._w(g, m), h, out=out)
 
         _load()[0].compute(build, 16, self.threads)
         return outs
@@ -284,10 +252,8 @@ class GgmlBlock:
                                                              g.matrix(att, "F32", n, att.shape[1])))
             h = self._norm(g, x1, "ffn_norm")
             act = g.op("mul", g.op("silu", g.op("mul_mat", self._w(g, "ffn_gate"), h)),
-                       g.op("mul_mat", self._w(g, "ffn_up"), h))
-            if activation is not None:
-                g.output(act, activation)
-            g.output(g.op("add", x1, g.op("mul_mat", self._w(g, "ffn_down"), act)), out)
+                       g.op("mul_mat", self._w(g, "ffn_up"), h), out=activation)
+            g.op("add", x1, g.op("mul_mat", self._w(g, "ffn_down"), act), out=out)
 
         _load()[0].compute(build, 24, self.threads)
         return out

@@ -46,28 +46,22 @@ class Unit:
     def prepare(self, buf: np.ndarray, kernels: str, threads: int = 1) -> dict:
         """Matrices as ready-to-call matrix-vector kernels, vectors (norms, biases) as raw bytes.
 
-        Matrices that multiply the same vector (q/k/v; gate/up) are computed together: with ggml in one
-        graph over the bytes as read (the unit's buffer is the only copy of its weights); with ONNX
-        Runtime as one session over their stacked rows (a call costs ~10 µs of overhead whatever its
-        size, and a token makes 7 of them per block). numpy kernels work on the read buffer in place."""
+        With ggml, kernels and the raw matrices are views of the bytes as read (the unit's buffer is the
+        only copy of its weights); the engine runs a block as two fused graphs over them. With ONNX
+        Runtime, matrices that multiply the same vector (q/k/v; gate/up) become one session over their
+        stacked rows (a call costs ~10 µs of overhead whatever its size, and a token makes 7 of them per
+        block). numpy kernels work on the read buffer in place."""
         from .gguf_kernels import prepare_matvec
 
         out = {}
         raw_of = lambda t: buf[t.offset - self.start:t.offset - self.start + t.nbytes]  # noqa: E731
         if kernels == "ggml":
-            from .ggml_kernels import SUPPORTED, GgmlGroup
+            from .ggml_kernels import SUPPORTED
 
-            by_suffix = {t.name.split(".", 2)[-1]: t for t in self.tensors if len(t.shape) == 2}
-            for group in FUSED:
-                ts = [by_suffix.get(f"{n}.weight") for n in group]
-                if all(ts) and all(t.ggml_type in SUPPORTED for t in ts):
-                    shared = GgmlGroup([(raw_of(t), t.ggml_type, t.shape) for t in ts], threads)
-                    out.update({t.name: shared.member(i) for i, t in enumerate(ts)})
-            for t in self.tensors:
-                if t.name not in out:  # the buffer stays alive through these views: no copies
-                    out[t.name] = prepare_matvec(raw_of(t), t.ggml_type, t.shape, kernels, threads) \
-                        if len(t.shape) == 2 else raw_of(t)
-            # the raw matrices too, for the engine's fused per-block graphs (ggml_kernels.GgmlBlock)
+            for t in self.tensors:  # the buffer stays alive through these views: no copies
+                out[t.name] = prepare_matvec(raw_of(t), t.ggml_type, t.shape, kernels, threads) \
+                    if len(t.shape) == 2 else raw_of(t)
+            # the raw matrices too: a block runs as the engine's two fused graphs (ggml_kernels.GgmlBlock)
             out[RAW_MATRICES] = {t.name.split(".", 2)[-1].removesuffix(".weight"): (raw_of(t), t.ggml_type, t.shape)
                                  for t in self.tensors if len(t.shape) == 2 and t.ggml_type in SUPPORTED}
             return out
@@ -220,9 +214,11 @@ class WeightStore:
         self.stats.resident_bytes += delta
         self.stats.peak_resident_bytes = max(self.stats.peak_resident_bytes, self.stats.resident_bytes)
 
-    def _read(self, offset: int, nbytes: int, into: np.ndarray | None = None) -> np.ndarray:
+    def _read(self, offset: int, nbytes: int, into: np.ndarray | None = None, direct_fd: int = -1) -> np.ndarray:
+        """``nbytes`` at ``offset``, counted in the stats; with ``direct_fd`` (opened O_DIRECT) into the
+        aligned slot ``into``, bypassing the page cache."""
         t0 = time.perf_counter()
-        buf = _pread(self._fd, offset, nbytes, into)
+        buf = _pread(self._fd, offset, nbytes, into) if direct_fd < 0 else _pread_direct(direct_fd, offset, nbytes, into)
         self.stats.io_seconds += time.perf_counter() - t0
         self.stats.bytes_read += nbytes
         self.stats.reads += 1
@@ -325,16 +321,10 @@ class FlashWeights(WeightStore):
             self._thread.start()
 
     def _load(self, u: Unit, into: np.ndarray | None = None) -> dict:
-        if into is not None and self._direct_fd >= 0:
-            t0 = time.perf_counter()
-            buf = _pread_direct(self._direct_fd, u.start, u.nbytes, into)
-            self.stats.io_seconds += time.perf_counter() - t0
-            self.stats.bytes_read += u.nbytes
-            self.stats.reads += 1
-        else:
-            buf = self._read(u.start, u.nbytes, into)
-            if self.drop_cache:
-                os.posix_fadvise(self._fd, u.start, u.nbytes, os.POSIX_FADV_DONTNEED)
+        direct = self._direct_fd if into is not None else -1
+        buf = self._read(u.start, u.nbytes, into, direct)
+        if direct < 0 and self.drop_cache:
+            os.posix_fadvise(self._fd, u.start, u.nbytes, os.POSIX_FADV_DONTNEED)
         # streamed units compute on the bytes as read: with ggml (its kernels take GGUF blocks as they
         # are), else numpy, where an ONNX Runtime kernel would first repack them (~1 ms per matrix,
         # more than the matrix's compute)

@@ -20,7 +20,6 @@ timeout and turns adb's own failures (no device, unauthorized, offline) into
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import queue
 import re
 import shutil
@@ -275,16 +274,6 @@ BENCHMARK_MODEL_DELEGATES = {
     "xnnpack": ["--use_xnnpack=true"], "none": ["--use_xnnpack=false"], "gpu": ["--use_gpu=true"],
     "nnapi": ["--use_nnapi=true"], "hexagon": ["--use_hexagon=true"],
 }
-
-
-def sweep_settings(options: RemoteOptions, fmt: ModelFormat) -> list[dict[str, int]]:
-    """One dict per setting of the -t/-p/-n lists (``[{}]`` without lists); -p/-n lists are llama-bench's
-    and refused for a .tflite model, as locally."""
-    if fmt is not ModelFormat.GGUF and {"n_prompt", "n_gen"} & set(options.lists):
-        raise InvalidOptionError("-p/-n lists are llama-bench's prompt and generation lengths: they apply to GGUF "
-                                 "language models only")
-    keys = list(options.lists)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*options.lists.values())] or [{}]
 
 
 def benchmark_model_delegate_flags(delegate: str | None) -> list[str]:
@@ -580,7 +569,7 @@ class AdbTarget(DeviceTarget):
         -t/-p/-n lists, as locally and over SSH), each setting's result announced as it is measured.
         Ctrl-C or a lost adb connection after the first setting give a report of the settings done,
         marked partial with the reason; before it, they raise as usual."""
-        from ..profile import accuracy_from_conversion, report_doc
+        from ..profile import accuracy_from_conversion, report_doc, sweep_settings
 
         path = Path(model)
         if options.idle_s is not None:
@@ -589,7 +578,7 @@ class AdbTarget(DeviceTarget):
         if fmt not in TOOLS:
             raise InvalidOptionError(f"{path.name} is a {fmt.value} model: on Android, edge profile runs .tflite "
                                      "(LiteRT benchmark_model) and .gguf (llama-bench) models")
-        settings = sweep_settings(options, fmt)
+        settings = sweep_settings(options.lists, fmt)  # the -t/-p/-n lists, checked as for a local run
         tool = TOOLS[fmt]
         binary = self._check_binary(options.device_binary, fmt)
         say = on_line or (lambda s: None)
@@ -641,15 +630,14 @@ class AdbTarget(DeviceTarget):
                          params: dict[str, int], source, on_line) -> tuple[dict, bool, str | None]:
         """One setting (e.g. ``{"threads": 2}``) measured: (run entry labelled as locally, whether the
         measured window came from the binary's progress lines, llama-bench's build or None)."""
-        from ..profile import power_section
+        from ..profile import power_section, setting_label
 
         opts = dataclasses.replace(options, **params)
         measure = self._profile_tflite if fmt is ModelFormat.TFLITE else self._profile_gguf
         run, sampler, exact, units, tokens, version = measure(remote_bin, remote_model, opts, source, on_line)
         run["power"] = power_section(source, options.power_rate_hz, sampler, NO_POWER_REASON, units, tokens)
-        if params:
-            run["label"] = " ".join(f"{k}={v}" for k, v in params.items())
-            run["params"] = {**run["params"], **params}
+        run["label"] = setting_label(params)
+        run["params"] = {**run["params"], **params}
         return run, exact, version
 
     @staticmethod
