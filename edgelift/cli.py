@@ -83,7 +83,7 @@ def _main(
 @app.command()
 def convert(
     source: str = typer.Argument(..., metavar="SOURCE", help="model.pt2, model.onnx, module.path:factory (with --weights), "
-                                 "or for --to gguf a Hugging Face checkpoint directory, a model id in the local Hugging "
+                                 "or a Hugging Face checkpoint directory (decoder language models to onnx or gguf; encoders to onnx), a model id in the local Hugging "
                                  "Face cache (ORG/NAME, never downloaded) or model.gguf."),
     to: list[str] = typer.Option(["onnx"], "--to", rich_help_panel="Targets", help="Target formats (comma list or repeatable): onnx, tflite, coreml; or gguf (alone) from a Hugging Face checkpoint or a .gguf."),
     quantize: list[str] = typer.Option(
@@ -107,6 +107,7 @@ def convert(
     name: Optional[str] = typer.Option(None, "--name", rich_help_panel="Targets", help="Artifact base name (default: from the source)."),
     block_size: int = typer.Option(32, "--block-size", rich_help_panel="Quantization", help="int4 block size: 32, 64 or 128."),
     asymmetric: bool = typer.Option(False, "--asymmetric", rich_help_panel="Quantization", help="int4 with zero points (default symmetric)."),
+    accuracy_level: int = typer.Option(4, "--accuracy-level", rich_help_panel="Quantization", help="Language models to ONNX: MatMulNBits' compute type, 0 (fp32) to 4 (int8 activations, fastest on CPUs)."),
     activation_type: str = typer.Option("uint8", "--activation-type", rich_help_panel="Quantization", help="int8 activations: uint8 or int8."),
     calibration_method: str = typer.Option("minmax", "--calibration-method", rich_help_panel="Quantization", help="minmax, entropy, percentile."),
     static_batch: bool = typer.Option(False, "--static-batch", rich_help_panel="Export and formats", help="Keep the example's batch size fixed."),
@@ -140,8 +141,8 @@ def convert(
                 source, to=to, quantize=quantize, out=out, calibration=calibration,
                 validation=validation, weights=weights, input_shapes=shapes, batch_axis=axes, input_ranges=ranges,
                 min_cosine=min_cosine, max_rel_l2=max_rel_l2, keep_failed=keep_failed, repair=not no_repair, name=name,
-                block_size=block_size, symmetric=not asymmetric, activation_type=activation_type,
-                calibration_method=calibration_method, dynamic_batch=not static_batch, opset=opset, nhwc_io=nhwc_io, int8_io=int8_io,
+                block_size=block_size, symmetric=not asymmetric, accuracy_level=accuracy_level,
+                activation_type=activation_type, calibration_method=calibration_method, dynamic_batch=not static_batch, opset=opset, nhwc_io=nhwc_io, int8_io=int8_io,
                 coreml_target=coreml_target, coreml_precision=coreml_precision,
                 exporter=exporter,
                 progress=on_progress,
@@ -284,9 +285,13 @@ def run(
         options = {} if n_ctx is None else {"n_ctx": n_ctx}
         options.update(backend_options(ep, ep_option, delegate, n_gpu_layers))
         if prompt is not None:
-            if detect_format(model) is not ModelFormat.GGUF:
-                raise InvalidOptionError(f"--prompt needs a language model (GGUF); {model.name} is not one")
-            options["logits_all"] = False  # generation needs the last position's logits only
+            from .runtimes.onnx_llm import is_language_model_file
+
+            if not is_language_model_file(model):
+                raise InvalidOptionError(f"--prompt needs a language model (GGUF, or ONNX with a key-value cache); "
+                                         f"{model.name} is not one")
+            if detect_format(model) is ModelFormat.GGUF:
+                options["logits_all"] = False  # generation needs the last position's logits only
         if memory_budget is not None:
             options["memory_budget"] = memory_budget
             if detect_format(model) is ModelFormat.ONNX:
@@ -577,7 +582,9 @@ def profile(
                 grid[key] = values
         from .core.formats import ModelFormat, detect_format
 
-        is_llm = detect_format(model) is ModelFormat.GGUF
+        from .runtimes.onnx_llm import is_language_model_file
+
+        is_llm = is_language_model_file(model)
         if repetitions is not None and not is_llm:
             raise InvalidOptionError("-r/--repetitions repeats llama-bench's tests on GGUF models; for other models "
                                      "use --runs N, --min-secs S or --duration S")

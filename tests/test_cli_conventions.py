@@ -185,7 +185,7 @@ def test_prompt_lists_are_refused_for_a_tflite_model_on_a_phone(tmp_path):
     bm.write_bytes(b"\x7fELF" + bytes(100))
     res = CliRunner().invoke(app, ["profile", str(tfl), "--device", "adb://SERIAL", "-p", "128,512",
                                    "--device-binary", str(bm)])
-    assert res.exit_code == 2 and "GGUF language models only" in res.output
+    assert res.exit_code == 2 and "language models (GGUF, ONNX decoders) only" in res.output
 
 
 def test_report_prints_json_md_csv(digits_result, tmp_path):

@@ -38,7 +38,7 @@ def test_run_errors(digits_onnx, tmp_path):
         (["run", str(digits_onnx)], "exactly one of"),
         (["run", str(digits_onnx), "--random", "--prompt", "hi"], "exactly one of"),
         (["run", str(digits_onnx), "--input", str(bad)], "input names do not match"),
-        (["run", str(digits_onnx), "--prompt", "hi"], "needs a language model (GGUF)"),
+        (["run", str(digits_onnx), "--prompt", "hi"], "needs a language model (GGUF, or ONNX with a key-value cache)"),
         (["run", str(tmp_path / "missing.onnx"), "--random"], "no such file"),
         (["run", str(digits_onnx), "--random", "--backend", "litert"], "runs tflite models, not onnx"),
         (["run", str(digits_onnx), "--random", "--threads", "0"], "threads must be an integer from 1 to"),

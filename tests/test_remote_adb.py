@@ -693,7 +693,7 @@ def test_thread_list_runs_one_setting_after_another_and_streams_each(phone, file
 
 
 def test_prompt_lists_are_refused_for_tflite_on_a_phone(phone, files):
-    with pytest.raises(InvalidOptionError, match="GGUF language models only"):
+    with pytest.raises(InvalidOptionError, match=r"language models \(GGUF, ONNX decoders\) only"):
         target().profile(files["tflite"], RemoteOptions(lists={"n_prompt": [128, 512]},
                                                         device_binary=files["benchmark_model"]))
 

@@ -64,6 +64,7 @@ def convert(
     name: str | None = None,
     block_size: int = 32,
     symmetric: bool = True,
+    accuracy_level: int = 4,
     activation_type: str = "uint8",
     calibration_method: str = "minmax",
     dynamic_batch: bool = True,
@@ -97,6 +98,11 @@ def convert(
             source, name = resolve_repo_id(source), name or repo.split("/")[1]
     if "gguf" in [str(t).lower() for t in _listify(to)]:
         return _convert_gguf(source, _listify(to), _listify(quantize), out, name, progress)
+    from .llm_onnx import is_decoder_checkpoint
+
+    if isinstance(source, (str, Path)) and is_decoder_checkpoint(source):
+        return _convert_llm(source, _listify(to), _listify(quantize), out, name, block_size, symmetric, accuracy_level,
+                            keep_failed, progress)
     targets = list({t.name: t for t in map(get_target, _listify(to))}.values())
     modes = list({m.name: m for m in map(get_mode, _listify(quantize))}.values())
     if not modes:
@@ -347,6 +353,23 @@ def check_artifact_name(name: str) -> None:
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES or "/" in name or name in ("", ".", ".."):
         raise InvalidOptionError(f"the artifacts' base name '{name[:40]}...' ({len(name)} characters, from the source's "
                                  f"file name) cannot name a file: pass --name with at most {MAX_NAME_BYTES} characters")
+
+
+def _convert_llm(source, to: list[str], quantize: list[str], out, name, block_size, symmetric, accuracy_level,
+                 keep_failed, progress) -> ConversionResult:
+    """Decoder checkpoints become ONNX graphs with a key-value cache, built by the project (``llm_onnx``)."""
+    other = sorted({t.lower() for t in to} - {"onnx"})
+    if other:
+        raise InvalidOptionError(f"{source} is a decoder language model: it converts to onnx (a graph with a key-value "
+                                 f"cache, run by edgelift.load(...).generate()) or gguf, not {', '.join(other)}")
+    from .llm_onnx import convert_llm_onnx
+
+    def on_step(desc: str, done: int, total: int) -> None:
+        if progress:
+            progress(ProgressEvent(done, total, desc))
+
+    return convert_llm_onnx(source, quantize=quantize, out=out, name=name, block_size=block_size, symmetric=symmetric,
+                            accuracy_level=accuracy_level, keep_failed=keep_failed, progress=on_step)
 
 
 def _convert_gguf(source, to: list[str], quantize: list[str], out, name, progress) -> ConversionResult:

@@ -376,6 +376,14 @@ def read_onnx_graph(data: bytes, folder=None) -> OnnxGraph:
     return OnnxGraph(nodes, inits, inputs, outputs, [f for f in model if f[0] != MODEL_GRAPH])
 
 
+def graph_input_names(data: bytes) -> list[str]:
+    """The names of a model's declared graph inputs; nothing else is decoded (weights stay where they are)."""
+    graphs = [v for n, wt, v in parse(data) if n == MODEL_GRAPH and wt == 2]
+    if len(graphs) != 1:
+        raise ModelFormatError("the file has no ONNX graph; it is not an ONNX model")
+    return [_str(parse(v), 1) for n, wt, v in parse(graphs[0]) if n == GRAPH_INPUT and wt == 2]
+
+
 def tensor_initializer(name: str, array) -> Initializer:
     """An initializer holding ``array`` (numpy) as raw little-endian data."""
     import numpy as np

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import __version__
 from ..core.atomic import path_size
+from ..runtimes.onnx_llm import is_language_model_file
 from ..core.formats import ModelFormat, detect_format
 from ..errors import InvalidOptionError
 from .report import SCHEMA, SCHEMA_VERSION, ProfileReport
@@ -325,6 +326,8 @@ def _llm_run(model, opts: ProfileOptions, progress: Progress | None) -> tuple[di
 def _op_profile(path: Path, fmt: ModelFormat, backend: str, feeds, opts: ProfileOptions, threads) -> tuple[dict | None, str | None]:
     if not opts.per_op:
         return None, "per-op profiling was turned off"
+    if feeds is None:  # a language model: measured token by token (llama-bench's tests)
+        return None, f"per-op time is not recorded for {fmt.value} language models"
     if fmt is ModelFormat.ONNX and backend == "onnxruntime":
         from ..runtimes.model import load
         from .perop import from_ort_trace, read_ort_trace
@@ -338,8 +341,6 @@ def _op_profile(path: Path, fmt: ModelFormat, backend: str, feeds, opts: Profile
             return from_ort_trace(read_ort_trace(trace), top=opts.top).to_dict(), None
     if fmt is ModelFormat.TFLITE:
         return _tflite_op_profile(path, opts, threads)
-    if fmt is ModelFormat.GGUF:
-        return None, "per-op time is not recorded for GGUF models (llama.cpp exposes no per-op timing)"
     return None, f"per-op time is not available for {fmt.value} models on {backend}"
 
 
@@ -377,12 +378,12 @@ def _profile_setting(path: Path, fmt: ModelFormat, opts: ProfileOptions, params:
     from ..runtimes.model import load
 
     threads, batch = params.get("threads", opts.threads), params.get("batch", opts.batch)
-    is_llm = fmt is ModelFormat.GGUF
+    is_llm = is_language_model_file(path)
     opts = dataclasses.replace(opts, n_prompt=params.get("n_prompt", opts.n_prompt), n_gen=params.get("n_gen", opts.n_gen))
     load_options = dict(opts.load_options)
     if is_llm:
         load_options.setdefault("n_ctx", opts.n_prompt + opts.n_gen + 8)
-        if opts.backend in ("auto", "llama.cpp"):
+        if fmt is ModelFormat.GGUF and opts.backend in ("auto", "llama.cpp"):
             load_options.setdefault("logits_all", False)
     rss0 = current_rss()
     with RssSampler() as load_rss:
@@ -472,17 +473,18 @@ def setting_label(params: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items()) or "default"
 
 
-def sweep_settings(sweep: dict[str, list[int]], fmt: ModelFormat) -> list[dict[str, int]]:
+def sweep_settings(sweep: dict[str, list[int]], fmt: ModelFormat, llm: bool | None = None) -> list[dict[str, int]]:
     """One dict per combination of the swept values (``[{}]`` without a sweep), after checking that each
     parameter can be swept for this model: a local run and a phone's run refuse alike."""
     unknown = set(sweep) - set(SWEEPABLE)
     if unknown:
         raise InvalidOptionError(f"cannot sweep {sorted(unknown)}; sweepable: {', '.join(SWEEPABLE)}")
-    if fmt is ModelFormat.GGUF and "batch" in sweep:
-        raise InvalidOptionError("GGUF language models have no batch to sweep: use -p/-n for the prompt and generation")
-    if fmt is not ModelFormat.GGUF and ({"n_prompt", "n_gen"} & set(sweep)):
-        raise InvalidOptionError("-p/-n lists are llama-bench's prompt and generation lengths: they apply to GGUF "
-                                 "language models only")
+    llm = fmt is ModelFormat.GGUF if llm is None else llm
+    if llm and "batch" in sweep:
+        raise InvalidOptionError("language models have no batch to sweep: use -p/-n for the prompt and generation")
+    if not llm and ({"n_prompt", "n_gen"} & set(sweep)):
+        raise InvalidOptionError("-p/-n lists are llama-bench's prompt and generation lengths: they apply to "
+                                 "language models (GGUF, ONNX decoders) only")
     return [dict(zip(sweep, combo)) for combo in itertools.product(*sweep.values())] or [{}]
 
 
@@ -506,7 +508,8 @@ def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: 
     path = Path(model)
     fmt = detect_format(path)
     sweep = sweep or {}
-    settings = sweep_settings(sweep, fmt)
+    llm = is_language_model_file(path)
+    settings = sweep_settings(sweep, fmt, llm)
     env = power_env or DeviceEnv()
     source, reason = None, None
     if opts.power == "none":
@@ -570,8 +573,7 @@ def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: 
     options = {"runs": opts.runs, "warmup": opts.warmup, "duration_s": opts.duration_s, "min_time_s": opts.min_time_s,
                "power": opts.power,
                "power_rate_hz": opts.power_rate_hz, "idle_s": opts.idle_s,
-               "n_prompt": opts.n_prompt if fmt is ModelFormat.GGUF else None,
-               "n_gen": opts.n_gen if fmt is ModelFormat.GGUF else None, "sweep": sweep}
+               "n_prompt": opts.n_prompt if llm else None, "n_gen": opts.n_gen if llm else None, "sweep": sweep}
     accuracy = opts.accuracy if opts.accuracy is not None else accuracy_from_conversion(path)
     doc = report_doc(path, fmt, runs[0]["backend"], device, runs, warnings, options, accuracy=accuracy, inputs=inputs,
                      partial=interrupted.hit)

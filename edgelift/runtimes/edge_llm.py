@@ -8,8 +8,7 @@ below reads top to bottom like the architecture diagram.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +19,7 @@ from ..core.gguf import read_gguf_info
 from ..core.tensors import TensorSpec, physical_memory_bytes
 from ..errors import InputMismatchError, InvalidOptionError, ModelFormatError
 from .base import Session, register_backend
+from .generation import RunStats, check_request, sample, stream_tokens
 from .gguf_kernels import KERNELS, rows_of
 from .gguf_tokenizer import tokenizer_from_gguf
 from .weights import RAW_MATRICES, FlashWeights, ResidentWeights, WeightStore, tensor_refs
@@ -102,22 +102,6 @@ class HParams:
         if kv_bytes > physical_memory_bytes():
             raise InvalidOptionError(f"a {self.n_ctx}-token KV cache needs {kv_bytes / 2**30:.1f} GiB, more than this "
                                      "machine's memory: load with a smaller n_ctx")
-
-
-@dataclass
-class RunStats:
-    """Per generate/run call: time to first token, prefill and decode rates, storage and memory."""
-
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    ttft_s: float = 0.0
-    prefill_tokens_per_s: float = 0.0
-    decode_tokens_per_s: float = 0.0
-    bytes_read: int = 0
-    peak_resident_weight_bytes: int = 0
-    io_wait_s: float = 0.0
-    compute_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def f16(x: np.ndarray) -> np.ndarray:
@@ -297,14 +281,8 @@ class EdgeLlmSession(Session):
     def generate(self, prompt: str, max_tokens: int = 32, temperature: float = 0.0, stream: bool = False,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str | Iterator[str]:
         """Complete ``prompt``: greedy at temperature 0, else temperature / top-k / top-p sampling."""
-        if not prompt:
-            raise InvalidOptionError("the prompt is empty")
-        if max_tokens < 1:
-            raise InvalidOptionError(f"max_tokens must be >= 1, got {max_tokens}")
-        ids = self.tokenize(prompt).tolist()
-        if len(ids) + max_tokens > self.n_ctx:
-            raise InvalidOptionError(f"the prompt is {len(ids)} tokens and {max_tokens} more were asked for, but "
-                                     f"the context holds {self.n_ctx}: shorten it or load with n_ctx={len(ids) + max_tokens}")
+        ids = self.tokenize(prompt).tolist() if prompt else []
+        check_request(prompt, max_tokens, len(ids), self.n_ctx)
         pieces = self._generate(ids, max_tokens, temperature, top_k, top_p, np.random.default_rng(seed))
         return pieces if stream else "".join(pieces)
 
@@ -312,54 +290,26 @@ class EdgeLlmSession(Session):
         st = self.store.stats
         read0, io0, wait0 = st.bytes_read, st.io_seconds, st.wait_seconds
         st.peak_resident_bytes = st.resident_bytes
-        stats = RunStats(prompt_tokens=len(ids))
-        t0 = time.perf_counter()
-        logits = self.engine.forward(ids, 0)[-1]
-        stats.ttft_s = time.perf_counter() - t0
-        stats.prefill_tokens_per_s = len(ids) / stats.ttft_s
-        out: list[int] = []
-        text = ""
+        stats = RunStats()
         pos = len(ids)
-        t1 = time.perf_counter()
-        for _ in range(max_tokens):
-            tok = sample(logits, temperature, top_k, top_p, rng)
-            if tok == self.tokenizer.eos:
-                break
-            out.append(tok)
-            full = self.tokenizer.decode(out)
-            yield full[len(text):]
-            text = full
-            if len(out) == max_tokens:
-                break
-            logits = self.engine.forward([tok], pos)[-1]
+
+        def step(tok: int) -> np.ndarray:
+            nonlocal pos
             pos += 1
-        decode_s = time.perf_counter() - t1
-        stats.generated_tokens = len(out)
-        stats.decode_tokens_per_s = max(len(out) - 1, 0) / decode_s if decode_s > 0 and len(out) > 1 else 0.0
+            return self.engine.forward([tok], pos - 1)[-1]
+
+        eos = {self.tokenizer.eos} if self.tokenizer.eos is not None else set()
+        yield from stream_tokens(lambda: self.engine.forward(ids, 0)[-1], step, self.tokenizer.decode, eos, len(ids),
+                                 max_tokens, lambda z: sample(z, temperature, top_k, top_p, rng), stats)
         stats.bytes_read = st.bytes_read - read0
         stats.peak_resident_weight_bytes = st.peak_resident_bytes
         stats.io_wait_s = st.wait_seconds - wait0
-        stats.compute_s = stats.ttft_s + decode_s - stats.io_wait_s
-        stats.extra = {"io_read_s": st.io_seconds - io0}
+        stats.compute_s -= stats.io_wait_s
+        stats.extra["io_read_s"] = st.io_seconds - io0
         self.last_stats = stats
 
     def close(self) -> None:
         self.store.close()
-
-
-def sample(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng) -> int:
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
-    order = np.argsort(-z)
-    if top_k > 0:
-        order = order[:top_k]
-    p = np.exp(z[order] - z[order[0]])
-    p /= p.sum()
-    if top_p < 1.0:
-        keep = np.searchsorted(np.cumsum(p), top_p) + 1
-        order, p = order[:keep], p[:keep] / p[:keep].sum()
-    return int(rng.choice(order, p=p))
 
 
 KERNEL_CHOICES = ("auto", "ggml", "ort", "numpy")

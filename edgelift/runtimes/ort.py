@@ -188,8 +188,17 @@ class OrtSession(Session):
 
 @register_backend("onnxruntime", formats=(ModelFormat.ONNX,), package="onnxruntime", extra="")
 def open_onnxruntime(path: Path, threads: int | None, *, providers: list[str] | None = None,
-                     optimization: str = "all", arena: bool = True, profile_prefix: str | None = None) -> OrtSession:
-    return OrtSession(path, threads, providers=providers, optimization=optimization, arena=arena,
-                      profile_prefix=profile_prefix)
+                     optimization: str = "all", arena: bool = True, profile_prefix: str | None = None,
+                     n_ctx: int | None = None) -> Session:
+    """A decoder graph with a key-value cache (``input_ids`` + ``past_key_values.*``) comes back as an
+    ``OnnxLlmSession`` (generate, tokenize, eval_tokens; ``n_ctx`` caps its context), anything else as
+    an ``OrtSession``."""
+    session = OrtSession(path, threads, providers=providers, optimization=optimization, arena=arena,
+                         profile_prefix=profile_prefix)
+    from .onnx_llm import OnnxLlmSession, is_decoder_graph
+
+    if is_decoder_graph([s.name for s in session.inputs]):
+        return OnnxLlmSession(session, Path(path), n_ctx)
+    return session
 
 
