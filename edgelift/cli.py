@@ -107,6 +107,7 @@ def convert(
     name: Optional[str] = typer.Option(None, "--name", rich_help_panel="Targets", help="Artifact base name (default: from the source)."),
     block_size: int = typer.Option(32, "--block-size", rich_help_panel="Quantization", help="int4 block size: 32, 64 or 128."),
     asymmetric: bool = typer.Option(False, "--asymmetric", rich_help_panel="Quantization", help="int4 with zero points (default symmetric)."),
+    attention: str = typer.Option("auto", "--attention", rich_help_panel="Export and formats", help="Language models to ONNX: contrib (ONNX Runtime's GroupQueryAttention, fastest), standard (standard ONNX operators only, for other runtimes and execution providers), auto."),
     accuracy_level: int = typer.Option(4, "--accuracy-level", rich_help_panel="Quantization", help="Language models to ONNX: MatMulNBits' compute type, 0 (fp32) to 4 (int8 activations, fastest on CPUs)."),
     activation_type: str = typer.Option("uint8", "--activation-type", rich_help_panel="Quantization", help="int8 activations: uint8 or int8."),
     calibration_method: str = typer.Option("minmax", "--calibration-method", rich_help_panel="Quantization", help="minmax, entropy, percentile."),
@@ -141,7 +142,7 @@ def convert(
                 source, to=to, quantize=quantize, out=out, calibration=calibration,
                 validation=validation, weights=weights, input_shapes=shapes, batch_axis=axes, input_ranges=ranges,
                 min_cosine=min_cosine, max_rel_l2=max_rel_l2, keep_failed=keep_failed, repair=not no_repair, name=name,
-                block_size=block_size, symmetric=not asymmetric, accuracy_level=accuracy_level,
+                block_size=block_size, symmetric=not asymmetric, accuracy_level=accuracy_level, attention=attention,
                 activation_type=activation_type, calibration_method=calibration_method, dynamic_batch=not static_batch, opset=opset, nhwc_io=nhwc_io, int8_io=int8_io,
                 coreml_target=coreml_target, coreml_precision=coreml_precision,
                 exporter=exporter,
@@ -313,11 +314,13 @@ def run(
                 st = getattr(m.session, "last_stats", None)
                 if st is not None:
                     console.file.flush()  # the completion's newline before the stats on stderr
+                    streamed = getattr(m.session, "store", None) is not None  # the edge engine's weight store
                     err_console.print(
                         f"TTFT {st.ttft_s * 1e3:.0f} ms, prefill {st.prefill_tokens_per_s:.1f} tok/s, decode "
-                        f"{st.decode_tokens_per_s:.1f} tok/s; read {st.bytes_read / 1e6:.1f} MB from storage, peak "
-                        f"resident weights {st.peak_resident_weight_bytes / 1e6:.1f} MB; I/O wait {st.io_wait_s:.2f} s, "
-                        f"compute {st.compute_s:.2f} s", highlight=False)
+                        f"{st.decode_tokens_per_s:.1f} tok/s; " + (
+                            f"read {st.bytes_read / 1e6:.1f} MB from storage, peak resident weights "
+                            f"{st.peak_resident_weight_bytes / 1e6:.1f} MB; I/O wait {st.io_wait_s:.2f} s, "
+                            if streamed else "") + f"compute {st.compute_s:.2f} s", highlight=False)
                 return
             # inputs without a batch axis (a recurrent state, a scalar) are fed whole, the others batched
             unbatched = unbatched_inputs(m.inputs)

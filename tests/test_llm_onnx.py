@@ -5,6 +5,7 @@ not only through the conversion's own parity report."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -211,3 +212,33 @@ def test_unsupported_config_is_refused_by_name(tmp_path):
     with pytest.raises(SourceError, match="hidden_act 'gelu'"):
         decoder_spec({"architectures": ["LlamaForCausalLM"], "hidden_act": "gelu", "hidden_size": 64,
                       "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 10})
+
+
+def test_standard_operators_graph_matches_transformers(smollm2_hf_dir, tmp_path):
+    """attention='standard': no contrib operator at all in an fp32 graph (plain ONNX for other runtimes and
+    execution providers), the same logits as transformers, and the cache stepped token by token agrees."""
+    import onnx
+
+    ckpt = tiny_causal_lm("qwen2", tmp_path / "ckpt", smollm2_hf_dir, num_hidden_layers=2)
+    res = convert_llm_onnx(ckpt, quantize=["none"], out=tmp_path / "o", attention="standard")
+    a = res.artifact("none")
+    graph = onnx.load(a.path, load_external_data=False).graph
+    assert {n.domain or "ai.onnx" for n in graph.node} == {"ai.onnx"}
+    assert "GroupQueryAttention" not in {n.op_type for n in graph.node}
+    ids = list(range(300, 340))
+    ref = _hf_logits(ckpt, ids)
+    with edgelift.load(a.path) as m:
+        got = m.run(tokens=np.asarray(ids, np.int32))["logits"]
+        m.eval_tokens(ids[:30], reset=True)
+        for t in ids[30:-1]:
+            m.eval_tokens([t])
+        last = m.eval_tokens([ids[-1]])
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(last, ref[-1], rtol=1e-3, atol=1e-4)
+
+
+def test_edge_run_prints_the_completion_and_its_figures(smollm2_onnx, smollm2_hf_dir):
+    res = CliRunner().invoke(app, ["run", smollm2_onnx.artifact("fp16").path, "-p", PROMPT, "-n", "16"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(PROMPT + _hf_greedy(smollm2_hf_dir, PROMPT, 16))
+    assert re.search(r"decode [0-9.]+ tok/s", res.output) and "from storage" not in res.output

@@ -65,6 +65,7 @@ def convert(
     block_size: int = 32,
     symmetric: bool = True,
     accuracy_level: int = 4,
+    attention: str = "auto",
     activation_type: str = "uint8",
     calibration_method: str = "minmax",
     dynamic_batch: bool = True,
@@ -102,7 +103,7 @@ def convert(
 
     if isinstance(source, (str, Path)) and is_decoder_checkpoint(source):
         return _convert_llm(source, _listify(to), _listify(quantize), out, name, block_size, symmetric, accuracy_level,
-                            keep_failed, progress)
+                            attention, keep_failed, progress)
     targets = list({t.name: t for t in map(get_target, _listify(to))}.values())
     modes = list({m.name: m for m in map(get_mode, _listify(quantize))}.values())
     if not modes:
@@ -356,7 +357,7 @@ def check_artifact_name(name: str) -> None:
 
 
 def _convert_llm(source, to: list[str], quantize: list[str], out, name, block_size, symmetric, accuracy_level,
-                 keep_failed, progress) -> ConversionResult:
+                 attention, keep_failed, progress) -> ConversionResult:
     """Decoder checkpoints become ONNX graphs with a key-value cache, built by the project (``llm_onnx``)."""
     other = sorted({t.lower() for t in to} - {"onnx"})
     if other:
@@ -369,7 +370,8 @@ def _convert_llm(source, to: list[str], quantize: list[str], out, name, block_si
             progress(ProgressEvent(done, total, desc))
 
     return convert_llm_onnx(source, quantize=quantize, out=out, name=name, block_size=block_size, symmetric=symmetric,
-                            accuracy_level=accuracy_level, keep_failed=keep_failed, progress=on_step)
+                            accuracy_level=accuracy_level, attention=attention, keep_failed=keep_failed,
+                            progress=on_step)
 
 
 def _convert_gguf(source, to: list[str], quantize: list[str], out, name, progress) -> ConversionResult:

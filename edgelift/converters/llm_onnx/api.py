@@ -45,9 +45,14 @@ def is_decoder_checkpoint(path) -> bool:
 
 def convert_llm_onnx(source: str | Path, *, quantize: Iterable[str], out: str | Path, name: str | None = None,
                      block_size: int = 32, symmetric: bool = True, accuracy_level: int = 4, keep_failed: bool = False,
-                     threads: int | None = None, progress: Callable[[str, int, int], None] | None = None,
+                     attention: str = "auto", threads: int | None = None, progress: Callable[[str, int, int], None] | None = None,
                      ) -> ConversionResult:
-    """Convert a Llama/Qwen2 checkpoint to one ONNX decoder graph per mode (none, fp16, int8-dynamic, int4)."""
+    """Convert a Llama/Qwen2 checkpoint to one ONNX decoder graph per mode (none, fp16, int8-dynamic, int4).
+
+    ``attention``: "contrib" (ONNX Runtime's GroupQueryAttention and SkipSimplifiedLayerNormalization),
+    "standard" (standard ONNX operators only, for runtimes and execution providers without them), or "auto"
+    (contrib where this ONNX Runtime has their CPU kernels)."""
+    ops = resolve_attention(attention)
     ckpt = read_checkpoint(source)
     spec = decoder_spec(ckpt.config)
     modes = list({m.name: m for m in map(get_mode, quantize)}.values())
@@ -86,7 +91,7 @@ def convert_llm_onnx(source: str | Path, *, quantize: Iterable[str], out: str | 
             enc = ENCODINGS[mode.name](g, block_size, symmetric, accuracy_level)
             try:
                 build_decoder(g, enc, spec, lambda n: ckpt.tensors[n].load() if n in ckpt.tensors else _missing(ckpt, n),
-                              on_layer=lambda i, m=mode.name: step(f"{m} layer {i + 1}/{spec.n_layer}"))
+                              on_layer=lambda i, m=mode.name: step(f"{m} layer {i + 1}/{spec.n_layer}"), ops=ops)
                 g.finish(staging.file(file), OPSET, "edgelift", {"edgelift.mode": mode.name, "edgelift.family": spec.family})
             finally:
                 g.close()
@@ -100,7 +105,7 @@ def convert_llm_onnx(source: str | Path, *, quantize: Iterable[str], out: str | 
                 par, verdict, details = parity.check(session, ref, mode.name, _runtime())
             finally:
                 session.close()
-            details.update({"family": spec.family, "layers": spec.n_layer, "quantized_matmuls": enc.quantized_matmuls,
+            details.update({"family": spec.family, "layers": spec.n_layer, "attention": ops, "quantized_matmuls": enc.quantized_matmuls,
                             "weights_by_bits": {str(k): v for k, v in sorted(enc.bits_used.items())},
                             "block_size": block_size if mode.name in ("int4", "int8-dynamic") else None,
                             "build_seconds": round(build_s, 3), "sidecar": sidecar, "tokenizer_files": copied})
@@ -135,6 +140,23 @@ def convert_llm_onnx(source: str | Path, *, quantize: Iterable[str], out: str | 
         lines = "; ".join(f"onnx {a.mode} fails its parity gate ({', '.join(a.gate['failures'])})" for a in failed)
         raise ParityError(lines + ("" if keep_failed else " — not written (--keep-failed keeps failed artifacts)"), result)
     return result
+
+
+CONTRIB_KERNELS = ("GroupQueryAttention", "SkipSimplifiedLayerNormalization")
+
+
+def resolve_attention(attention: str) -> str:
+    if attention not in ("auto", "contrib", "standard"):
+        raise QuantizationError(f"--attention must be auto, contrib or standard, got {attention!r}")
+    if attention != "auto":
+        return attention
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+
+        have = {k.op_name for k in ort_c.get_all_opkernel_def() if k.provider == "CPUExecutionProvider"}
+    except (ImportError, AttributeError):
+        return "standard"
+    return "contrib" if all(k in have for k in CONTRIB_KERNELS) else "standard"
 
 
 def _missing(ckpt, name: str):

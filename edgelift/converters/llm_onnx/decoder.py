@@ -5,9 +5,14 @@ the same graph: ``input_ids`` [batch, seq], ``attention_mask`` [batch, total], a
 ``past_key_values.{i}.key/value`` [batch, kv_heads, past, head_dim] -> ``logits`` [batch, seq, vocab]
 and ``present.{i}.key/value`` [batch, kv_heads, total, head_dim].
 
-Attention is ONNX Runtime's ``GroupQueryAttention`` (packed q/k/v in, rotary embedding applied inside
-from cos/sin tables, the cache concatenated inside); RMSNorm after the first is
-``SkipSimplifiedLayerNormalization``, which adds the residual and normalizes in one kernel.
+Two ways to write the attention and norms, one class each (``OPS``):
+
+- ``contrib``: ONNX Runtime's ``GroupQueryAttention`` (packed q/k/v in, rotary embedding applied inside from
+  cos/sin tables, the cache concatenated inside) and ``SkipSimplifiedLayerNormalization`` (residual add and
+  RMSNorm in one kernel) — the fast path on ONNX Runtime's CPU and CUDA providers;
+- ``standard``: the same computation in standard ONNX operators (rotary by Gather/Split/Concat, the cache
+  by Concat, key/value heads repeated by Expand, a causal and padding mask, Softmax), for runtimes and
+  execution providers without those contrib operators (an fp32/fp16 graph is then plain ONNX).
 """
 
 from __future__ import annotations
@@ -29,43 +34,141 @@ def present_name(i: int, kind: str) -> str:
     return f"present.{i}.{kind}"
 
 
-def build_decoder(g: GraphWriter, enc: Encoding, spec: DecoderSpec, load, on_layer=None) -> None:
+class ContribOps:
+    """GroupQueryAttention + SkipSimplifiedLayerNormalization (ONNX Runtime's com.microsoft domain)."""
+
+    def __init__(self, g: GraphWriter, spec: DecoderSpec, mask: str, cos: str, sin: str) -> None:
+        self.g, self.spec, self.cos, self.sin = g, spec, cos, sin
+        # GroupQueryAttention's bookkeeping: tokens seen per row (minus one) and the total length
+        seen = g.op1("ReduceSum", [mask, g.const("axis1", np.array([1], np.int64))], "seqlens/sum", keepdims=0)
+        self.seqlens_k = g.op1("Cast", [g.op1("Sub", [seen, g.const("one", np.array(1, np.int64))], "seqlens/minus1")],
+                               "seqlens_k", to=6)
+        total = g.op1("Gather", [g.op1("Shape", [mask], "total/shape"), g.const("one", np.array(1, np.int64))],
+                      "total/gather", axis=0)
+        self.total = g.op1("Cast", [total], "total_sequence_length", to=6)
+
+    def attention(self, qkv: str, i: int, name: str) -> str:
+        s = self.spec
+        return self.g.op("GroupQueryAttention",
+                         [qkv, "", "", past_name(i, "key"), past_name(i, "value"), self.seqlens_k, self.total,
+                          self.cos, self.sin], name, domain=MS_DOMAIN,
+                         outputs=[self.g.unique(name + "/out"), present_name(i, "key"), present_name(i, "value")],
+                         num_heads=s.n_head, kv_num_heads=s.n_kv_head, do_rotary=1, rotary_interleaved=0,
+                         scale=float(1.0 / np.sqrt(s.head_dim)))[0]
+
+    def add_norm(self, x: str, residual: str, weight: str, name: str) -> tuple[str, str]:
+        """(RMSNorm(x + residual) * weight, x + residual) in one ``SkipSimplifiedLayerNormalization``."""
+        out, _, _, total = self.g.op("SkipSimplifiedLayerNormalization", [x, residual, weight], name, n_out=4,
+                                     domain=MS_DOMAIN, epsilon=self.spec.rms_eps)
+        return out, total
+
+
+class StandardOps:
+    """The same attention and norms in standard ONNX operators (opset 17)."""
+
+    def __init__(self, g: GraphWriter, spec: DecoderSpec, mask: str, cos: str, sin: str) -> None:
+        self.g, self.spec = g, spec
+        c = g.const
+        # positions of the new tokens: past length .. past length + sequence length - 1
+        ids_shape = g.op1("Shape", ["input_ids"], "pos/ids_shape")
+        n_new = g.op1("Gather", [ids_shape, c("one", np.array(1, np.int64))], "pos/n_new", axis=0)
+        n_total = g.op1("Gather", [g.op1("Shape", [mask], "pos/mask_shape"), c("one", np.array(1, np.int64))],
+                        "pos/n_total", axis=0)
+        n_past = g.op1("Sub", [n_total, n_new], "pos/n_past")
+        pos = g.op1("Range", [n_past, n_total, c("one", np.array(1, np.int64))], "pos/range")  # [S]
+        half_cos, half_sin = g.op1("Gather", [cos, pos], "rope/cos"), g.op1("Gather", [sin, pos], "rope/sin")
+        self.cos = g.op1("Concat", [half_cos, half_cos], "rope/cos_full", axis=-1)  # [S, head_dim]
+        self.sin = g.op1("Concat", [half_sin, half_sin], "rope/sin_full", axis=-1)
+        # allowed[b, 0, i, j]: key j is not padding and not after query i (causal)
+        keys = g.op1("Range", [c("zero", np.array(0, np.int64)), n_total, c("one", np.array(1, np.int64))], "mask/keys")
+        causal = g.op1("LessOrEqual", [g.op1("Unsqueeze", [keys, c("axis0", np.array([0], np.int64))], "mask/k_row"),
+                                       g.op1("Unsqueeze", [pos, c("axis1", np.array([1], np.int64))], "mask/q_col")],
+                       "mask/causal")  # [S, T]
+        padding = g.op1("Cast", [g.op1("Unsqueeze", [mask, c("axes12", np.array([1, 2], np.int64))], "mask/pad4d")],
+                        "mask/pad_bool", to=9)  # [B, 1, 1, T]
+        self.allowed = g.op1("And", [causal, padding], "mask/allowed")  # [B, 1, S, T]
+        self.neg = c("neg_inf", np.array(np.finfo(np.float32).min, np.float32))
+
+    def _heads(self, x: str, n: int, name: str) -> str:
+        """[B, S, n * head_dim] -> [B, n, S, head_dim]."""
+        g = self.g
+        shaped = g.op1("Reshape", [x, g.const("heads_shape", np.array([0, 0, n, self.spec.head_dim], np.int64))],
+                       name + "/split_heads")
+        return g.op1("Transpose", [shaped], name + "/bnsh", perm=[0, 2, 1, 3])
+
+    def _rope(self, x: str, name: str) -> str:
+        """x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1] (the half-split layout)."""
+        g = self.g
+        x1, x2 = g.op("Split", [x], name + "/halves", n_out=2, axis=-1)  # two equal halves
+        rotated = g.op1("Concat", [g.op1("Neg", [x2], name + "/neg"), x1], name + "/rotate_half", axis=-1)
+        return g.op1("Add", [g.op1("Mul", [x, self.cos], name + "/cos"), g.op1("Mul", [rotated, self.sin], name + "/sin")],
+                     name + "/rope")
+
+    def _repeat_kv(self, x: str, name: str) -> str:
+        """[B, kv, T, d] -> [B, heads, T, d]: each key/value head serves heads/kv query heads."""
+        s, g = self.spec, self.g
+        groups = s.n_head // s.n_kv_head
+        if groups == 1:
+            return x
+        wide = g.op1("Unsqueeze", [x, g.const("axis2", np.array([2], np.int64))], name + "/unsqueeze")  # [B,kv,1,T,d]
+        shape = g.op1("Shape", [wide], name + "/shape")
+        target = g.op1("Mul", [shape, g.const("group_mult", np.array([1, 1, groups, 1, 1], np.int64))], name + "/target")
+        expanded = g.op1("Expand", [wide, target], name + "/expand")
+        return g.op1("Reshape", [expanded, g.const("bhtd", np.array([0, s.n_head, -1, s.head_dim], np.int64))],
+                     name + "/merge")
+
+    def attention(self, qkv: str, i: int, name: str) -> str:
+        s, g = self.spec, self.g
+        sizes = g.const("qkv_sizes", np.array([s.n_head * s.head_dim, s.n_kv_head * s.head_dim,
+                                               s.n_kv_head * s.head_dim], np.int64))
+        q, k, v = g.op("Split", [qkv, sizes], name + "/split_qkv", n_out=3, axis=-1)
+        q = self._rope(self._heads(q, s.n_head, name + "/q"), name + "/q")
+        k = self._rope(self._heads(k, s.n_kv_head, name + "/k"), name + "/k")
+        v = self._heads(v, s.n_kv_head, name + "/v")
+        k_all = g.op("Concat", [past_name(i, "key"), k], name + "/cache_k", outputs=[present_name(i, "key")], axis=2)[0]
+        v_all = g.op("Concat", [past_name(i, "value"), v], name + "/cache_v", outputs=[present_name(i, "value")], axis=2)[0]
+        k_t = g.op1("Transpose", [self._repeat_kv(k_all, name + "/k_rep")], name + "/k_t", perm=[0, 1, 3, 2])
+        scores = g.op1("Mul", [g.op1("MatMul", [q, k_t], name + "/qk"),
+                               g.const("scale", np.array(1.0 / np.sqrt(s.head_dim), np.float32))], name + "/scaled")
+        probs = g.op1("Softmax", [g.op1("Where", [self.allowed, scores, self.neg], name + "/masked")], name + "/softmax",
+                      axis=-1)
+        out = g.op1("MatMul", [probs, self._repeat_kv(v_all, name + "/v_rep")], name + "/pv")  # [B, heads, S, d]
+        merged = g.op1("Transpose", [out], name + "/bshd", perm=[0, 2, 1, 3])
+        return g.op1("Reshape", [merged, g.const("merge_heads", np.array([0, 0, -1], np.int64))], name + "/merge_heads")
+
+    def add_norm(self, x: str, residual: str, weight: str, name: str) -> tuple[str, str]:
+        total = self.g.op1("Add", [x, residual], name + "/residual")
+        return rms_norm(self.g, total, weight, self.spec.rms_eps, name), total
+
+
+OPS = {"contrib": ContribOps, "standard": StandardOps}
+
+
+def build_decoder(g: GraphWriter, enc: Encoding, spec: DecoderSpec, load, on_layer=None, ops: str = "contrib") -> None:
     """Write the decoder's nodes into ``g``; ``load(hf_name)`` returns a float32 tensor of the checkpoint."""
     kv_shape = ["batch_size", spec.n_kv_head, "past_sequence_length", spec.head_dim]
     ids = g.input("input_ids", INT64, ["batch_size", "sequence_length"])
     mask = g.input("attention_mask", INT64, ["batch_size", "total_sequence_length"])
-
-    # GroupQueryAttention's bookkeeping: tokens seen per row (minus one) and the total length
-    seen = g.op1("ReduceSum", [mask, g.const("axis1", np.array([1], np.int64))], "seqlens/sum", keepdims=0)
-    seqlens_k = g.op1("Cast", [g.op1("Sub", [seen, g.const("one", np.array(1, np.int64))], "seqlens/minus1")],
-                      "seqlens_k", to=6)
-    total = g.op1("Cast", [g.op1("Gather", [g.op1("Shape", [mask], "total/shape"), g.const("one", np.array(1, np.int64))],
-                                 "total/gather", axis=0)], "total_sequence_length", to=6)
     cos, sin = spec.rotary_caches()
-    cos, sin = g.weight("rotary.cos_cache", cos), g.weight("rotary.sin_cache", sin)
+    op = OPS[ops](g, spec, mask, g.weight("rotary.cos_cache", cos), g.weight("rotary.sin_cache", sin))
 
     embed = enc.table("model.embed_tokens.weight", load("model.embed_tokens.weight"))
     h = enc.gather(embed, ids)
     x = rms_norm(g, h, g.weight("model.layers.0.input_layernorm.weight", load("model.layers.0.input_layernorm.weight")),
-                 spec.rms_eps)
+                 spec.rms_eps, "norm0")
     for i in range(spec.n_layer):
         p = f"model.layers.{i}."
-        # attention: one packed q/k/v projection, rotary + cache + softmax(QK^T)V inside GroupQueryAttention
+        # attention: one packed q/k/v projection, then rotary, the cache and softmax(QK^T)V
         qkv_w = np.concatenate([load(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
         qkv_b = np.concatenate([load(p + f"self_attn.{n}_proj.bias") for n in "qkv"]) if spec.qkv_bias else None
         qkv = enc.linear(x, p + "self_attn.qkv_proj", qkv_w, qkv_b)
         g.input(past_name(i, "key"), FLOAT, kv_shape)
         g.input(past_name(i, "value"), FLOAT, kv_shape)
-        attn = g.op("GroupQueryAttention",
-                    [qkv, "", "", past_name(i, "key"), past_name(i, "value"), seqlens_k, total, cos, sin],
-                    p + "self_attn/gqa", domain=MS_DOMAIN,
-                    outputs=[g.unique(p + "self_attn/out"), present_name(i, "key"), present_name(i, "value")],
-                    num_heads=spec.n_head, kv_num_heads=spec.n_kv_head, do_rotary=1, rotary_interleaved=0,
-                    scale=float(1.0 / np.sqrt(spec.head_dim)))[0]
+        attn = op.attention(qkv, i, p + "self_attn")
         o = enc.linear(attn, p + "self_attn.o_proj", load(p + "self_attn.o_proj.weight"))
         # h += o; x = RMSNorm(h)
-        x, h = skip_rms_norm(g, o, h, g.weight(p + "post_attention_layernorm.weight",
-                                               load(p + "post_attention_layernorm.weight")), spec.rms_eps, p + "post_attn_norm")
+        x, h = op.add_norm(o, h, g.weight(p + "post_attention_layernorm.weight",
+                                          load(p + "post_attention_layernorm.weight")), p + "post_attn_norm")
         # SwiGLU feed-forward: one packed gate/up projection, split, silu(gate) * up, down
         gate_up = enc.linear(x, p + "mlp.gate_up_proj",
                              np.concatenate([load(p + "mlp.gate_proj.weight"), load(p + "mlp.up_proj.weight")]))
@@ -76,7 +179,7 @@ def build_decoder(g: GraphWriter, enc: Encoding, spec: DecoderSpec, load, on_lay
         f = enc.linear(act, p + "mlp.down_proj", load(p + "mlp.down_proj.weight"))
         # h += f; x = RMSNorm(h) with the next layer's input norm (the final norm after the last layer)
         nxt = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < spec.n_layer else "model.norm.weight"
-        x, h = skip_rms_norm(g, f, h, g.weight(nxt, load(nxt)), spec.rms_eps, p + "out_norm")
+        x, h = op.add_norm(f, h, g.weight(nxt, load(nxt)), p + "out_norm")
         g.output(present_name(i, "key"), FLOAT, ["batch_size", spec.n_kv_head, "total_sequence_length", spec.head_dim])
         g.output(present_name(i, "value"), FLOAT, ["batch_size", spec.n_kv_head, "total_sequence_length", spec.head_dim])
         if on_layer:
@@ -88,17 +191,10 @@ def build_decoder(g: GraphWriter, enc: Encoding, spec: DecoderSpec, load, on_lay
     g.outputs.insert(0, g.outputs.pop())  # logits first, as optimum and onnxruntime-genai order them
 
 
-def rms_norm(g: GraphWriter, x: str, weight: str, eps: float) -> str:
-    """x / sqrt(mean(x^2) + eps) * weight in standard ops (once per graph: ONNX Runtime fuses it into
+def rms_norm(g: GraphWriter, x: str, weight: str, eps: float, name: str) -> str:
+    """x / sqrt(mean(x^2) + eps) * weight in standard ops (ONNX Runtime fuses the pattern into
     SimplifiedLayerNormalization; the standard form keeps the graph valid for the ONNX checker)."""
-    sq = g.op1("Mul", [x, x], "norm0/square")
-    mean = g.op1("ReduceMean", [sq], "norm0/mean", axes=[-1], keepdims=1)  # opset 17: axes an attribute
-    rms = g.op1("Sqrt", [g.op1("Add", [mean, g.const("eps", np.array(eps, np.float32))], "norm0/eps")], "norm0/sqrt")
-    return g.op1("Mul", [g.op1("Div", [x, rms], "norm0/scale"), weight], "norm0/weight")
-
-
-def skip_rms_norm(g: GraphWriter, x: str, residual: str, weight: str, eps: float, name: str) -> tuple[str, str]:
-    """(RMSNorm(x + residual) * weight, x + residual) in one ``SkipSimplifiedLayerNormalization``."""
-    out, _, _, total = g.op("SkipSimplifiedLayerNormalization", [x, residual, weight], name, n_out=4,
-                            domain=MS_DOMAIN, epsilon=eps)
-    return out, total
+    sq = g.op1("Mul", [x, x], name + "/square")
+    mean = g.op1("ReduceMean", [sq], name + "/mean", axes=[-1], keepdims=1)  # opset 17: axes an attribute
+    rms = g.op1("Sqrt", [g.op1("Add", [mean, g.const("eps", np.array(eps, np.float32))], name + "/eps")], name + "/sqrt")
+    return g.op1("Mul", [g.op1("Div", [x, rms], name + "/scale"), weight], name + "/weight")
