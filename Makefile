@@ -6,9 +6,11 @@ STAMP  := $(VENV)/.edge-installed
 DEMO_STAMP := $(VENV)/.edge-demo
 DEMO   := examples/digits/artifacts
 PYTEST_ARGS ?=
-# llama.cpp is compiled once per machine into a wheel outside the repo (portable: no -march=native)
+# llama.cpp is compiled once per machine into a wheel outside the repo (portable: no -march=native), with
+# its RPC backend (one model across several devices: edge serve-rpc, load(..., devices=...)); wheels built
+# without it live in the older wheels/ folder and are not reused
 LLAMA_VERSION := 0.3.36
-WHEELS := $(HOME)/.cache/edgelift/wheels
+WHEELS := $(HOME)/.cache/edgelift/wheels-rpc
 LLAMA_WHEEL = $(firstword $(wildcard $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl))
 
 .PHONY: demo test fuzz corpus bench clean llama-wheel system-deps wheel
@@ -31,7 +33,7 @@ llama-wheel:
 	@if [ -z "$(LLAMA_WHEEL)" ]; then \
 		echo "building llama-cpp-python $(LLAMA_VERSION) (portable, ~4 min on 2 cores)"; \
 		mkdir -p $(WHEELS); \
-		CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir \
+		CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_RPC=ON" $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir \
 			-w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION); \
 	fi
 

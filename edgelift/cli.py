@@ -260,6 +260,10 @@ def run(
         None, "--memory-budget", metavar="SIZE", rich_help_panel="Backend",
         help="256KB, 1.5MB, 2MiB: ONNX CNNs run patch by patch to fit their activations; GGUF models (--backend edge) "
              "stream weights from storage to fit."),
+    devices: Optional[str] = typer.Option(
+        None, "--devices", metavar="FLEET.toml|HOST:PORT[=MEM],..", rich_help_panel="Language models (llama-cli's flags)",
+        help="GGUF across llama.cpp RPC servers (edge serve-rpc on each device; llama-cli --rpc): layers split by each "
+             "device's memory."),
     save: Optional[Path] = typer.Option(None, "--save", metavar="OUT.npz", help="Write the outputs to OUT.npz."),
 ) -> None:
     """Run a model once and summarize its outputs (or complete a prompt with a GGUF model)."""
@@ -285,6 +289,12 @@ def run(
                                      "(numpy.savez('in.npz', x=array))")
         options = {} if n_ctx is None else {"n_ctx": n_ctx}
         options.update(backend_options(ep, ep_option, delegate, n_gpu_layers))
+        if devices is not None:
+            if detect_format(model) is not ModelFormat.GGUF or backend not in ("auto", "llama.cpp"):
+                raise InvalidOptionError("--devices splits a GGUF model across llama.cpp RPC servers: give a .gguf "
+                                         "model (backend llama.cpp)")
+            options["devices"] = devices
+            backend = "llama.cpp"
         if prompt is not None:
             from .runtimes.onnx_llm import is_language_model_file
 
@@ -841,6 +851,27 @@ def devices(
         _fail(e)
     if failed:
         raise typer.Exit(code=2)
+
+
+@app.command("serve-rpc")
+def serve_rpc(
+    host: str = typer.Option("127.0.0.1", "--host", "-H", help="Address to bind (llama.cpp rpc-server -H). The protocol has "
+                                                             "no authentication: bind to a trusted network only."),
+    port: int = typer.Option(50052, "--port", "-p", help="Port (rpc-server -p)."),
+    threads: int = typer.Option(1, "--threads", "-t", help="CPU threads for this device's share of the model."),
+) -> None:
+    """Serve this device to llama.cpp hosts (its RPC backend): edge run model.gguf --devices HOST:PORT,... uses it."""
+    from .errors import InvalidOptionError
+    from .runtimes.rpc import ggml
+
+    try:
+        if not 0 < port < 65536 or threads < 1:
+            raise InvalidOptionError(f"--port must be 1-65535 and --threads >= 1, got {port} and {threads}")
+        g = ggml()
+    except EdgeError as e:
+        _fail(e)
+    err_console.print(f"serving {host}:{port} to llama.cpp hosts ({threads} thread(s)); Ctrl-C stops it", highlight=False)
+    g.serve(f"{host}:{port}", threads)
 
 
 INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE: edgelift's own bug, not the user's input (that is exit 2)

@@ -181,3 +181,47 @@ def run_limited(cmd: list[str], limit_bytes: int, *, minimum_bytes: int | None =
         return LimitedRun(done.returncode, done.stdout, done.stderr, group.peak_bytes(), group.oom_kills() > 0, wall)
     finally:
         group.remove()
+
+
+class LimitedProcess:
+    """A long-running command (a server) inside its own memory cgroup, until :meth:`stop`.
+
+    ``peak_bytes()`` and ``oom_killed()`` read the group while it runs; leaving the ``with`` block kills the
+    process and removes the group."""
+
+    def __init__(self, cmd: list[str], limit_bytes: int, *, env: dict[str, str] | None = None) -> None:
+        if limit_bytes <= 0:
+            raise InvalidOptionError(f"memory limit must be positive, got {limit_bytes}")
+        self.group = _new_group()
+        try:
+            self.group.set_limit(int(limit_bytes))
+            procs = str(self.group.procs_file())
+
+            def enter() -> None:
+                with open(procs, "w") as f:
+                    f.write(str(os.getpid()))
+                _die_with_parent()
+
+            self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                            preexec_fn=enter, env=env)
+        except BaseException:
+            self.group.remove()
+            raise
+
+    def peak_bytes(self) -> int | None:
+        return self.group.peak_bytes()
+
+    def oom_killed(self) -> bool:
+        return self.group.oom_kills() > 0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.group.remove()
+
+    def __enter__(self) -> "LimitedProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -45,7 +45,7 @@ def _captured_llama_log():
 
 class LlamaSession(Session):
     def __init__(self, path: Path, threads: int | None, n_ctx: int, embedding: bool, logits_all: bool,
-                 n_gpu_layers: int = 0) -> None:
+                 n_gpu_layers: int = 0, devices=None) -> None:
         import llama_cpp
         from llama_cpp import Llama
 
@@ -60,10 +60,28 @@ class LlamaSession(Session):
         check_llama_preconditions(info)
         self.architecture = info.architecture
         self.logits_all = logits_all
+        split = None
+        self.devices = []
+        if devices is not None:  # llama.cpp's RPC backend: every layer on the devices, split by their memory
+            from .rpc import ModelBytes, check_reachable, ggml, parse_devices, tensor_split
+
+            self.devices = parse_devices(devices)
+            size = ModelBytes.of_gguf(info)
+            tensor_split(self.devices, size)  # refused before any connection when they cannot hold it
+            check_reachable(self.devices)  # llama.cpp aborts the process on a server it cannot reach
+            g = ggml()
+            for d in self.devices:
+                g.add_server(d.endpoint)
+            split = tensor_split(self.devices, size, g.registered)
+            n_gpu_layers = -1
+        self.tensor_split = split
+        from .rpc import check_registered_reachable
+
+        check_registered_reachable()
         with _captured_llama_log() as log:
             try:
                 self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, logits_all=logits_all,
-                                 n_gpu_layers=n_gpu_layers,
+                                 n_gpu_layers=n_gpu_layers, tensor_split=split,
                                  embedding=embedding, verbose=False)
             except (ValueError, RuntimeError) as e:
                 why = next((ln for ln in reversed(log) if ln), str(e))
@@ -180,5 +198,7 @@ def check_llama_preconditions(info) -> None:
 
 @register_backend("llama.cpp", formats=(ModelFormat.GGUF,), package="llama_cpp", extra="llama")
 def open_llama(path: Path, threads: int | None, *, n_ctx: int = 512, embedding: bool = False,
-               logits_all: bool = True, n_gpu_layers: int = 0) -> LlamaSession:
-    return LlamaSession(path, threads, n_ctx, embedding, logits_all, n_gpu_layers)
+               logits_all: bool = True, n_gpu_layers: int = 0, devices=None) -> LlamaSession:
+    """``devices``: RPC servers (``["host:port=512MB", ...]`` or a fleet .toml) that hold the model's layers,
+    split by their memory (``runtimes/rpc.py``)."""
+    return LlamaSession(path, threads, n_ctx, embedding, logits_all, n_gpu_layers, devices)

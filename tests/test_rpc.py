@@ -1,0 +1,132 @@
+"""One GGUF model across several llama.cpp RPC servers (``edge serve-rpc``), each in a memory cgroup smaller
+than the model: the text equals single-process llama.cpp's, token for token."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import edgelift
+from edgelift.cli import app
+from edgelift.core import memlimit
+from edgelift.errors import InvalidOptionError
+from edgelift.runtimes.rpc import ModelBytes, RpcDevice, parse_devices, rpc_unavailable, tensor_split
+
+PROMPT = "The capital of France is"
+# the host, in its own process (llama.cpp keeps RPC servers registered for the life of a process): the split
+# run's text, then, once told the servers are gone, what a plain load in the same process says
+HOST_SCRIPT = """
+import json, sys
+import edgelift
+from edgelift.errors import EdgeError
+path, devices, prompt = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+with edgelift.load(path, backend="llama.cpp", devices=devices, n_ctx=256, logits_all=False) as m:
+    text = m.generate(prompt, max_tokens=32)
+print(json.dumps(text), flush=True)  # after the model (and its remote buffers) is freed
+sys.stdin.readline()
+try:
+    edgelift.load(path, backend="llama.cpp", n_ctx=256)
+    print(json.dumps("loaded"), flush=True)
+except EdgeError as e:
+    print(json.dumps(str(e)), flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_listening(port: int, proc, timeout_s: float = 30.0) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the RPC server exited: {proc.stderr.read()[-400:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"no RPC server on port {port} after {timeout_s} s")
+
+
+def test_devices_parse_from_lists_and_fleet_files(tmp_path):
+    assert parse_devices("10.0.0.2:50052=512MB, 10.0.0.3:50052") == [
+        RpcDevice("10.0.0.2:50052", 512 * 10**6), RpcDevice("10.0.0.3:50052", None)]
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('[[device]]\nurl = "ssh://pi@a"\nrpc = "10.0.0.2:50052"\nmemory = "1GiB"\n'
+                     '[[device]]\nrpc = "10.0.0.3:50053"\n')
+    assert parse_devices(fleet) == [RpcDevice("10.0.0.2:50052", 2**30), RpcDevice("10.0.0.3:50053", None)]
+    for bad in ("10.0.0.2", "10.0.0.2:0", "a:1,a:1"):
+        with pytest.raises(InvalidOptionError):
+            parse_devices(bad)
+
+
+def test_layers_split_by_memory_and_refused_when_they_cannot_fit():
+    mib = 2**20
+    size = ModelBytes(blocks=200 * mib, output=0, host=10 * mib)
+    devs = parse_devices("a:1=330MiB,b:2=110MiB")
+    assert tensor_split(devs, size) == pytest.approx([0.75, 0.25])
+    # a server registered earlier in this process but not asked for gets no layers
+    assert tensor_split(devs, size, ["old:9", "a:1", "b:2"]) == pytest.approx([0.0, 0.75, 0.25])
+    # the output matrix lives on the last device: its room for layers shrinks by it
+    with_output = ModelBytes(blocks=200 * mib, output=50 * mib, host=10 * mib)
+    assert tensor_split(parse_devices("a:1=165MiB,b:2=165MiB"), with_output) == pytest.approx([150 / 250, 100 / 250])
+    with pytest.raises(InvalidOptionError, match="add a device or give each more memory"):
+        tensor_split(devs, ModelBytes(blocks=420 * mib, output=0, host=0))
+
+
+def test_unreachable_server_is_one_line_not_an_abort(smollm2_gguf):
+    if rpc_unavailable():
+        pytest.skip(rpc_unavailable())
+    port = _free_port()  # nothing listens there
+    res = CliRunner().invoke(app, ["run", str(smollm2_gguf), "-p", "hi", "--devices", f"127.0.0.1:{port}=1GiB"])
+    assert res.exit_code == 2 and "not reachable" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_model_larger_than_each_server_generates_the_single_process_text(smollm2_gguf):
+    why = memlimit.unavailable() or rpc_unavailable()
+    if why:
+        pytest.skip(why)
+    with edgelift.load(smollm2_gguf, backend="llama.cpp", n_ctx=256, logits_all=False) as m:
+        alone = m.generate(PROMPT, max_tokens=32)
+    size = Path(smollm2_gguf).stat().st_size
+    limit = int(size * 0.85)  # each server's cgroup: below the model (the last also holds the output matrix)
+    ports = [_free_port() for _ in range(3)]
+    servers = [memlimit.LimitedProcess([sys.executable, "-m", "edgelift.runtimes.rpc", "--port", str(p)], limit)
+               for p in ports]
+    try:
+        for p, s in zip(ports, servers):
+            _wait_listening(p, s.process)
+        devices = [f"127.0.0.1:{p}={limit}" for p in ports]
+        host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, str(smollm2_gguf), json.dumps(devices), PROMPT],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = host.stdout.readline()
+        assert line, ([(s.process.poll(), s.oom_killed(), s.peak_bytes()) for s in servers], host.stderr.read()[-300:])
+        split = json.loads(line)
+        peaks = [s.peak_bytes() for s in servers]
+        assert not any(s.oom_killed() for s in servers)
+    finally:
+        for s in servers:
+            s.stop()
+    out, err = host.communicate("gone\n", timeout=120)
+    assert host.returncode == 0, err[-2000:]
+    refused = json.loads(out.strip().splitlines()[-1])
+    # once the servers are gone but still registered in the host, a load is refused, not aborted by llama.cpp
+    assert "not reachable" in refused
+    assert split == alone and len(split) > 20
+    assert all(p is not None and size / 4 < p < size for p in peaks), (peaks, size)  # each held its share, not all
+
+
+def test_cli_refuses_devices_for_other_formats(digits_onnx):
+    res = CliRunner().invoke(app, ["run", str(digits_onnx), "--random", "--devices", "127.0.0.1:50052"])
+    assert res.exit_code == 2 and "--devices splits a GGUF model" in res.output
