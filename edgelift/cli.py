@@ -261,7 +261,7 @@ def run(
         help="256KB, 1.5MB, 2MiB: ONNX CNNs run patch by patch to fit their activations; GGUF models (--backend edge) "
              "stream weights from storage to fit."),
     devices: Optional[str] = typer.Option(
-        None, "--devices", metavar="FLEET.toml|HOST:PORT[=MEM],..", rich_help_panel="Language models (llama-cli's flags)",
+        None, "--rpc", "--devices", metavar="FLEET.toml|HOST:PORT[=MEM],..", rich_help_panel="Language models (llama-cli's flags)",
         help="GGUF across llama.cpp RPC servers (edge serve-rpc on each device; llama-cli --rpc): layers split by each "
              "device's memory."),
     save: Optional[Path] = typer.Option(None, "--save", metavar="OUT.npz", help="Write the outputs to OUT.npz."),
@@ -291,8 +291,8 @@ def run(
         options.update(backend_options(ep, ep_option, delegate, n_gpu_layers))
         if devices is not None:
             if detect_format(model) is not ModelFormat.GGUF or backend not in ("auto", "llama.cpp"):
-                raise InvalidOptionError("--devices splits a GGUF model across llama.cpp RPC servers: give a .gguf "
-                                         "model (backend llama.cpp)")
+                raise InvalidOptionError("--rpc/--devices splits a GGUF model across llama.cpp RPC servers: give a "
+                                         ".gguf model (backend llama.cpp)")
             options["devices"] = devices
             backend = "llama.cpp"
         if prompt is not None:
@@ -472,6 +472,9 @@ def profile(
                                               help="GGUF: repetitions of each test (llama-bench -r; default 5)."),
     n_gpu_layers: Optional[int] = typer.Option(None, "-ngl", "--n-gpu-layers", metavar="N", rich_help_panel=P_LLM,
                                                help="GGUF on llama.cpp: layers offloaded to the GPU (llama-bench -ngl)."),
+    rpc: Optional[str] = typer.Option(None, "--rpc", metavar="FLEET.toml|HOST:PORT[=MEM],..", rich_help_panel=P_LLM,
+                                      help="GGUF across llama.cpp RPC servers (edge serve-rpc; llama-bench --rpc): layers "
+                                           "split by each device's memory."),
     backend: str = typer.Option("auto", "--backend", metavar="NAME", rich_help_panel=P_BACKEND,
                                 help="auto, onnxruntime, litert, tflite-runtime, coreml, llama.cpp, edge."),
     ep: list[str] = typer.Option([], "--ep", "--providers", metavar="EP[,EP..]", rich_help_panel=P_BACKEND,
@@ -560,6 +563,14 @@ def profile(
         load_options = backend_options(ep, ep_option, delegate, n_gpu_layers)
         if memory_budget is not None:
             load_options["memory_budget"] = memory_budget
+        if rpc is not None:
+            from .core.formats import ModelFormat as _Fmt, detect_format as _detect
+
+            if _detect(model) is not _Fmt.GGUF or backend not in ("auto", "llama.cpp") or device or devices:
+                raise InvalidOptionError("--rpc splits a GGUF model across llama.cpp RPC servers from this host: give a "
+                                         ".gguf model (backend llama.cpp), without --device/--devices")
+            load_options["devices"] = rpc
+            backend = "llama.cpp"
         if device or devices is not None:
             from .profilers.targets.cli import profile_on_devices
 
@@ -760,6 +771,13 @@ def print_profile(doc: dict) -> None:
             console.print(f"{escape(r['label'])}: pp{q['n_prompt']} {q['pp_avg_ts']:.1f} ± {q['pp_stddev_ts']:.1f} tok/s, "
                           f"tg{q['n_gen']} {q['tg_avg_ts']:.1f} ± {q['tg_stddev_ts']:.1f} tok/s, TTFT {q['ttft_ms']:.1f} ms, "
                           f"{q['tpot_ms']:.2f} ms/token", highlight=False)
+            if q.get("rpc"):
+                rpc = q["rpc"]
+                shares = ", ".join(f"{d['endpoint']} {100 * x:.0f}%" for d, x in
+                                   zip(rpc["devices"], rpc["tensor_split"][-len(rpc["devices"]):]))
+                console.print(f"{escape(r['label'])}: layers over {len(rpc['devices'])} RPC server(s) ({escape(shares)}); "
+                              f"{rpc['network_bytes_per_token'] / 1e3:.1f} kB/token on the network while decoding",
+                              highlight=False)
         metrics = (r["power"] or {}).get("metrics") or {}
         if metrics:
             console.print(f"{escape(r['label'])}: during the runs: " + escape(", ".join(

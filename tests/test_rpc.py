@@ -108,10 +108,22 @@ def test_model_larger_than_each_server_generates_the_single_process_text(smollm2
         for p, s in zip(ports, servers):
             _wait_listening(p, s.process)
         devices = [f"127.0.0.1:{p}={limit}" for p in ports]
+        # llama-bench figures for the split (a server serves one client at a time: the profile runs first)
+        prof = subprocess.run([sys.executable, "-c", "from edgelift.cli import main; main()", "profile", str(smollm2_gguf),
+                               "--rpc", ",".join(devices), "-p", "16", "-n", "8", "-r", "1", "--power", "none",
+                               "--idle", "0", "-o", "json"], capture_output=True, text=True, timeout=300)
+        assert prof.returncode == 0, prof.stderr[-2000:]
+        assert prof.stdout.lstrip().startswith("{"), prof.stdout[:400]
+        rpc = json.loads(prof.stdout)["runs"][0]["llm"]["rpc"]
+        assert [d["endpoint"] for d in rpc["devices"]] == [d.split("=")[0] for d in devices]
+        assert sum(rpc["tensor_split"]) == pytest.approx(1.0) and rpc["network_bytes_per_token"] > 0
         host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, str(smollm2_gguf), json.dumps(devices), PROMPT],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = host.stdout.readline()
-        assert line, ([(s.process.poll(), s.oom_killed(), s.peak_bytes()) for s in servers], host.stderr.read()[-300:])
+        if not line.startswith('"'):  # the host died: say what each server did
+            host.kill()
+            pytest.fail(f"host output {line!r}; servers (exit, OOM-killed, peak): "
+                        f"{[(s.process.poll(), s.oom_killed(), s.peak_bytes()) for s in servers]}; {host.stderr.read()[-800:]}")
         split = json.loads(line)
         peaks = [s.peak_bytes() for s in servers]
         assert not any(s.oom_killed() for s in servers)

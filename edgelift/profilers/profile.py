@@ -296,6 +296,8 @@ def _llm_run(model, opts: ProfileOptions, progress: Progress | None) -> tuple[di
         for _ in range(min(opts.n_gen, 4)):
             tok = int(np.argmax(model.eval_tokens([tok])))
     pp_ns, tg_ns, ttft_ns, tok_ns, tok_t = [], [], [], [], []
+    split = getattr(model.session, "devices", None)  # llama.cpp RPC servers holding the layers
+    net_bytes = 0
     t_first = time.perf_counter_ns()
     for r in range(opts.repetitions):
         prompt = rng.integers(0, n_vocab, opts.n_prompt).tolist()
@@ -304,6 +306,7 @@ def _llm_run(model, opts: ProfileOptions, progress: Progress | None) -> tuple[di
         tok = int(np.argmax(logits))
         t1 = time.perf_counter_ns()
         pp_ns.append(t1 - t0)
+        net0 = network_bytes() if split else 0
         for _ in range(opts.n_gen):
             a = time.perf_counter_ns()
             tok = int(np.argmax(model.eval_tokens([tok])))
@@ -311,6 +314,7 @@ def _llm_run(model, opts: ProfileOptions, progress: Progress | None) -> tuple[di
             tok_ns.append(b - a)
             tok_t.append((a - t_first) / 1e9)
         tg_ns.append(time.perf_counter_ns() - t1)
+        net_bytes += network_bytes() - net0 if split else 0
         ttft_ns.append(t1 - t0)  # the prompt's logits give the first token
         if progress is not None:
             progress("llm", r + 1, opts.repetitions)
@@ -320,7 +324,26 @@ def _llm_run(model, opts: ProfileOptions, progress: Progress | None) -> tuple[di
            "ttft_ms": float(np.mean(ttft_ns)) / 1e6, "pp_avg_ts": pp_avg, "pp_stddev_ts": pp_std,
            "tg_avg_ts": tg_avg, "tg_stddev_ts": tg_std, "tpot_ms": float(np.mean(tg_ns)) / opts.n_gen / 1e6,
            "pp_samples_ns": [int(x) for x in pp_ns], "tg_samples_ns": [int(x) for x in tg_ns]}
+    if split:
+        llm["rpc"] = {"devices": [{"endpoint": d.endpoint, "memory_bytes": d.memory_bytes} for d in split],
+                      "tensor_split": list(model.session.tensor_split or []),
+                      "network_bytes_per_token": net_bytes / (opts.repetitions * opts.n_gen),
+                      "network_note": "bytes sent and received on this host's interfaces during decoding, per token "
+                                      "(other traffic on the host counts too)"}
     return llm, tok_ns, tok_t, opts.repetitions * opts.n_gen
+
+
+def network_bytes() -> int:
+    """Bytes sent plus received on every interface of this host so far (Linux /proc/net/dev; 0 elsewhere)."""
+    try:
+        lines = Path("/proc/net/dev").read_text().splitlines()[2:]
+    except OSError:
+        return 0
+    total = 0
+    for line in lines:
+        fields = line.split(":", 1)[1].split()
+        total += int(fields[0]) + int(fields[8])
+    return total
 
 
 def _op_profile(path: Path, fmt: ModelFormat, backend: str, feeds, opts: ProfileOptions, threads) -> tuple[dict | None, str | None]:

@@ -202,9 +202,24 @@ class Ggml:
         """Serve this machine's CPU at ``endpoint`` until the process ends (llama.cpp's loop never returns)."""
         start = self.proc("ggml_backend_rpc_start_server", None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
                           ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p))
+        _return_freed_memory()
         cpu = self.lib.ggml_backend_dev_by_type(DEVICE_TYPE_CPU)
         devices = (ctypes.c_void_p * 1)(cpu)
         start(endpoint.encode(), None, threads, 1, devices)
+
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD_BYTES = 1 << 16
+
+
+def _return_freed_memory() -> None:
+    """Large buffers straight from mmap, at a fixed threshold: glibc otherwise raises its threshold after the
+    first freed buffer, and a server keeps one client's weights in its heap while the next client allocates
+    its own (measured: a server capped at 84 MB killed on the second client of a 98 MB model split in three)."""
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 _GGML: Ggml | None = None
