@@ -133,22 +133,28 @@ def large_gguf() -> Path:
     return target
 
 
+def engine_overhead(path: Path, unlimited: int) -> tuple[int, int]:
+    """(the edge engine's memory beyond its weight budget, the smallest weight budget it runs with).
+
+    From a run at the smallest budget: the process's peak RSS (interpreter, libraries, KV cache) minus that
+    budget. An unlimited cgroup's peak would also count page cache that a limit simply evicts (the libraries'
+    files, reads in flight), overstating it."""
+    from edgelift.core.gguf import read_gguf_info
+    from edgelift.runtimes.weights import plan_units
+
+    units, pinned = plan_units(read_gguf_info(path))
+    minimum_weights = sum(p.nbytes for p in pinned) + 3 * max(u.nbytes for u in units)
+    smallest = run_child(EDGE_CHILD, [str(path), PROMPT, "4", str(minimum_weights)], unlimited)
+    return smallest["hwm"] - minimum_weights, minimum_weights
+
+
 def measure(name: str, path: Path, steps: int) -> None:
     weights = path.stat().st_size
     unlimited = int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.8)
     ref = run_child(LLAMA_CHILD, [str(path), PROMPT, str(steps)], unlimited)
     resident = run_child(EDGE_CHILD, [str(path), PROMPT, str(steps), "none"], unlimited)
     full = ref["peak"]  # llama.cpp all resident: process memory plus the file's pages, as the cgroup counts them
-    from edgelift.core.gguf import read_gguf_info
-    from edgelift.runtimes.weights import plan_units
-
-    units, pinned = plan_units(read_gguf_info(path))
-    minimum_weights = sum(p.nbytes for p in pinned) + 3 * max(u.nbytes for u in units)
-    # The engine's memory beyond its weight budget, from a run at the smallest budget: the process's peak
-    # RSS (interpreter, libraries, KV cache) minus that budget. An unlimited cgroup's peak would also count
-    # page cache that a limit simply evicts (the libraries' files, reads in flight), overstating it.
-    smallest = run_child(EDGE_CHILD, [str(path), PROMPT, "4", str(minimum_weights)], unlimited)
-    overhead = smallest["hwm"] - minimum_weights
+    overhead, minimum_weights = engine_overhead(path, unlimited)
     bandwidth = direct_read_bandwidth(path)
     print(f"# {name}: {weights / MiB:.0f} MiB file; llama.cpp resident peak {full / MiB:.0f} MiB (cgroup, page cache "
           f"counted), {ref['tps']:.1f} tok/s; edge resident peak {resident['peak'] / MiB:.0f} MiB, {resident['tps']:.1f} "
