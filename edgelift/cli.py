@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -877,19 +878,49 @@ def serve_rpc(
                                                              "no authentication: bind to a trusted network only."),
     port: int = typer.Option(50052, "--port", "-p", help="Port (rpc-server -p)."),
     threads: int = typer.Option(1, "--threads", "-t", help="CPU threads for this device's share of the model."),
+    memory: Optional[str] = typer.Option(None, "--memory", metavar="SIZE", help="Cap this server's memory (512MiB, 2GiB)."),
+    fleet: Optional[Path] = typer.Option(None, "--fleet", metavar="FLEET.toml",
+                                         help="Start a server on each \\[\\[device]] with url = \"ssh://...\" and rpc = "
+                                              "\"address:port\" (memory, threads optional) and keep them until Ctrl-C."),
+    install: bool = typer.Option(False, "--install", help="ssh: install this machine's edgelift wheel on each device (checked by hash)."),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh: a config file instead of ~/.ssh/config."),
+    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help="ssh: trust a host key seen for the first time."),
+    remote_python: str = typer.Option("python3", "--remote-python", help="ssh: the device's Python."),
 ) -> None:
-    """Serve this device to llama.cpp hosts (its RPC backend): edge run model.gguf --devices HOST:PORT,... uses it."""
+    """Serve this device to llama.cpp hosts (its RPC backend), or start servers on a fleet over SSH;
+    edge run model.gguf --rpc HOST:PORT[=MEM],... uses them."""
     from .errors import InvalidOptionError
-    from .runtimes.rpc import ggml
 
-    try:
-        if not 0 < port < 65536 or threads < 1:
-            raise InvalidOptionError(f"--port must be 1-65535 and --threads >= 1, got {port} and {threads}")
-        g = ggml()
-    except EdgeError as e:
-        _fail(e)
-    err_console.print(f"serving {host}:{port} to llama.cpp hosts ({threads} thread(s)); Ctrl-C stops it", highlight=False)
-    g.serve(f"{host}:{port}", threads)
+    if fleet is not None:
+        from .profilers.targets.base import RemoteOptions
+        from .profilers.targets.rpc_launch import read_rpc_fleet, start_servers, stop_servers
+
+        servers = []
+        try:
+            servers = read_rpc_fleet(fleet)
+            start_servers(servers, RemoteOptions(ssh_config=ssh_config, accept_new_host_key=accept_new_host_key,
+                                                 remote_python=remote_python, install=install,
+                                                 install_extras=("llama",)),
+                          on_line=lambda line: err_console.print(escape(line), highlight=False))
+            console.print(f"--rpc {','.join(s.device for s in servers)}", highlight=False)
+            err_console.print("serving until Ctrl-C (each server stops with its connection)", highlight=False)
+            while all(s.process is not None and s.process.poll() is None for s in servers):
+                time.sleep(0.5)
+            gone = [s.url for s in servers if s.process is None or s.process.poll() is not None]
+            raise InvalidOptionError(f"the RPC server on {', '.join(gone)} stopped (connection dropped or killed); "
+                                     "the others were stopped too")
+        except EdgeError as e:
+            stop_servers(servers)
+            _fail(e)
+        except KeyboardInterrupt:
+            stop_servers(servers)
+            return
+    from .runtimes.rpc import main as serve_main
+
+    argv = ["--host", host, "--port", str(port), "--threads", str(threads)] + (["--memory", memory] if memory else [])
+    if not 0 < port < 65536 or threads < 1:
+        _fail(InvalidOptionError(f"--port must be 1-65535 and --threads >= 1, got {port} and {threads}"))
+    serve_main(argv)
 
 
 INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE: edgelift's own bug, not the user's input (that is exit 2)

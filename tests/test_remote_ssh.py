@@ -308,3 +308,47 @@ def test_install_sends_this_machines_wheel_checked_by_hash(sshd, int8_onnx):
     opts3 = sshd.options(install=True)
     opts3.remote_python = system
     assert parse_target("ssh://edge-test").profile(int8_onnx, opts3)["runs"]
+
+
+def test_rpc_servers_started_over_ssh_serve_a_split_model_and_stop_with_edge(sshd, smollm2_gguf, tmp_path):
+    """edge serve-rpc --fleet: a server per [[device]] started over SSH (memory-capped in a cgroup on the
+    device), a model split over them gives llama.cpp's single-process text, and closing edge's side ends them."""
+    from edgelift.core import memlimit
+    from edgelift.profilers.targets.rpc_launch import read_rpc_fleet, start_servers, stop_servers
+    from edgelift.runtimes.rpc import rpc_unavailable
+
+    why = rpc_unavailable() or memlimit.unavailable()
+    if why:
+        pytest.skip(why)
+    ports = [_free_port(), _free_port()]
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text("".join(f'[[device]]\nurl = "ssh://edge-test"\nrpc = "127.0.0.1:{p}"\nmemory = "200MiB"\n'
+                             for p in ports))
+    servers = read_rpc_fleet(fleet)
+    assert [s.device for s in servers] == [f"127.0.0.1:{p}=200MiB" for p in ports]
+    start_servers(servers, sshd.options())
+    try:
+        running = _remote_processes("edgelift.runtimes.rpc")
+        assert len(running) == 2 and all("--memory 200MiB" in c for c in running)
+        pids = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()
+                and "edgelift.runtimes.rpc" in _cmdline(int(d.name)) and "pytest" not in _cmdline(int(d.name))]
+        assert all("edgelift-" in Path(f"/proc/{pid}/cgroup").read_text() for pid in pids)  # capped on the device
+        script = ("import sys, edgelift\nwith edgelift.load(sys.argv[1], backend='llama.cpp', devices=sys.argv[2], "
+                  "n_ctx=128, logits_all=False) as m:\n    print(repr(m.generate('The capital of France is', max_tokens=16)))")
+        host = subprocess.run([sys.executable, "-c", script, str(smollm2_gguf), ",".join(s.device for s in servers)],
+                              capture_output=True, text=True, timeout=300)
+        assert host.returncode == 0, host.stderr[-1500:]
+    finally:
+        stop_servers(servers)
+    import edgelift
+
+    with edgelift.load(smollm2_gguf, backend="llama.cpp", n_ctx=128, logits_all=False) as m:
+        alone = m.generate("The capital of France is", max_tokens=16)
+    assert host.stdout.strip().splitlines()[-1] == repr(alone)
+    deadline = time.time() + 10
+    while _remote_processes("edgelift.runtimes.rpc") and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _remote_processes("edgelift.runtimes.rpc")  # nothing left running on the device
+    for p in ports:
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", p), timeout=1).close()

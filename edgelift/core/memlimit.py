@@ -225,3 +225,14 @@ class LimitedProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def limit_self(limit_bytes: int) -> None:
+    """Move this process into a new memory cgroup of ``limit_bytes`` (a server capping itself on a device);
+    OSError says why not. The group outlives the process only as an empty directory the kernel reclaims."""
+    if limit_bytes <= 0:
+        raise InvalidOptionError(f"memory limit must be positive, got {limit_bytes}")
+    group = _new_group()
+    group.set_limit(int(limit_bytes))
+    with open(group.procs_file(), "w") as f:
+        f.write(str(os.getpid()))

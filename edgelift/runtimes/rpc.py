@@ -248,12 +248,33 @@ def main(argv: list[str] | None = None) -> None:
                                                          "no authentication, so bind to a trusted network only)")
     ap.add_argument("--port", type=int, default=50052)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--memory", help="cap this server's memory (a memory cgroup, page cache counted), e.g. 512MiB")
+    ap.add_argument("--exit-with-stdin", action="store_true",
+                    help="stop when stdin closes: a server started over SSH ends with its connection")
     args = ap.parse_args(argv)
     try:
         g = ggml()
-    except MissingDependencyError as e:
+        if args.memory:
+            from ..core.memlimit import limit_self
+            from .memory import parse_budget
+
+            try:
+                limit_self(parse_budget(args.memory))
+            except OSError as e:
+                raise InvalidOptionError(f"cannot cap this server's memory at {args.memory}: {e}") from e
+    except (MissingDependencyError, InvalidOptionError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.exit_with_stdin:
+        import os
+        import threading
+
+        def watch() -> None:
+            while sys.stdin.buffer.read(4096):
+                pass
+            os._exit(0)  # llama.cpp's server loop never returns: end the process itself
+
+        threading.Thread(target=watch, daemon=True).start()
     print(f"serving {args.host}:{args.port} ({args.threads} thread(s))", flush=True)
     g.serve(f"{args.host}:{args.port}", args.threads)
 
