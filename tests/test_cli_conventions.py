@@ -85,7 +85,9 @@ def test_prompt_and_generation_lists_like_llama_bench(smollm2_gguf):
 def test_gpu_layers_refused_on_a_cpu_build_of_llama_cpp(smollm2_gguf):
     import llama_cpp
 
-    if llama_cpp.llama_supports_gpu_offload():
+    from edgelift.runtimes.rpc import local_gpu_count
+
+    if llama_cpp.llama_supports_gpu_offload() and (not llama_cpp.llama_supports_rpc() or local_gpu_count()):
         pytest.skip("this llama.cpp has a GPU backend")
     res = CliRunner().invoke(app, ["run", str(smollm2_gguf), "-p", "Hi", "-n", "2", "-ngl", "99"])
     assert res.exit_code == 2 and "no GPU backend" in res.output

@@ -43,6 +43,17 @@ def _captured_llama_log():
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
+def _has_local_gpu(llama_cpp) -> bool:
+    """A GPU backend in this llama.cpp build (RPC servers are not one: -ngl without --rpc would not reach them)."""
+    if not llama_cpp.llama_supports_gpu_offload():
+        return False
+    if not llama_cpp.llama_supports_rpc():
+        return True
+    from .rpc import local_gpu_count
+
+    return local_gpu_count() > 0
+
+
 class LlamaSession(Session):
     def __init__(self, path: Path, threads: int | None, n_ctx: int, embedding: bool, logits_all: bool,
                  n_gpu_layers: int = 0, devices=None) -> None:
@@ -51,7 +62,7 @@ class LlamaSession(Session):
 
         if not isinstance(n_gpu_layers, int) or isinstance(n_gpu_layers, bool) or n_gpu_layers < -1:
             raise InvalidOptionError(f"-ngl / n_gpu_layers must be an integer >= 0 (-1: all), got {n_gpu_layers!r}")
-        if n_gpu_layers and not llama_cpp.llama_supports_gpu_offload():
+        if n_gpu_layers and devices is None and not _has_local_gpu(llama_cpp):
             raise InvalidOptionError(f"-ngl {n_gpu_layers}: this llama.cpp build has no GPU backend, so every layer "
                                      "would run on the CPU; rebuild llama-cpp-python with CMAKE_ARGS=-DGGML_CUDA=ON "
                                      "(or Metal/Vulkan), or drop -ngl")

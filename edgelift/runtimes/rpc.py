@@ -60,15 +60,20 @@ def parse_devices(devices) -> list[RpcDevice]:
     return out
 
 
-def _fleet_devices(path: Path) -> list[RpcDevice]:
+def read_fleet_toml(path: Path) -> dict:
+    """A fleet file's TOML, or one line saying why it cannot be read."""
     try:
         import tomllib
     except ImportError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise InvalidOptionError(f"fleet file {path} cannot be read: {e}") from e
+
+
+def _fleet_devices(path: Path) -> list[RpcDevice]:
+    doc = read_fleet_toml(path)
     entries = doc.get("device") or []
     specs = []
     for i, d in enumerate(entries if isinstance(entries, list) else []):
@@ -174,6 +179,13 @@ class Ggml:
                                 ("ggml_backend_dev_by_type", ctypes.c_void_p, [ctypes.c_int])):
             fn = getattr(self.lib, name)
             fn.restype, fn.argtypes = res, args
+        for name, res, args in (("ggml_backend_dev_count", ctypes.c_size_t, []),
+                                ("ggml_backend_dev_get", ctypes.c_void_p, [ctypes.c_size_t]),
+                                ("ggml_backend_dev_type", ctypes.c_int, [ctypes.c_void_p]),
+                                ("ggml_backend_dev_backend_reg", ctypes.c_void_p, [ctypes.c_void_p]),
+                                ("ggml_backend_reg_name", ctypes.c_char_p, [ctypes.c_void_p])):
+            fn = getattr(self.lib, name)
+            fn.restype, fn.argtypes = res, args
         self.rpc = self.lib.ggml_backend_reg_by_name(b"RPC")
         if not self.rpc:
             raise MissingDependencyError(
@@ -230,6 +242,18 @@ def ggml() -> Ggml:
     if _GGML is None:
         _GGML = Ggml()
     return _GGML
+
+
+DEVICE_TYPE_GPU = 1
+
+
+def local_gpu_count() -> int:
+    """GPU devices of this llama.cpp build that are not RPC servers: ``llama_supports_gpu_offload`` counts
+    the RPC backend too, so it cannot tell whether ``-ngl`` would reach a GPU."""
+    lib = ggml().lib
+    devices = (lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count()))
+    return sum(1 for d in devices if lib.ggml_backend_dev_type(d) == DEVICE_TYPE_GPU
+               and not lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(d)).startswith(b"RPC"))
 
 
 def rpc_unavailable() -> str | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ...core.atomic import StagingDir, ensure_writable_dir, output_errors, path_size
+from ...core.progress import Steps
 from ...errors import InvalidOptionError
 from ..report import Artifact, ConversionResult, Quantization, SourceInfo, TensorInfo
 from . import check, mixes
@@ -33,14 +34,7 @@ def convert_gguf(source: str | Path, *, quantize: Iterable[str], out: str | Path
     from ..api import check_artifact_name
 
     check_artifact_name(src.name)
-    total = len(types) * (len(src.tensors) + 1) + 1
-    done = 0
-
-    def step(desc: str) -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(desc, done, total)
+    step = Steps(len(types) * (len(src.tensors) + 1) + 1, progress)
 
     ref = None
     if check_with_llama:

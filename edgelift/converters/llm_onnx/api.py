@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ...core.atomic import StagingDir, ensure_writable_dir, output_errors, path_size
+from ...core.progress import Steps
 from ...errors import ParityError, QuantizationError
 from ..gguf.checkpoint import read_checkpoint
 from ..quantize import get_mode
@@ -68,14 +69,7 @@ def convert_llm_onnx(source: str | Path, *, quantize: Iterable[str], out: str | 
     check_artifact_name(name)
     ensure_writable_dir(out)
     eos = _eos_ids(ckpt, spec)
-    total = 1 + len(modes) * (spec.n_layer + 2)
-    done = 0
-
-    def step(desc: str) -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(desc, done, total)
+    step = Steps(1 + len(modes) * (spec.n_layer + 2), progress)
 
     step("reference outputs (transformers)")
     ref = parity.reference(ckpt.path, eos)

@@ -37,14 +37,9 @@ class FleetServer:
 
 
 def read_rpc_fleet(path: Path) -> list[FleetServer]:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    try:
-        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise InvalidOptionError(f"fleet file {path} cannot be read: {e}") from e
+    from ...runtimes.rpc import parse_devices, read_fleet_toml
+
+    doc = read_fleet_toml(path)
     out = []
     for i, d in enumerate(doc.get("device") or []):
         if not isinstance(d, dict) or not isinstance(d.get("rpc"), str):
@@ -59,8 +54,6 @@ def read_rpc_fleet(path: Path) -> list[FleetServer]:
         out.append(FleetServer(url, d["rpc"], str(d["memory"]) if d.get("memory") else None, threads))
     if not out:
         raise InvalidOptionError(f"{path} lists no [[device]] with rpc = \"address:port\"")
-    from ...runtimes.rpc import parse_devices
-
     parse_devices([s.device for s in out])  # the same checks as the host's
     return out
 
