@@ -395,13 +395,12 @@ def _tflite_op_profile(path: Path, opts: ProfileOptions, threads) -> tuple[dict 
 
 def _profile_setting(path: Path, fmt: ModelFormat, opts: ProfileOptions, params: dict, power: _Power,
                      power_reason: str | None, preprocess, postprocess, progress: Progress | None,
-                     interrupted: Interrupted) -> dict:
+                     interrupted: Interrupted, is_llm: bool) -> dict:
     import dataclasses
 
     from ..runtimes.model import load
 
     threads, batch = params.get("threads", opts.threads), params.get("batch", opts.batch)
-    is_llm = is_language_model_file(path)
     opts = dataclasses.replace(opts, n_prompt=params.get("n_prompt", opts.n_prompt), n_gen=params.get("n_gen", opts.n_gen))
     load_options = dict(opts.load_options)
     if is_llm:
@@ -549,7 +548,7 @@ def profile(model: str | Path, options: ProfileOptions | None = None, *, sweep: 
         for params in settings:
             try:
                 runs.append(_profile_setting(path, fmt, opts, params, power, reason, preprocess, postprocess,
-                                             progress, interrupted))
+                                             progress, interrupted, llm))
             except KeyboardInterrupt:
                 if not runs:
                     raise
