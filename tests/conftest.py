@@ -133,13 +133,14 @@ def smollm2_hf_dir(smollm2_gguf) -> Path:
 
 def tiny_causal_lm(arch: str, out: Path, tokenizer_dir: Path, max_shard_size: str | None = None,
                    **config) -> Path:
-    """A random 8-layer Llama or Qwen2 with 256-wide rows (every K-quant applies) and SmolLM2's tokenizer."""
+    """A random 8-layer Llama, Qwen2 or Qwen3 with 256-wide rows (every K-quant applies) and SmolLM2's tokenizer."""
     import shutil
 
     import transformers
 
     config_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-                             "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[arch]
+                             "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                             "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
     settings = dict(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                     tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
@@ -151,9 +152,26 @@ def tiny_causal_lm(arch: str, out: Path, tokenizer_dir: Path, max_shard_size: st
     return out
 
 
-def tiny_sentencepiece_llama(out: Path) -> Path:
-    """A random 2-layer Llama with a SentencePiece tokenizer.model (Llama 2 / TinyLlama style: byte fallback,
-    scores), trained here on the docstrings of a few stdlib modules (no download)."""
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+               r"\s+(?!\S)|\s+")
+
+
+def use_qwen2_pretokenizer(d: Path) -> Path:
+    """Make the checkpoint's tokenizer.json split text with Qwen2's own regex (what Qwen2/2.5/3 ship), so the
+    GGUF converter writes the ``qwen2`` pre-tokenizer."""
+    import json
+
+    tok = json.loads((d / "tokenizer.json").read_text())
+    tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    return d
+
+
+def train_sentencepiece(out: Path, add_dummy_prefix: bool = True, user_symbols: tuple[str, ...] = ()) -> Path:
+    """A 512-piece SentencePiece BPE model (byte fallback, scores) trained here on the docstrings of a few
+    stdlib modules (no download), written to ``out/tokenizer.model``."""
     import collections
     import inspect
     import io
@@ -163,16 +181,24 @@ def tiny_sentencepiece_llama(out: Path) -> Path:
     import textwrap
 
     spm = pytest.importorskip("sentencepiece")
-    import transformers
-
     out.mkdir(parents=True, exist_ok=True)
     corpus = [ln for m in (inspect, json_module, collections, itertools, textwrap, os)
               for ln in (m.__doc__ or "").splitlines() if ln.strip()] * 3
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=buf, vocab_size=512, model_type="bpe",
                                    byte_fallback=True, character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
+                                   add_dummy_prefix=add_dummy_prefix, user_defined_symbols=list(user_symbols),
                                    minloglevel=2)
     (out / "tokenizer.model").write_bytes(buf.getvalue())
+    return out / "tokenizer.model"
+
+
+def tiny_sentencepiece_llama(out: Path) -> Path:
+    """A random 2-layer Llama with a SentencePiece tokenizer.model (Llama 2 / TinyLlama style: byte fallback,
+    scores; :func:`train_sentencepiece`)."""
+    import transformers
+
+    train_sentencepiece(out)
     tok = transformers.LlamaTokenizer.from_pretrained(str(out))
     tok.save_pretrained(out)
     cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
@@ -180,6 +206,47 @@ def tiny_sentencepiece_llama(out: Path) -> Path:
                                    bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(cfg).eval().save_pretrained(out)
+    return out
+
+
+def tiny_family_lm(family: str, out: Path, **config) -> Path:
+    """A random small checkpoint of ``family`` (phi3, gemma, gemma2, gemma3) with a SentencePiece tokenizer
+    trained here, shaped so each family's differences matter within 64 positions: Gemma heads wider than
+    hidden/heads, a sliding window of 16 tokens on the local layers, soft-capping that bites (Gemma 2),
+    three layers with one global (Gemma 3), a fused qkv and gate/up (Phi-3), weights scaled up so the
+    logits are far from uniform and a top-1 comparison means something."""
+    import transformers
+
+    gemma = family.startswith("gemma")
+    # Phi-3's vocabulary holds <|endoftext|> (llama.cpp looks it up by name for phi3 models)
+    train_sentencepiece(out, add_dummy_prefix=not gemma, user_symbols=() if gemma else ("<|endoftext|>",))
+    specials = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>")
+    tok = (transformers.GemmaTokenizer if gemma else transformers.LlamaTokenizer).from_pretrained(str(out), **specials)
+    tok.save_pretrained(out)
+    base = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    head = dict(head_dim=96, query_pre_attn_scalar=96)
+    settings = {
+        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, dict(tie_word_embeddings=False)),
+        "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, dict(head_dim=96)),
+        "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+                   dict(head, sliding_window=16, attn_logit_softcapping=5.0, final_logit_softcapping=8.0)),
+        "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM,
+                   dict(head, sliding_window=16, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                         "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}})),
+    }[family]
+    config_cls, model_cls, extra = settings
+    cfg = config_cls(**{**base, **extra, **config})
+    if family == "gemma3":
+        cfg.architectures = ["Gemma3ForCausalLM"]
+    torch.manual_seed(0)
+    model = model_cls(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2:
+                p.mul_(4.0)
+    model.save_pretrained(out)
     return out
 
 

@@ -8,23 +8,19 @@ tokens and logits is llama.cpp (llama-cpp-python) on the same GGUF.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 import edgelift
 from edgelift.errors import ModelFormatError
 
-from tests.conftest import tiny_causal_lm, tiny_sentencepiece_llama
+from tests.conftest import tiny_causal_lm, tiny_sentencepiece_llama, use_qwen2_pretokenizer
 
 pytest.importorskip("llama_cpp")
 
 TEXTS = ["The capital of France is Paris.", "  two leading spaces,  and   runs of   spaces", "naïve café — déjà vu 😀",
          "Numbers: 12345 and 3.14159, then 2024-11-24!", "line one\nline two\n\n  indented\ttab",
          "def f(x):\n    return x ** 2  # square", "_under_score and CamelCase", "日本語のテキスト"]
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
-               r"\s+(?!\S)|\s+")
 
 
 def _agree(path, ids_text: str):
@@ -59,12 +55,8 @@ def test_sentencepiece_model_logits_follow_llama_cpp(spm_gguf):
 
 @pytest.fixture(scope="module")
 def qwen2_gguf(smollm2_hf_dir, tmp_path_factory):
-    d = tiny_causal_lm("qwen2", tmp_path_factory.mktemp("qwen2"), smollm2_hf_dir, num_hidden_layers=2)
-    tok = json.loads((d / "tokenizer.json").read_text())
-    tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
-    (d / "tokenizer.json").write_text(json.dumps(tok))
+    d = use_qwen2_pretokenizer(tiny_causal_lm("qwen2", tmp_path_factory.mktemp("qwen2"), smollm2_hf_dir,
+                                              num_hidden_layers=2))
     r = edgelift.convert(d, to="gguf", quantize="F32", out=tmp_path_factory.mktemp("qwen2-out"))
     return r.artifacts[0].path
 
@@ -84,13 +76,14 @@ def test_qwen2_logits_follow_llama_cpp(qwen2_gguf):
 
 
 def test_unsupported_architecture_is_named_before_the_tokenizer(smollm2_gguf, tmp_path):
-    """A Gemma file is refused for being Gemma (with what to use instead), not for its vocabulary."""
+    """A Mamba file is refused for being Mamba (with what to use instead), not for its vocabulary."""
     data = bytearray(smollm2_gguf.read_bytes())
     i = data.find(b"general.architecture")
     j = data.find(b"llama", i)
     assert 0 < i < j < i + 64
-    data[j:j + 5] = b"gemma"  # same length: the header stays valid
-    bad = tmp_path / "gemma.gguf"
+    data[j:j + 5] = b"mamba"  # same length: the header stays valid
+    bad = tmp_path / "mamba.gguf"
     bad.write_bytes(bytes(data))
-    with pytest.raises(ModelFormatError, match=r"is a 'gemma' model; the edge engine runs llama, qwen2 \(use backend='llama.cpp'"):
+    with pytest.raises(ModelFormatError, match=r"is a 'mamba' model; the edge engine runs llama, qwen2, .*gemma3 "
+                                               r"\(use backend='llama.cpp'"):
         edgelift.load(bad, backend="edge")

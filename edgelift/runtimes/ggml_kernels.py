@@ -57,6 +57,7 @@ class _Ggml:
                               (b.ggml_nbytes, [_P], ctypes.c_size_t),
                               (b.ggml_rms_norm, [_P, _P, ctypes.c_float], _P), (b.ggml_mul, [_P, _P, _P], _P),
                               (b.ggml_add, [_P, _P, _P], _P), (b.ggml_silu, [_P, _P], _P),
+                              (b.ggml_gelu, [_P, _P], _P),
                               (c.ggml_graph_plan, [_P, ctypes.c_int, _P], _CPlan),
                               (c.ggml_graph_compute, [_P, ctypes.POINTER(_CPlan)], ctypes.c_int)):
             fn.argtypes, fn.restype = args, res
@@ -143,7 +144,7 @@ class _Builder:
         return self._point(self.lib.base.ggml_new_tensor_1d(self.ctx, F32, arr.shape[-1]), arr)
 
     def op(self, name: str, *args, out: np.ndarray | None = None):
-        """A ggml op (mul_mat, add, mul, silu, rms_norm). Its result goes to a fresh numpy buffer, or, as
+        """A ggml op (mul_mat, add, mul, silu, gelu, rms_norm). Its result goes to a fresh numpy buffer, or, as
         an output of the graph, to ``out`` (float32, the result's size): the graph computes up to it."""
         t = getattr(self.lib.base, f"ggml_{name}")(self.ctx, *args)
         nbytes = int(self.lib.base.ggml_nbytes(t))
@@ -209,13 +210,15 @@ class GgmlBlock:
     numpy between them:
 
     - ``head(x)``: RMSNorm (ggml's, as llama.cpp) then q, k, v;
-    - ``tail(x, att)``: attention output projection + residual, RMSNorm, SwiGLU FFN, + residual.
+    - ``tail(x, att)``: attention output projection (+ its RMSNorm) + residual, RMSNorm, gated FFN (SwiGLU
+      or GeGLU) (+ its RMSNorm), + residual.
 
     ``mats`` maps short names (attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down) to
-    (GGUF bytes, type, (rows, cols)); ``norms`` maps attn_norm / ffn_norm to float32 weights."""
+    (GGUF bytes, type, (rows, cols)); ``norms`` maps attn_norm / ffn_norm (and, for Gemma 2/3,
+    post_attention_norm / post_ffw_norm) to float32 weights."""
 
-    def __init__(self, mats: dict, norms: dict[str, np.ndarray], eps: float, threads: int) -> None:
-        self.mats, self.norms, self.eps, self.threads = mats, norms, float(eps), threads
+    def __init__(self, mats: dict, norms: dict[str, np.ndarray], eps: float, threads: int, act: str = "silu") -> None:
+        self.mats, self.norms, self.eps, self.threads, self.act = mats, norms, float(eps), threads, act
 
     def rows(self, name: str) -> int:
         """Rows of one of the block's matrices (``ffn_up``: the FFN width)."""
@@ -247,13 +250,16 @@ class GgmlBlock:
         n, d = x.shape
         out = np.empty_like(x)
 
-        def build(g: _Builder) -> None:
-            x1 = g.op("add", g.matrix(x, "F32", n, d), g.op("mul_mat", self._w(g, "attn_output"),
-                                                             g.matrix(att, "F32", n, att.shape[1])))
-            h = self._norm(g, x1, "ffn_norm")
-            act = g.op("mul", g.op("silu", g.op("mul_mat", self._w(g, "ffn_gate"), h)),
-                       g.op("mul_mat", self._w(g, "ffn_up"), h), out=activation)
-            g.op("add", x1, g.op("mul_mat", self._w(g, "ffn_down"), act), out=out)
+        def post(g: _Builder, y, name: str):
+            return self._norm(g, y, name) if name in self.norms else y
 
-        _load()[0].compute(build, 24, self.threads)
+        def build(g: _Builder) -> None:
+            a = g.op("mul_mat", self._w(g, "attn_output"), g.matrix(att, "F32", n, att.shape[1]))
+            x1 = g.op("add", g.matrix(x, "F32", n, d), post(g, a, "post_attention_norm"))
+            h = self._norm(g, x1, "ffn_norm")
+            act = g.op("mul", g.op(self.act, g.op("mul_mat", self._w(g, "ffn_gate"), h)),
+                       g.op("mul_mat", self._w(g, "ffn_up"), h), out=activation)
+            g.op("add", x1, post(g, g.op("mul_mat", self._w(g, "ffn_down"), act), "post_ffw_norm"), out=out)
+
+        _load()[0].compute(build, 32, self.threads)
         return out

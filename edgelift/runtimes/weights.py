@@ -122,16 +122,29 @@ def tensor_refs(info: GGUFInfo) -> dict[str, TensorRef]:
             for t in info.tensors}
 
 
-def plan_units(info: GGUFInfo, chunk_bytes: int | None = None) -> tuple[list[Unit], list[TensorRef]]:
-    """(streamable units in forward order, pinned small tensors) of a GGUF file."""
-    refs = list(tensor_refs(info).values())
+def split_rows(ref: TensorRef, parts: dict[str, int]) -> dict[str, TensorRef]:
+    """A matrix's consecutive row ranges as tensors of their own, {name: rows} in order (views of the same
+    bytes: rows are stored one after another and no quantization block spans two)."""
+    per_row, out, r0 = ref.nbytes // ref.shape[0], {}, 0
+    for name, n in parts.items():
+        out[name] = TensorRef(name, ref.ggml_type, (n, *ref.shape[1:]), ref.offset + r0 * per_row, n * per_row)
+        r0 += n
+    return out
+
+
+def plan_units(info: GGUFInfo, chunk_bytes: int | None = None,
+               refs: dict[str, TensorRef] | None = None) -> tuple[list[Unit], list[TensorRef]]:
+    """(streamable units in forward order, pinned small tensors) of a GGUF file; ``refs``: its tensors as the
+    engine reads them (fused matrices split), else as the file lists them."""
+    refs = list((refs or tensor_refs(info)).values())
     blocks: dict[int, list[TensorRef]] = {}
     pinned, big = [], []
     for r in refs:
         m = re.match(r"blk\.(\d+)\.", r.name)
         if m:
             blocks.setdefault(int(m.group(1)), []).append(r)
-        elif len(r.shape) == 1 or r.nbytes < 1 << 16:
+            continue
+        if len(r.shape) == 1 or r.nbytes < 1 << 16:
             pinned.append(r)
         else:
             big.append(r)
@@ -196,10 +209,11 @@ def _pread_direct(fd: int, offset: int, nbytes: int, slot: np.ndarray) -> np.nda
 class WeightStore:
     """Units by name; ``get`` blocks until a unit is resident, ``done`` says it may be released."""
 
-    def __init__(self, path: Path, info: GGUFInfo, kernels: str = "ort", threads: int = 1) -> None:
+    def __init__(self, path: Path, info: GGUFInfo, kernels: str = "ort", threads: int = 1,
+                 refs: dict[str, TensorRef] | None = None) -> None:
         # the header is not kept: its vocabulary arrays (tokens, merges) would stay alive for nothing
         self.path, self.kernels, self.threads = Path(path), kernels, threads
-        self.units, pinned_refs = plan_units(info)
+        self.units, pinned_refs = plan_units(info, refs=refs)
         self.order = [u.name for u in self.units]
         self._by_name = {u.name: u for u in self.units}
         self.stats = StoreStats()
@@ -207,7 +221,7 @@ class WeightStore:
         self.pinned = {r.name: self._read(r.offset, r.nbytes) for r in pinned_refs}
         self._account(sum(r.nbytes for r in pinned_refs))
         self.pinned_bytes = sum(r.nbytes for r in pinned_refs)
-        self.refs = tensor_refs(info)
+        self.refs = refs or tensor_refs(info)
         self.embedding = self.refs.get("token_embd.weight")
 
     def _account(self, delta: int) -> None:
@@ -246,8 +260,9 @@ class WeightStore:
 class ResidentWeights(WeightStore):
     """Every unit read once at load and kept (as prepared kernels)."""
 
-    def __init__(self, path: Path, info: GGUFInfo, kernels: str = "ort", threads: int = 1) -> None:
-        super().__init__(path, info, kernels, threads)
+    def __init__(self, path: Path, info: GGUFInfo, kernels: str = "ort", threads: int = 1,
+                 refs: dict[str, TensorRef] | None = None) -> None:
+        super().__init__(path, info, kernels, threads, refs)
         self._units = {}
         drop = hasattr(os, "posix_fadvise")
         for u in self.units:
@@ -264,10 +279,11 @@ class FlashWeights(WeightStore):
     """Units streamed under ``budget`` bytes of resident weights, read ahead on a background thread."""
 
     def __init__(self, path: Path, info: GGUFInfo, budget: int, drop_cache: bool = True, prefetch: bool = True,
-                 kernels: str = "ort", naive: bool = False, threads: int = 1) -> None:
+                 kernels: str = "ort", naive: bool = False, threads: int = 1,
+                 refs: dict[str, TensorRef] | None = None) -> None:
         """``naive=True`` is the loader benchmarks compare with: nothing kept resident, no read-ahead,
         every unit read synchronously when the forward pass reaches it."""
-        super().__init__(path, info, kernels, threads)
+        super().__init__(path, info, kernels, threads, refs)
         self.budget = int(budget)
         self.prefetch = prefetch and not naive
         self.drop_cache = drop_cache and hasattr(os, "posix_fadvise")

@@ -160,6 +160,135 @@ class Qwen2(ArchUnit):
     gguf_arch = "QWEN2"  # NEOX rotary: Hugging Face's layout as is
 
 
+def _head_dim(cfg: dict) -> int:
+    return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+
+
+def _write_head_dim(w, cfg: dict) -> None:
+    """K/V head width, for architectures whose heads are not hidden_size / heads wide (Gemma, Qwen3)."""
+    w.add_key_length(_head_dim(cfg))
+    w.add_value_length(_head_dim(cfg))
+
+
+@register_arch("Qwen3ForCausalLM")
+class Qwen3(ArchUnit):
+    gguf_arch = "QWEN3"  # Qwen2 without q/k/v biases, with an RMSNorm on each head's q and k
+
+    def write_hparams(self, w, cfg, ckpt) -> None:
+        super().write_hparams(w, cfg, ckpt)
+        _write_head_dim(w, cfg)
+
+
+@register_arch("Phi3ForCausalLM")
+class Phi3(ArchUnit):
+    """Phi-3 / Phi-3.5 / Phi-4-mini: q/k/v in one matrix (attn_qkv), gate and up in one (ffn_up, gate rows
+    first), NEOX rotary over ``partial_rotary_factor`` of each head. The 128k variants' LongRoPE is refused
+    (by the base class, naming it)."""
+
+    gguf_arch = "PHI3"
+
+    def write_hparams(self, w, cfg, ckpt) -> None:
+        super().write_hparams(w, cfg, ckpt)
+        params = cfg.get("rope_parameters") or {}
+        partial = float(cfg.get("partial_rotary_factor") or params.get("partial_rotary_factor") or 1.0)
+        w.add_rope_dimension_count(int(partial * cfg["hidden_size"]) // cfg["num_attention_heads"])
+        w.add_sliding_window(int(cfg.get("sliding_window") or 0))  # llama.cpp reads it and runs phi3 without SWA
+
+
+class _Gemma(ArchUnit):
+    """The Gemma family: RMSNorm weights stored as 1 + w (Hugging Face keeps w), the embedding scaled by
+    sqrt(hidden) at run time, GELU-gated FFN, tied output, SentencePiece without a leading space."""
+
+    #: llama.cpp fixes the attention scale at 1/sqrt(head_dim), except for one size (layer count) where it is
+    #: 1/sqrt(hidden/heads); a checkpoint whose query_pre_attn_scalar says otherwise would convert wrong.
+    wide_scale_layers: int | None = None
+
+    def rename(self, hf_name, n_blocks):
+        return None if hf_name == "lm_head.weight" else super().rename(hf_name, n_blocks)
+
+    def transform(self, hf_name, data, cfg):
+        return data + np.float32(1.0) if hf_name.endswith("norm.weight") else data
+
+    def write_hparams(self, w, cfg, ckpt) -> None:
+        super().write_hparams(w, cfg, ckpt)
+        _write_head_dim(w, cfg)
+        w.add_add_space_prefix(False)
+        scalar = cfg.get("query_pre_attn_scalar")
+        n_layer = int(cfg["num_hidden_layers"])
+        expected = (cfg["hidden_size"] // cfg["num_attention_heads"] if n_layer == self.wide_scale_layers
+                    else _head_dim(cfg))
+        if scalar is not None and int(scalar) != expected:
+            raise SourceError(f"query_pre_attn_scalar is {scalar}, but llama.cpp scales {self.arch_name()} attention "
+                              f"by 1/sqrt({expected}) for a {n_layer}-layer model: the GGUF would compute a different model")
+
+    def write_sliding_window(self, w, cfg, default_every: int) -> None:
+        """The window and which layers use it: ``layer_types`` as llama.cpp's per-layer pattern array when it
+        differs from the family's default (every ``default_every``-th layer global)."""
+        types = cfg.get("layer_types")
+        sliding = [t == "sliding_attention" for t in types] if types else None
+        if sliding is not None and not any(sliding):
+            return
+        w.add_sliding_window(int(cfg.get("sliding_window") or 4096))
+        default = [i % default_every < default_every - 1 for i in range(int(cfg["num_hidden_layers"]))]
+        if sliding is not None and sliding != default:
+            w.add_sliding_window_pattern(sliding)
+
+
+@register_arch("GemmaForCausalLM")
+class Gemma(_Gemma):
+    gguf_arch = "GEMMA"
+
+
+@register_arch("Gemma2ForCausalLM")
+class Gemma2(_Gemma):
+    gguf_arch = "GEMMA2"
+    wide_scale_layers = 46  # Gemma 2 27B
+
+    def write_hparams(self, w, cfg, ckpt) -> None:
+        super().write_hparams(w, cfg, ckpt)
+        # llama.cpp always caps (its defaults 50 / 30 where the key is missing): write what the checkpoint says
+        for key, add in (("attn_logit_softcapping", w.add_attn_logit_softcapping),
+                         ("final_logit_softcapping", w.add_final_logit_softcapping)):
+            if not cfg.get(key):
+                raise SourceError(f"{key} is unset in config.json; llama.cpp's gemma2 always applies it")
+            add(float(cfg[key]))
+        self.write_sliding_window(w, cfg, 2)
+
+
+@register_arch("Gemma3ForCausalLM")
+class Gemma3(_Gemma):
+    """Gemma 3 text: q/k RMSNorms, five local (sliding-window, rope base 10k) layers per global one (its own
+    rope base and scaling), no attention soft-capping."""
+
+    gguf_arch = "GEMMA3"
+    wide_scale_layers = 62  # Gemma 3 27B
+
+    def write_hparams(self, w, cfg, ckpt) -> None:
+        import gguf
+
+        params = cfg.get("rope_parameters") or {}
+        global_rope = params.get("full_attention") or params
+        local_rope = params.get("sliding_attention") or {}
+        flat = {k: v for k, v in cfg.items() if k not in ("rope_parameters", "rope_scaling", "rope_theta")}
+        super().write_hparams(w, flat, ckpt)
+        if cfg.get("attn_logit_softcapping"):
+            raise SourceError("attn_logit_softcapping is set, but llama.cpp's gemma3 has none")
+        w.add_rope_freq_base(float(global_rope.get("rope_theta") or cfg.get("rope_theta") or 1_000_000.0))
+        local_base = float(local_rope.get("rope_theta") or cfg.get("rope_local_base_freq") or 10_000.0)
+        if local_base != 10_000.0:
+            w.add_rope_freq_base_swa(local_base)
+        scaling = global_rope if "full_attention" in params else (cfg.get("rope_scaling") or {})
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(scaling["factor"]))
+        elif kind not in (None, "default"):
+            raise SourceError(f"rope scaling '{kind}' is not supported for gemma3 (linear and none are)")
+        if cfg.get("final_logit_softcapping"):
+            w.add_final_logit_softcapping(float(cfg["final_logit_softcapping"]))
+        self.write_sliding_window(w, cfg, 6)
+
+
 @register_arch("BertModel", "BertForMaskedLM")
 class Bert(ArchUnit):
     gguf_arch = "BERT"
