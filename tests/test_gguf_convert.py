@@ -121,6 +121,7 @@ def test_smollm2_every_type(smollm2_hf_dir, tmp_path):
     for a in r.artifacts:
         assert a.quantization.details["tokenizer_agreement"] == 1.0
         assert a.parity.primary.top1_agreement >= 0.5, a.mode
+        assert a.status == "passed" and a.gate["passed"], (a.mode, a.gate)  # every type llama.cpp makes passes
     # tied embeddings: token_embd is the output matrix -> Q8_0 (576 columns); like llama.cpp, byte for byte
     assert r.artifact("Q4_K_M", "gguf").quantization.details["type_changes"]["token_embd.weight"].endswith("Q8_0")
     assert differing_tensors(r.artifact("Q4_K_M", "gguf").path,
@@ -200,3 +201,25 @@ def test_cli_exit_code_2_on_missing_source(tmp_path):
 
     res = CliRunner().invoke(app, ["convert", str(tmp_path / "nope"), "--to", "gguf", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_wrong_conversion_is_refused_by_its_gate(smollm2_hf_dir, tmp_path, monkeypatch):
+    """A conversion that computes a different model (here q/k rows left in Hugging Face's order, which
+    llama.cpp's rotary reads as pairs) fails its file type's gate: exit 3, --out untouched; --keep-failed
+    keeps the file, marked failed in the report."""
+    from typer.testing import CliRunner
+
+    from edgelift.cli import app
+    from edgelift.converters.gguf import archs
+
+    monkeypatch.setattr(archs.Llama, "transform", lambda self, name, data, cfg: data)
+    res = CliRunner().invoke(app, ["convert", str(smollm2_hf_dir), "--to", "gguf", "-q", "F16", "--out",
+                                   str(tmp_path / "o")])
+    assert res.exit_code == 3 and "fails its parity gate (KL divergence" in res.output, res.output
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(errors.ParityError) as e:
+        edgelift.convert(smollm2_hf_dir, to="gguf", quantize="F16", out=tmp_path / "k", keep_failed=True)
+    a = e.value.result.artifacts[0]
+    assert a.status == "failed" and a.gate["max_kl"] == 0.01 and a.parity.primary.kl_divergence > 0.5
+    report = json.loads((tmp_path / "k" / "conversion.json").read_text())
+    assert report["artifacts"][0]["status"] == "failed" and (tmp_path / "k" / report["artifacts"][0]["path"].split("/")[-1]).exists()

@@ -98,7 +98,7 @@ def convert(
             repo = source.split("@")[0]
             source, name = resolve_repo_id(source), name or repo.split("/")[1]
     if "gguf" in [str(t).lower() for t in _listify(to)]:
-        return _convert_gguf(source, _listify(to), _listify(quantize), out, name, progress)
+        return _convert_gguf(source, _listify(to), _listify(quantize), out, name, keep_failed, progress)
     from .llm_onnx import is_decoder_checkpoint
 
     if isinstance(source, (str, Path)) and is_decoder_checkpoint(source):
@@ -374,7 +374,7 @@ def _convert_llm(source, to: list[str], quantize: list[str], out, name, block_si
                             progress=on_step)
 
 
-def _convert_gguf(source, to: list[str], quantize: list[str], out, name, progress) -> ConversionResult:
+def _convert_gguf(source, to: list[str], quantize: list[str], out, name, keep_failed, progress) -> ConversionResult:
     """GGUF is written from checkpoints directly (no ONNX graph in between): its own pipeline."""
     if len(to) > 1:
         raise InvalidOptionError("--to gguf converts Hugging Face checkpoints and GGUF files; give it alone")
@@ -388,7 +388,7 @@ def _convert_gguf(source, to: list[str], quantize: list[str], out, name, progres
         if progress:
             progress(ProgressEvent(step, total, desc))
 
-    return convert_gguf(source, quantize=quantize, out=out, name=name, progress=on_step)
+    return convert_gguf(source, quantize=quantize, out=out, name=name, progress=on_step, keep_failed=keep_failed)
 
 
 def _tinfo(s: TensorSpec) -> TensorInfo:

@@ -125,6 +125,7 @@ class Gate:
     min_top1: float | None
     passed: bool
     failures: list[str] = field(default_factory=list)  # e.g. "cosine 0.1412 < 0.99"
+    max_kl: float | None = None  # language models: mean KL divergence of the next-token distributions (nats)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -130,3 +130,34 @@ def check_artifact(path: Path, arch: str, ref: Reference) -> tuple[Parity, dict]
     finally:
         session.close()
     return Parity(ref.name, _llama_version(), inputs, False, samples, [out]), details
+
+
+# The acceptance gate of a GGUF file, by the precision of its weights: the mean KL divergence of the next-token
+# distributions for language models, the cosine of the embeddings for encoders. Set from llama.cpp's own
+# quantizations of real checkpoints, with room: SmolLM2-135M (the small models lose the most) reaches KL 0.0003
+# (BF16), 0.009 (Q8_0), 0.02-0.25 (Q6_K, Q5_*), 0.005-0.60 (4-bit types, Q4_0 the worst); all-MiniLM-L6-v2
+# reaches cosine 0.9996 (Q8_0) and 0.97-0.99 (4-bit). A wrong conversion (a missing q/k row permutation, a
+# misread norm) gives KL of several nats: that is what the gate is for.
+PRECISION = {"F32": "float", "F16": "float", "BF16": "float", "Q8_0": "8-bit", "Q6_K": "5-6-bit", "Q5_0": "5-6-bit",
+             "Q5_1": "5-6-bit", "Q5_K_S": "5-6-bit", "Q5_K_M": "5-6-bit", "Q5_K": "5-6-bit"}
+MAX_KL = {"float": 0.01, "8-bit": 0.1, "5-6-bit": 0.5, "4-bit": 1.0}
+MIN_EMBEDDING_COSINE = {"float": 0.999, "8-bit": 0.99, "5-6-bit": 0.97, "4-bit": 0.95}
+
+
+def gate(parity: Parity, file_type: str):
+    """Hold a checked file to its type's threshold (``parity.Gate``; failures name the figure and the floor)."""
+    from ..parity import Gate
+
+    level = PRECISION.get(file_type, "4-bit")
+    out = parity.primary
+    failures = []
+    if out.kl_divergence is not None:
+        max_kl = MAX_KL[level]
+        if not out.kl_divergence <= max_kl:  # NaN fails too
+            failures.append(f"KL divergence {out.kl_divergence:.4f} nats > {max_kl} ({level} weights)")
+        return Gate(0.0, None, None, not failures, failures, max_kl=max_kl)
+    floor = MIN_EMBEDDING_COSINE[level]
+    if not out.cosine_similarity >= floor:
+        failures.append(f"cosine {out.cosine_similarity:.4f} < {floor} ({level} weights)")
+    return Gate(floor, None, None, not failures, failures)
+
