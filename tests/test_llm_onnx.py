@@ -19,7 +19,7 @@ from edgelift.converters.llm_onnx import convert_llm_onnx
 from edgelift.converters.llm_onnx.encodings import ENCODINGS, dequantize_nbit, nbit_blocks
 from edgelift.converters.llm_onnx.writer import GraphWriter
 from edgelift.errors import ModelFormatError, ParityError, SourceError
-from tests.conftest import tiny_causal_lm
+from tests.conftest import tiny_causal_lm, tiny_family_lm, use_qwen2_pretokenizer
 
 pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
@@ -166,6 +166,45 @@ def test_qwen2_random_checkpoint_converts(smollm2_hf_dir, tmp_path_factory):
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.01
     for mode in ("int8-dynamic", "int4"):
         assert res.artifact(mode).parity.primary.top1_agreement is not None
+
+
+@pytest.fixture(scope="module")
+def family_checkpoints(smollm2_hf_dir, tmp_path_factory):
+    """family -> a random checkpoint shaped so the family's differences act within 64 positions (conftest)."""
+    made = {}
+
+    def get(family: str) -> Path:
+        if family not in made:
+            d = tmp_path_factory.mktemp(family)
+            made[family] = (use_qwen2_pretokenizer(tiny_causal_lm("qwen3", d, smollm2_hf_dir, num_hidden_layers=2,
+                                                                  head_dim=96))
+                            if family == "qwen3" else tiny_family_lm(family, d))
+        return made[family]
+
+    return get
+
+
+@pytest.mark.parametrize("attention", ["contrib", "standard"])
+@pytest.mark.parametrize("family", ["qwen3", "phi3", "gemma", "gemma2", "gemma3"])
+def test_other_families_convert_and_match_transformers(family_checkpoints, family, attention, tmp_path):
+    """Qwen3 (q/k norms), Phi-3 (fused projections), Gemma 1/2/3 (1 + w norms, GeGLU, embedding scale,
+    post-norms, soft-caps, a 16-token sliding window, a local rotary base): fp32 graphs whose logits equal
+    transformers' (checked here, not only by the conversion's own gate) in both attention forms, stepped
+    through the cache too."""
+    ckpt = family_checkpoints(family)
+    res = convert_llm_onnx(ckpt, quantize=["none"], out=tmp_path / "o", attention=attention)
+    a = res.artifact("none")
+    assert a.status == "passed" and a.quantization.details["greedy_identical"], a.gate
+    ids = list(range(3, 67))  # 64 positions: past the sliding window
+    ref = _hf_logits(ckpt, ids)
+    with edgelift.load(a.path) as m:
+        got = m.run(tokens=np.asarray(ids, np.int32))["logits"]
+        m.eval_tokens(ids[:40], reset=True)
+        for t in ids[40:-1]:
+            m.eval_tokens([t])
+        last = m.eval_tokens([ids[-1]])
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(last, ref[-1], rtol=1e-3, atol=1e-3)
 
 
 def test_cli_refuses_other_targets_and_unknown_families(smollm2_hf_dir, tmp_path):
