@@ -65,6 +65,19 @@ def test_every_tensor_equals_llama_quantize(tiny_llama, ftype, tmp_path):
     assert differing_tensors(r.artifact(ftype, "gguf").path, theirs) == []
 
 
+@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q4_0"])
+def test_numpy_fallback_writes_llama_cpps_bytes_too(tiny_llama, ftype, tmp_path, monkeypatch):
+    """Without the llama extra, the writer's own numpy quantizers run (qtypes.USE_GGML off): the same file."""
+    from edgelift.converters.gguf import qtypes
+    from edgelift.converters.gguf.convert import open_source, write_gguf
+    from edgelift.converters.gguf.mixes import file_type
+
+    d, r = tiny_llama
+    monkeypatch.setattr(qtypes, "USE_GGML", False)
+    write_gguf(open_source(d), file_type(ftype), tmp_path / "numpy.gguf")
+    assert differing_tensors(tmp_path / "numpy.gguf", r.artifact(ftype, "gguf").path) == []
+
+
 def test_tiny_qwen2_converts_and_matches_transformers(smollm2_hf_dir, tmp_path):
     """Qwen2 (no rotary permutation, q/k/v biases), saved as a sharded checkpoint."""
     d = tiny_causal_lm("qwen2", tmp_path / "qwen2", smollm2_hf_dir, max_shard_size="20MB")

@@ -58,6 +58,11 @@ class _Ggml:
                               (b.ggml_rms_norm, [_P, _P, ctypes.c_float], _P), (b.ggml_mul, [_P, _P, _P], _P),
                               (b.ggml_add, [_P, _P, _P], _P), (b.ggml_silu, [_P, _P], _P),
                               (b.ggml_gelu, [_P, _P], _P),
+                              (b.ggml_quantize_chunk, [ctypes.c_int, _P, _P, ctypes.c_int64, ctypes.c_int64,
+                                                       ctypes.c_int64, _P], ctypes.c_size_t),
+                              (b.ggml_quantize_init, [ctypes.c_int], None),
+                              (b.ggml_quantize_requires_imatrix, [ctypes.c_int], ctypes.c_bool),
+                              (b.ggml_row_size, [ctypes.c_int, ctypes.c_int64], ctypes.c_size_t),
                               (c.ggml_graph_plan, [_P, ctypes.c_int, _P], _CPlan),
                               (c.ggml_graph_compute, [_P, ctypes.POINTER(_CPlan)], ctypes.c_int)):
             fn.argtypes, fn.restype = args, res
@@ -180,6 +185,32 @@ def _load() -> tuple[_Ggml | None, str | None]:
         return g, None
     except (OSError, AttributeError, RuntimeError) as e:
         return None, f"ggml could not be loaded ({e})"
+
+
+QUANTIZABLE = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+
+
+def quantize_rows(rows: np.ndarray, kind: str) -> np.ndarray | None:
+    """``rows`` (float32, [n, k]) in GGML block type ``kind`` by llama.cpp's own quantizer
+    (``ggml_quantize_chunk`` without an importance matrix: the code ``llama-quantize`` runs), as uint8 rows;
+    None where ggml is not installed or does not quantize ``kind`` that way. Runs without the GIL, so the
+    GGUF writer's threads quantize tensors in parallel."""
+    g, _ = _load()
+    if g is None or kind not in QUANTIZABLE:
+        return None
+    tid = GGML_TYPE_IDS[kind]
+    b = g.base
+    if b.ggml_quantize_requires_imatrix(tid):
+        return None
+    rows = np.ascontiguousarray(rows, np.float32)
+    n, k = rows.shape
+    row_bytes = int(b.ggml_row_size(tid, k))
+    out = np.empty((n, row_bytes), np.uint8)
+    b.ggml_quantize_init(tid)
+    written = b.ggml_quantize_chunk(tid, rows.ctypes.data, out.ctypes.data, 0, n, k, None)
+    if written != out.nbytes:
+        raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes for {out.nbytes} ({kind}, {n}x{k})")
+    return out
 
 
 def available() -> str | None:

@@ -9,7 +9,6 @@ ModelFormatError, and tensors are memory-mapped, so converting never holds the w
 from __future__ import annotations
 
 import json
-import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.fl
 
 @dataclass
 class TensorRef:
-    """Where one tensor's bytes lie; ``load()`` maps them and returns float32 (bf16 widened)."""
+    """Where one tensor's bytes lie; ``load()`` reads them and returns float32 (bf16 widened)."""
 
     name: str
     dtype: str
@@ -35,7 +34,11 @@ class TensorRef:
     end: int
 
     def load(self) -> np.ndarray:
-        raw = np.frombuffer(self.file.map(), np.uint8, self.end - self.start, self.file.data_start + self.start)
+        # read, not memory-mapped: a map keeps every page it touched resident until it closes, so converting
+        # tensor by tensor would end holding the whole checkpoint; a read buffer is freed with the tensor
+        raw = np.fromfile(self.file.path, np.uint8, count=self.end - self.start, offset=self.file.data_start + self.start)
+        if raw.size != self.end - self.start:
+            raise ModelFormatError(f"{self.file.path} ends inside tensor '{self.name}'; the file is truncated")
         a = raw.view(_DTYPES[self.dtype]).reshape(self.shape)
         if self.dtype == "BF16":
             return (a.astype(np.uint32) << 16).view(np.float32)
@@ -47,13 +50,6 @@ class SafetensorsFile:
     path: Path
     data_start: int = 0
     tensors: dict[str, TensorRef] = field(default_factory=dict)
-    _map: mmap.mmap | None = None
-
-    def map(self) -> mmap.mmap:
-        if self._map is None:
-            with open(self.path, "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return self._map
 
 
 def read_safetensors(path: Path) -> SafetensorsFile:

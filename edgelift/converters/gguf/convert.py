@@ -92,7 +92,8 @@ def _from_checkpoint(ckpt: HFCheckpoint, name: str | None) -> GGUFSource:
 
 def _from_gguf(path: Path, name: str | None) -> GGUFSource:
     """A GGUF file as a source, read by our own bounded reader (gguf-py's reader parses every vocabulary
-    entry into numpy fields: seconds on a 49k-token file); tensors decoded from a memory map on demand."""
+    entry into numpy fields: seconds on a 49k-token file); each tensor read when it is encoded and freed
+    after (a memory map would keep every page it touched resident: the whole input, by the end)."""
     require("gguf", "gguf", "Re-quantizing GGUF files")
     import gguf
 
@@ -101,14 +102,16 @@ def _from_gguf(path: Path, name: str | None) -> GGUFSource:
     info = read_gguf_info(path, arrays=("*",))
     arch = info.architecture or "?"
     n_layer = int(info.metadata.get(f"{arch}.block_count", 0) or 0)
-    data = np.memmap(path, np.uint8, "r")
     tensors = []
     for t in info.tensors:
         shape = tuple(int(d) for d in reversed(t.shape))
         start = info.data_offset + t.offset
 
         def load(start=start, nbytes=t.nbytes, shape=shape, tname=t.type_name):
-            return qtypes.decode(np.asarray(data[start:start + nbytes]), tname, shape)
+            raw = np.fromfile(path, np.uint8, count=nbytes, offset=start)
+            if raw.size != nbytes:
+                raise ModelFormatError(f"{path} ends inside its tensor data; the file is truncated")
+            return qtypes.decode(raw, tname, shape)
 
         tensors.append(PlannedTensor(t.name, shape, load, t.type_name))
     skip = {"general.file_type", "general.quantization_version", "general.architecture"}

@@ -1,8 +1,10 @@
 """GGML tensor types: sizes and encoders, one table.
 
-Legacy block types (Q4_0 ... Q8_0), BF16 and F16 use gguf's numpy port of llama.cpp's reference
-quantizers; K-quants use ours (``kquants``). Tensors are encoded in slices of rows so that the
-temporaries of the encoders stay small whatever the tensor's size.
+Block types are encoded by llama.cpp's own quantizer (``ggml_quantize_chunk``, through the ggml library the
+``llama`` extra installs) where it is present: the bytes ``llama-quantize`` writes, at its speed. Without
+it, legacy block types (Q4_0 ... Q8_0) and BF16 use gguf's numpy port of llama.cpp's reference quantizers
+and K-quants use ours (``kquants``, byte-identical too, tested against ggml). Tensors are encoded in slices
+of rows so that the temporaries of the encoders stay small whatever the tensor's size.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 from .kquants import K_QUANTIZERS
 
 ROWS_PER_SLICE_ELEMENTS = 1 << 20  # encode ~1M values at a time (a few MB of temporaries)
+USE_GGML = True  # llama.cpp's quantizer where installed; False: the numpy ports (tests compare the two)
 
 
 def ggml_type(name: str):
@@ -51,6 +54,12 @@ def encode(data: np.ndarray, name: str) -> np.ndarray:
 
 
 def _encode_rows(rows: np.ndarray, name: str) -> np.ndarray:
+    if USE_GGML:
+        from ...runtimes.ggml_kernels import quantize_rows
+
+        out = quantize_rows(rows, name)
+        if out is not None:
+            return out
     if name in K_QUANTIZERS:
         return K_QUANTIZERS[name](rows)
     import gguf
