@@ -236,3 +236,26 @@ def test_wrong_conversion_is_refused_by_its_gate(smollm2_hf_dir, tmp_path, monke
     assert a.status == "failed" and a.gate["max_kl"] == 0.01 and a.parity.primary.kl_divergence > 0.5
     report = json.loads((tmp_path / "k" / "conversion.json").read_text())
     assert report["artifacts"][0]["status"] == "failed" and (tmp_path / "k" / report["artifacts"][0]["path"].split("/")[-1]).exists()
+
+
+def test_bulk_metadata_packing_writes_gguf_pys_bytes(tmp_path):
+    """The writer packs vocabulary-sized arrays in one pass (gguf-py packs them element by element): the
+    header and metadata bytes must be gguf-py's own, for strings, integers and floats."""
+    from edgelift.converters.gguf.writer import fast_writer_class
+
+    tokens = [f"tok{i}" for i in range(5000)] + ["naïve", "日本", "<0x0A>", ""]
+    files = []
+    for cls in (gguf.GGUFWriter, fast_writer_class()):
+        path = tmp_path / f"{cls.__name__}.gguf"
+        w = cls(path, "llama")
+        w.add_token_list(tokens)
+        w.add_token_types([i % 7 for i in range(len(tokens))])
+        w.add_token_scores([-i / 3 for i in range(len(tokens))])
+        w.add_token_merges([f"a{i} b{i}" for i in range(300)])
+        w.add_array("test.bools", [True, False] * 40)
+        w.add_array("test.small", [1, 2, 3])
+        w.write_header_to_file(path)
+        w.write_kv_data_to_file()
+        w.close()
+        files.append(path.read_bytes())
+    assert files[0] == files[1]

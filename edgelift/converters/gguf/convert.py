@@ -148,7 +148,9 @@ def write_gguf(src: GGUFSource, ft: mixes.FileType, path: Path,
     t0 = time.perf_counter()
     shapes = {t.name: t.shape for t in src.tensors}
     plan = mixes.plan_types(shapes, ft, src.n_layer, {t.name: t.source_type for t in src.tensors})
-    w = gguf.GGUFWriter(path, src.arch)
+    from .writer import fast_writer_class
+
+    w = fast_writer_class()(path, src.arch)
     src.write_metadata(w)
     w.add_file_type(ft.ftype)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)

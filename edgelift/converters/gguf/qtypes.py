@@ -9,6 +9,8 @@ of rows so that the temporaries of the encoders stay small whatever the tensor's
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from .kquants import K_QUANTIZERS
@@ -48,9 +50,20 @@ def encode(data: np.ndarray, name: str) -> np.ndarray:
         return np.ascontiguousarray(data, np.float32).astype(np.float16)
     rows = data.reshape(-1, data.shape[-1])
     step = max(1, ROWS_PER_SLICE_ELEMENTS // rows.shape[1])
-    parts = [_encode_rows(np.ascontiguousarray(rows[i:i + step], np.float32), name)
-             for i in range(0, rows.shape[0], step)]
+    slices = [np.ascontiguousarray(rows[i:i + step], np.float32) for i in range(0, rows.shape[0], step)]
+    if len(slices) > 1:  # a large tensor's slices on all cores, as llama-quantize splits rows among its threads
+        parts = list(_slice_pool().map(lambda r: _encode_rows(r, name), slices))
+    else:
+        parts = [_encode_rows(slices[0], name)]
     return np.concatenate(parts).reshape(*data.shape[:-1], -1)
+
+
+@lru_cache(maxsize=1)
+def _slice_pool():
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="gguf-slices")
 
 
 def _encode_rows(rows: np.ndarray, name: str) -> np.ndarray:
