@@ -274,11 +274,13 @@ def run(
 
     from .core.atomic import atomic_write_bytes
     from .core.formats import ModelFormat, detect_format
+    from .core.hub_cache import resolve_model_path
     from .core.tensors import random_input_set, read_npz, unbatched_inputs, validate_inputs
     from .errors import InvalidOptionError
     from .runtimes.model import load
 
     try:
+        model = resolve_model_path(model)  # a Hugging Face id (ORG/NAME[:PICK]): its file in the local cache
         if sum(x is not None and x is not False for x in (input, random or None, prompt)) != 1:
             raise InvalidOptionError("give exactly one of --input FILE.npz, --random or --prompt TEXT")
         if (batch is not None and batch < 1) or max_tokens < 1:
@@ -547,6 +549,9 @@ def profile(
     try:
         if model is None:
             raise InvalidOptionError("give the model to profile: edge profile MODEL (or --list-power)")
+        from .core.hub_cache import resolve_model_path
+
+        model = resolve_model_path(model)
         _check_output_format(output)
         from .core.atomic import ensure_writable_dir
         from .errors import OutputError

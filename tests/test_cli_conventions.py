@@ -15,7 +15,10 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
+import edgelift
 from edgelift.cli import app
+from edgelift.core.hub_cache import resolve_model_file
+from edgelift.errors import ModelNotFoundError
 
 QUICK = ["--runs", "5", "--min-secs", "0", "--warmup", "1", "--idle", "0", "--power", "none", "--no-per-op"]
 
@@ -159,8 +162,7 @@ def test_misleading_messages_fixed(digits_result, digits_dir, tmp_path):
 def test_hugging_face_ids_come_from_the_local_cache_only(tmp_path, monkeypatch):
     """A hub id resolves to its cached snapshot (huggingface_hub's layout); an id that is not cached is refused
     with the command that fetches it — nothing is downloaded."""
-    from edgelift.converters.hub_cache import resolve_repo_id
-    from edgelift.errors import ModelNotFoundError
+    from edgelift.core.hub_cache import resolve_repo_id
 
     hub = tmp_path / "hub"
     snap = hub / "models--Org--Tiny" / "snapshots" / "abc123"
@@ -176,6 +178,40 @@ def test_hugging_face_ids_come_from_the_local_cache_only(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["convert", "Org/Missing", "--to", "gguf", "-q", "F16", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "never downloads" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_model_files_of_cached_repositories_run_by_id(smollm2_gguf, tmp_path, monkeypatch):
+    """``edgelift.load`` / ``edge run`` / ``edge inspect`` take ``ORG/NAME[:PICK]`` for a repository already in the
+    Hugging Face cache (files are symlinks to blobs there, as huggingface_hub lays them out): one file is
+    chosen by a part of its name (llama.cpp's ``-hf ORG/NAME:Q4_K_M``), several are refused with the list,
+    split GGUF files count once, and nothing is downloaded."""
+    pytest.importorskip("llama_cpp")
+    hub = tmp_path / "hub"
+    snap = hub / "models--Org--Smol-GGUF" / "snapshots" / "c0ffee"
+    snap.mkdir(parents=True)
+    (hub / "models--Org--Smol-GGUF" / "refs").mkdir()
+    (hub / "models--Org--Smol-GGUF" / "refs" / "main").write_text("c0ffee")
+    for name in ("smol.Q4_1.gguf", "smol.Q8_0.gguf", "big/smol.F16-00001-of-00002.gguf",
+                 "big/smol.F16-00002-of-00002.gguf"):
+        (snap / name).parent.mkdir(parents=True, exist_ok=True)
+        (snap / name).symlink_to(smollm2_gguf)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"holds 3 model files .*big/smol.F16-00001-of-00002.gguf.*smol.Q4_1.gguf"
+                                                 r".*pick one with Org/Smol-GGUF:PART"):
+        edgelift.load("Org/Smol-GGUF")
+    assert resolve_model_file("Org/Smol-GGUF:f16") == snap / "big" / "smol.F16-00001-of-00002.gguf"
+    with pytest.raises(ModelNotFoundError, match="holds no .*matching 'Q5_K_M'"):
+        resolve_model_file("Org/Smol-GGUF:Q5_K_M")
+    with edgelift.load("Org/Smol-GGUF:q4_1", backend="llama.cpp") as m:
+        assert m.path == snap / "smol.Q4_1.gguf" and m.generate("Hello", max_tokens=2)
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", "Org/Smol-GGUF:Q4_1", "-p", "Hello", "-n", "2"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["inspect", "Org/Smol-GGUF:Q8_0"])
+    assert res.exit_code == 0 and "format=gguf" in res.output, res.output
+    res = runner.invoke(app, ["run", "Org/Missing:Q4_1", "-p", "Hello"])
+    assert res.exit_code == 2 and "hf download Org/Missing" in res.output and "Traceback" not in res.output
 
 
 def test_prompt_lists_are_refused_for_a_tflite_model_on_a_phone(tmp_path):

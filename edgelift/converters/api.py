@@ -92,7 +92,7 @@ def convert(
     Nothing is written to ``out`` unless every artifact is built.
     """
     if isinstance(source, str) and not source.endswith((".pt2", ".onnx", ".gguf")):
-        from .hub_cache import looks_like_repo_id, resolve_repo_id
+        from ..core.hub_cache import looks_like_repo_id, resolve_repo_id
 
         if looks_like_repo_id(source):  # a Hugging Face id: from the local cache, never downloaded
             repo = source.split("@")[0]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.formats import ModelFormat, detect_format
+from ..core.hub_cache import resolve_model_path
 from ..core.tensors import TensorSpec
 from ..errors import ModelFormatError
 from . import onnx_graph
@@ -27,7 +28,7 @@ class InspectReport:
 
 def inspect(path: str | Path) -> InspectReport:
     """Describe the model at ``path`` (ONNX, .pt2, .tflite, .mlpackage); raises ModelFormatError for anything else."""
-    p = Path(path)
+    p = resolve_model_path(path)  # a Hugging Face id already in the local cache: its model file
     fmt = detect_format(p)
     if fmt is ModelFormat.ONNX:
         return _inspect_onnx(p)

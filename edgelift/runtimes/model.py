@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..core.formats import ModelFormat, detect_format
+from ..core.hub_cache import resolve_model_path
 from ..core.tensors import TensorSpec
 from ..errors import (
     BackendUnavailableError,
@@ -174,6 +175,9 @@ def load(path: str | Path, backend: str = "auto", threads: int | None = None, *,
          memory_budget: str | int | None = None, **options: Any) -> Model:
     """Load a model file with the best installed backend for its format (detected from content).
 
+    ``path``: a file, or a Hugging Face id already in the local cache (``ORG/NAME``, or ``ORG/NAME:Q4_K_M`` to
+    pick one of several files, as llama.cpp's ``-hf`` does); nothing is downloaded.
+
     ``options`` go to the backend: ``providers``, ``optimization``, ``arena`` (onnxruntime);
     ``xnnpack`` (litert, tflite-runtime); ``n_ctx``, ``embedding`` (llama.cpp).
     ``memory_budget`` ("256KB", "1.5MB", "2MiB" or bytes; ONNX CNNs): run patch by patch (MCUNetV2)
@@ -181,7 +185,7 @@ def load(path: str | Path, backend: str = "auto", threads: int | None = None, *,
     are freed. The plan is made once per model and budget in a child process, measured there, and
     cached (``$EDGELIFT_CACHE/plans``); ``Model.memory_plan`` is the ``BudgetPlan`` in use.
     """
-    p = Path(path)
+    p = resolve_model_path(path)  # a Hugging Face id (ORG/NAME[:PICK]): its file in the local cache
     fmt = detect_format(p)
     b = choose_backend(fmt, backend)
     limit = MAX_THREADS_PER_CORE * (os.cpu_count() or 1)
