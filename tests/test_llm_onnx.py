@@ -43,6 +43,17 @@ def _hf_greedy(ckpt: Path, prompt: str, n: int) -> str:
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
+def _whole_and_stepped(path, ids: list[int], prefix: int) -> tuple[np.ndarray, np.ndarray]:
+    """(logits of ``ids`` in one run, the last position's logits after a ``prefix``-token prompt and the rest
+    fed one token at a time through the cache)."""
+    with edgelift.load(path) as m:
+        got = m.run(tokens=np.asarray(ids, np.int32))["logits"]
+        m.eval_tokens(ids[:prefix], reset=True)
+        for t in ids[prefix:-1]:
+            m.eval_tokens([t])
+        return got, m.eval_tokens([ids[-1]])
+
+
 @pytest.fixture(scope="module")
 def smollm2_onnx(smollm2_hf_dir, tmp_path_factory):
     """SmolLM2-135M in fp16, int8-dynamic and int4 (int4 kept although below its gate, to measure it)."""
@@ -197,12 +208,7 @@ def test_other_families_convert_and_match_transformers(family_checkpoints, famil
     assert a.status == "passed" and a.quantization.details["greedy_identical"], a.gate
     ids = list(range(3, 67))  # 64 positions: past the sliding window
     ref = _hf_logits(ckpt, ids)
-    with edgelift.load(a.path) as m:
-        got = m.run(tokens=np.asarray(ids, np.int32))["logits"]
-        m.eval_tokens(ids[:40], reset=True)
-        for t in ids[40:-1]:
-            m.eval_tokens([t])
-        last = m.eval_tokens([ids[-1]])
+    got, last = _whole_and_stepped(a.path, ids, 40)
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(last, ref[-1], rtol=1e-3, atol=1e-3)
 
@@ -266,12 +272,7 @@ def test_standard_operators_graph_matches_transformers(smollm2_hf_dir, tmp_path)
     assert "GroupQueryAttention" not in {n.op_type for n in graph.node}
     ids = list(range(300, 340))
     ref = _hf_logits(ckpt, ids)
-    with edgelift.load(a.path) as m:
-        got = m.run(tokens=np.asarray(ids, np.int32))["logits"]
-        m.eval_tokens(ids[:30], reset=True)
-        for t in ids[30:-1]:
-            m.eval_tokens([t])
-        last = m.eval_tokens([ids[-1]])
+    got, last = _whole_and_stepped(a.path, ids, 30)
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(last, ref[-1], rtol=1e-3, atol=1e-4)
 
