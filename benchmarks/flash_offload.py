@@ -186,6 +186,12 @@ def measure(name: str, path: Path, steps: int) -> None:
         read = statistics.median([r["read_per_token"] for r in edge_rs if "read_per_token" in r] or [0.0])
         if read > 1 * MiB:  # weights streamed (an all-resident engine reads only embedding rows)
             result(f"{tag}.fraction_of_physical_limit", edge_tps, "tok/s", bandwidth / read)
+            # issue 21's memory target: peak RSS under a budget <= budget + llama.cpp's non-weight RSS + 10%, that
+            # non-weight part being llama.cpp's resident peak minus the file (an upper bound: on x86 its repacked
+            # Q4_0 copy is counted in it too); a ratio <= 1 meets it
+            hwm = statistics.median([r["hwm"] for r in edge_rs if "hwm" in r] or [0])
+            allowed = int(budget) + 1.1 * max(0, ref["hwm"] - weights)
+            result(f"{tag}.peak_rss_vs_allowed", hwm / MiB, "MiB", allowed / MiB)
         print(f"# {tag}: limit {limit / MiB:.0f} MiB, edge weight budget "
               f"{'all resident' if budget >= resident['weights'] else f'{budget / MiB:.0f} MiB'}; edge reads "
               f"{read / MiB:.1f} MiB/token; cgroup peaks edge {[round((r.get('peak') or 0) / MiB) for r in edge_rs]} "

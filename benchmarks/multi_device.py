@@ -9,6 +9,8 @@ token say how much crosses it). Model: the 1.1B-parameter random-weight Llama of
 (Q4_0, ~655 MiB), C = 42% of it (the model is 2.4x one device's memory).
 
 Per case: decode tok/s (median of interleaved rounds), the servers' cgroup peaks, network bytes per token.
+Two devices cannot hold the model at C each, so the two-device split runs at C2 per device, and its
+one-device alternatives are measured at C2 too: every ratio compares equal memory per device.
 Threads: 2 everywhere. Run alone: ``python benchmarks/multi_device.py``.
 """
 
@@ -118,13 +120,17 @@ def main() -> None:
           f"(the model is {size / cap:.1f}x it); two-device case at {cap2 / MiB:.0f} MiB each; edge engine weight "
           f"budget {budget / MiB:.0f} MiB (overhead {overhead / MiB:.0f} MiB); load average {os.getloadavg()[0]:.2f}",
           flush=True)
-    rounds: dict[str, list[dict]] = {"rpc x3": [], "rpc x2": [], "edge flash": [], "llama.cpp mmap": []}
+    budget2 = int(cap2 * (1 - MARGIN)) - overhead
+    # the one-device alternatives at each split's memory per device: C for three devices, C2 for two
+    rounds: dict[str, list[dict]] = {"rpc x3": [], "rpc x2": [], "edge flash": [], "llama.cpp mmap": [],
+                                     "edge flash @C2": [], "llama.cpp mmap @C2": []}
     for _ in range(ROUNDS):  # interleaved: machine noise hits every case alike
         rounds["rpc x3"].append(run_split(path, 3, cap))
         rounds["rpc x2"].append(run_split(path, 2, cap2))
-        rounds["edge flash"].append(run_child(EDGE_CHILD, [str(path), PROMPT, str(STEPS), str(max(budget, minimum_weights))],
-                                              cap))
-        rounds["llama.cpp mmap"].append(run_child(LLAMA_CHILD, [str(path), PROMPT, str(STEPS)], cap))
+        for tag, c, b in (("", cap, budget), (" @C2", cap2, budget2)):
+            rounds["edge flash" + tag].append(run_child(EDGE_CHILD, [str(path), PROMPT, str(STEPS),
+                                                                     str(max(b, minimum_weights))], c))
+            rounds["llama.cpp mmap" + tag].append(run_child(LLAMA_CHILD, [str(path), PROMPT, str(STEPS)], c))
     tps = {k: [r["tps"] for r in rs if "tps" in r] for k, rs in rounds.items()}
     med = {k: statistics.median(v) if v else 0.0 for k, v in tps.items()}
     for k, rs in rounds.items():
@@ -134,13 +140,13 @@ def main() -> None:
         print(f"# {k}: tok/s {tps[k]}; cgroup peaks (MiB) {peaks}" + (f"; network kB/token {net}" if net else "")
               + (f"; failed: {extra}" if extra else ""), flush=True)
     print(rounds_note({k: v for k, v in tps.items() if v}))
-    for split in ("rpc3", "rpc2"):
-        for base, key in (("edge_flash", "edge flash"), ("llama_mmap", "llama.cpp mmap")):
+    for split, tag, c in (("rpc3", "", cap), ("rpc2", " @C2", cap2)):  # each at its own memory per device
+        for base, key in (("edge_flash", "edge flash" + tag), ("llama_mmap", "llama.cpp mmap" + tag)):
             if med[key] > 0:
                 result(f"multi_device.{split}_vs_{base}.decode_tps", med[f"rpc x{split[-1]}"], "tok/s", med[key])
             else:
                 print(f"# multi_device.{split}_vs_{base}: no ratio, {key} does not run in one device's "
-                      f"{cap / MiB:.0f} MiB (every round failed)")
+                      f"{c / MiB:.0f} MiB (every round failed)")
 
 
 if __name__ == "__main__":

@@ -115,13 +115,14 @@ def phi3_q4k(tmp_path_factory):
 
 def test_phi3_fused_matrices_split_on_quantized_rows(phi3_q4k):
     """Phi-3's attn_qkv / double-height ffn_up are read as row ranges of the K-quant bytes: the engine on
-    llama.cpp's kernels follows llama.cpp, resident and streamed under a budget alike."""
+    llama.cpp's kernels follows llama.cpp, resident (rows repacked into ggml's interleaved layout) and
+    streamed under a budget (rows as read) alike."""
     top1, rel = _agree(phi3_q4k, kernels="ggml")
     assert top1 >= 0.9 and rel < 0.05, (top1, rel)
     ids = np.arange(5, 69, dtype=np.int32)
     with edgelift.load(phi3_q4k, backend="edge", kernels="ggml") as a, \
             edgelift.load(phi3_q4k, backend="edge", kernels="ggml", memory_budget="1.5MB") as b:
-        np.testing.assert_array_equal(a.run(ids)["logits"], b.run(ids)["logits"])
+        np.testing.assert_allclose(a.run(ids)["logits"], b.run(ids)["logits"], rtol=1e-4, atol=1e-4)
         assert b.session.store.stats.peak_resident_bytes <= 1.5e6
         assert a.generate("hello", max_tokens=8) == b.generate("hello", max_tokens=8)
 

@@ -98,3 +98,24 @@ def test_fused_block_graphs_match_the_float_reference():
     act = np.empty((3, ff), np.float32)
     close(block.tail(x, att, act), x1 + act_want @ deq["ffn_down"].T)
     close(act, act_want)
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_K", "Q6_K"])
+def test_repacked_weights_give_the_same_product(kind):
+    """Weights moved into ggml's repack buffer (llama.cpp's interleaved layout) multiply to the raw layout's
+    product, up to summation order; ggml decides which types it repacks on this CPU (AVX2: Q4_0 and Q4_K,
+    not Q6_K), and a refused one stays None rather than being forced."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((256, 512)).astype(np.float32)
+    x = rng.standard_normal((3, 512)).astype(np.float32)
+    raw = qtypes.encode(w, kind).reshape(-1)
+    packed = ggml_kernels.repack(raw, kind, (256, 512))
+    if packed is None:
+        assert kind == "Q6_K" or not ggml_kernels._load()[0].repack_buft, f"{kind} not repacked"
+        return
+    assert packed.nbytes >= raw.nbytes
+    (want,) = ggml_kernels.mul_mats([(raw, kind, (256, 512))], x, 2)
+    (got,) = ggml_kernels.mul_mats([(packed, kind, (256, 512))], x, 2)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5
+    odd = qtypes.encode(w[:255], kind).reshape(-1)  # 255 rows: not a multiple of the 8-row interleave
+    assert ggml_kernels.repack(odd, kind, (255, 512)) is None

@@ -43,6 +43,10 @@ class _CPlan(ctypes.Structure):
     _fields_ = [("work_size", ctypes.c_size_t), ("work_data", ctypes.c_void_p), ("_rest", ctypes.c_byte * 256)]
 
 
+_LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_LOG_CALLBACK: list = [None]
+
+
 class _Ggml:
     def __init__(self, lib_dir: Path) -> None:
         self.base = ctypes.CDLL(str(lib_dir / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
@@ -68,11 +72,59 @@ class _Ggml:
             fn.argtypes, fn.restype = args, res
         if hasattr(c, "ggml_cpu_init"):
             c.ggml_cpu_init()
+        self._quiet_logs()
+        self.cpu_dev, self.repack_buft = self._find_repack()
         self.data_offset = self._find_data_offset()
         self.lock = threading.Lock()  # one graph at a time: ggml's OpenMP team is shared
         self._graph_bytes, self._tensor_bytes = int(b.ggml_graph_overhead()), int(b.ggml_tensor_overhead())
         self._arena = np.empty(0, np.uint8)  # the context's memory (tensor and graph headers only)
         self._work = np.empty(1, np.uint8)  # ggml's scratch (the activations quantized to the weights' blocks)
+
+    def _quiet_logs(self) -> None:
+        """ggml's default logger prints every debug line (one per repacked tensor) to stderr: keep warnings
+        and errors only. (llama-cpp-python installs its own logger when it loads a model.)"""
+        if not hasattr(self.base, "ggml_log_set") or _LOG_CALLBACK[0] is not None:
+            return
+        import sys
+
+        @_LOG_FN
+        def log(level, text, _user):
+            if level >= 3 and text:  # GGML_LOG_LEVEL_WARN, ERROR (CONT lines follow a kept one rarely: dropped)
+                sys.stderr.write(text.decode("utf-8", "replace"))
+
+        _LOG_CALLBACK[0] = log  # referenced for as long as ggml may call it
+        self.base.ggml_log_set.argtypes = [_LOG_FN, _P]
+        self.base.ggml_log_set(log, None)
+
+    def _find_repack(self):
+        """(the CPU device, its CPU_REPACK buffer type or None): asked through ggml's backend registry, as
+        llama.cpp finds the 'extra' buffer types its weights go to."""
+        b, c = self.base, self.cpu
+        try:
+            for fn, args, res in ((c.ggml_backend_cpu_reg, [], _P), (b.ggml_backend_reg_dev_get, [_P, ctypes.c_size_t], _P),
+                                  (b.ggml_backend_reg_get_proc_address, [_P, ctypes.c_char_p], _P),
+                                  (b.ggml_backend_buft_name, [_P], ctypes.c_char_p),
+                                  (b.ggml_backend_buft_get_alloc_size, [_P, _P], ctypes.c_size_t),
+                                  (b.ggml_backend_buft_alloc_buffer, [_P, ctypes.c_size_t], _P),
+                                  (b.ggml_backend_buffer_get_base, [_P], _P), (b.ggml_backend_buffer_free, [_P], None),
+                                  (b.ggml_backend_tensor_alloc, [_P, _P, _P], ctypes.c_int),
+                                  (b.ggml_backend_tensor_set, [_P, _P, ctypes.c_size_t, ctypes.c_size_t], None),
+                                  (b.ggml_backend_dev_supports_op, [_P, _P], ctypes.c_bool)):
+                fn.argtypes, fn.restype = args, res
+        except AttributeError:
+            return None, None
+        reg = c.ggml_backend_cpu_reg()
+        dev = b.ggml_backend_reg_dev_get(reg, 0) if reg else None
+        addr = b.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts") if reg else None
+        if not dev or not addr:
+            return dev, None
+        bufts = ctypes.CFUNCTYPE(ctypes.POINTER(_P), _P)(addr)(dev)
+        i = 0
+        while bufts and bufts[i]:
+            if b.ggml_backend_buft_name(bufts[i]) == b"CPU_REPACK":
+                return dev, bufts[i]
+            i += 1
+        return dev, None
 
     def _find_data_offset(self) -> int:
         ctx = self.base.ggml_init(_InitParams(1 << 16, None, False))
@@ -141,8 +193,12 @@ class _Builder:
         self.keep.append(arr)
         return t
 
-    def matrix(self, arr: np.ndarray, kind: str, rows: int, cols: int):
-        """A (rows, cols) operand: GGUF bytes of ``kind``, or float32 activations (n, cols)."""
+    def matrix(self, arr, kind: str, rows: int, cols: int):
+        """A (rows, cols) operand: GGUF bytes of ``kind``, a :class:`Repacked` weight (its own tensor, in
+        ggml's repack buffer), or float32 activations (n, cols)."""
+        if isinstance(arr, Repacked):
+            self.keep.append(arr)
+            return arr.tensor
         return self._point(self.lib.base.ggml_new_tensor_2d(self.ctx, GGML_TYPE_IDS[kind], cols, rows), arr)
 
     def vector(self, arr: np.ndarray):
@@ -185,6 +241,58 @@ def _load() -> tuple[_Ggml | None, str | None]:
         return g, None
     except (OSError, AttributeError, RuntimeError) as e:
         return None, f"ggml could not be loaded ({e})"
+
+
+class Repacked:
+    """A weight matrix moved into ggml's ``CPU_REPACK`` buffer: llama.cpp's interleaved layout (Q4_0 as
+    8x8 blocks on AVX2, 4x8 on NEON with i8mm, Q4_K ...) that its fastest CPU GEMV/GEMM kernels read — what
+    llama.cpp does to every weight it can at load. The buffer replaces the GGUF bytes (the same size), so
+    the weights are still held once. ``nbytes``: the buffer's size."""
+
+    def __init__(self, lib: "_Ggml", ctx, tensor, buffer, nbytes: int) -> None:
+        self.lib, self.ctx, self.tensor, self.buffer, self.nbytes = lib, ctx, tensor, buffer, nbytes
+
+    def __del__(self) -> None:
+        try:
+            self.lib.base.ggml_backend_buffer_free(self.buffer)
+            self.lib.base.ggml_free(self.ctx)
+        except Exception:  # interpreter shutdown: the library may be gone already
+            pass
+
+
+def repack(raw: np.ndarray, kind: str, shape: tuple[int, int]) -> Repacked | None:
+    """``raw`` (GGUF bytes of a (rows, cols) matrix) in ggml's repacked layout, or None where this CPU has
+    no repacked kernel for ``kind`` at this shape (ggml itself is asked, as llama.cpp asks it)."""
+    g, _ = _load()
+    if g is None or g.repack_buft is None or kind not in GGML_TYPE_IDS:
+        return None
+    b = g.base
+    rows, cols = shape
+    ctx = b.ggml_init(_InitParams(4 * g._tensor_bytes + 256, None, True))
+    if not ctx:
+        return None
+    keep = False
+    buffer = None
+    try:
+        t = b.ggml_new_tensor_2d(ctx, GGML_TYPE_IDS[kind], cols, rows)
+        if int(b.ggml_nbytes(t)) != raw.nbytes:
+            return None
+        size = int(b.ggml_backend_buft_get_alloc_size(g.repack_buft, t))
+        buffer = b.ggml_backend_buft_alloc_buffer(g.repack_buft, size)
+        if not buffer or b.ggml_backend_tensor_alloc(buffer, t, b.ggml_backend_buffer_get_base(buffer)) != 0:
+            return None
+        probe = b.ggml_mul_mat(ctx, t, b.ggml_new_tensor_2d(ctx, F32, cols, 1))
+        if not b.ggml_backend_dev_supports_op(g.cpu_dev, probe):  # no repacked kernel: leave it as it is
+            return None
+        raw = np.ascontiguousarray(raw)
+        b.ggml_backend_tensor_set(t, raw.ctypes.data, 0, raw.nbytes)
+        keep = True
+        return Repacked(g, ctx, t, buffer, size)
+    finally:
+        if not keep:
+            if buffer:
+                b.ggml_backend_buffer_free(buffer)
+            b.ggml_free(ctx)
 
 
 QUANTIZABLE = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")

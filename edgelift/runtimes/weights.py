@@ -43,27 +43,38 @@ class Unit:
     nbytes: int
     rows: tuple[int, int] | None = None  # for row chunks of one matrix: the rows held
 
-    def prepare(self, buf: np.ndarray, kernels: str, threads: int = 1) -> dict:
+    def prepare(self, buf: np.ndarray, kernels: str, threads: int = 1, repack: bool = False) -> dict:
         """Matrices as ready-to-call matrix-vector kernels, vectors (norms, biases) as raw bytes.
 
         With ggml, kernels and the raw matrices are views of the bytes as read (the unit's buffer is the
-        only copy of its weights); the engine runs a block as two fused graphs over them. With ONNX
-        Runtime, matrices that multiply the same vector (q/k/v; gate/up) become one session over their
-        stacked rows (a call costs ~10 µs of overhead whatever its size, and a token makes 7 of them per
-        block). numpy kernels work on the read buffer in place."""
+        only copy of its weights); the engine runs a block as two fused graphs over them. ``repack`` (for
+        units that stay resident): each matrix ggml has a repacked kernel for moves into its repack buffer
+        (llama.cpp's interleaved layout, its fastest CPU kernels), the rest is copied out, so the read
+        buffer goes and the weights are still held once. With ONNX Runtime, matrices that multiply the
+        same vector (q/k/v; gate/up) become one session over their stacked rows (a call costs ~10 µs of
+        overhead whatever its size, and a token makes 7 of them per block). numpy kernels work on the
+        read buffer in place."""
         from .gguf_kernels import prepare_matvec
 
         out = {}
         raw_of = lambda t: buf[t.offset - self.start:t.offset - self.start + t.nbytes]  # noqa: E731
         if kernels == "ggml":
             from .ggml_kernels import SUPPORTED
+            from .ggml_kernels import repack as ggml_repack
 
-            for t in self.tensors:  # the buffer stays alive through these views: no copies
-                out[t.name] = prepare_matvec(raw_of(t), t.ggml_type, t.shape, kernels, threads) \
-                    if len(t.shape) == 2 else raw_of(t)
-            # the raw matrices too: a block runs as the engine's two fused graphs (ggml_kernels.GgmlBlock)
-            out[RAW_MATRICES] = {t.name.split(".", 2)[-1].removesuffix(".weight"): (raw_of(t), t.ggml_type, t.shape)
-                                 for t in self.tensors if len(t.shape) == 2 and t.ggml_type in SUPPORTED}
+            mats = {}
+            for t in self.tensors:
+                raw = raw_of(t)
+                if len(t.shape) != 2:
+                    out[t.name] = raw.copy() if repack else raw
+                    continue
+                held = ggml_repack(raw, t.ggml_type, t.shape) if repack and t.ggml_type in SUPPORTED else None
+                if held is None:
+                    held = raw.copy() if repack else raw  # without repack the buffer stays alive through views
+                out[t.name] = prepare_matvec(held, t.ggml_type, t.shape, kernels, threads)
+                if t.ggml_type in SUPPORTED:  # a block runs as the engine's two fused graphs over these
+                    mats[t.name.split(".", 2)[-1].removesuffix(".weight")] = (held, t.ggml_type, t.shape)
+            out[RAW_MATRICES] = mats
             return out
         if kernels == "ort":
             by_suffix = {t.name.split(".", 2)[-1]: t for t in self.tensors if len(t.shape) == 2}
@@ -86,6 +97,7 @@ class Unit:
         return out
 
 
+REPACK_RESIDENT = True  # resident matrices into ggml's repacked layout where it has kernels (A/B switch)
 FUSED = (("attn_q", "attn_k", "attn_v"), ("ffn_gate", "ffn_up"))  # matrices applied to the same vector
 RAW_MATRICES = "__raw_matrices__"  # key of a ggml-prepared unit's {short name: (bytes, type, shape)}
 
@@ -266,7 +278,7 @@ class ResidentWeights(WeightStore):
         self._units = {}
         drop = hasattr(os, "posix_fadvise")
         for u in self.units:
-            self._units[u.name] = u.prepare(self._read(u.start, u.nbytes), kernels, threads)
+            self._units[u.name] = u.prepare(self._read(u.start, u.nbytes), kernels, threads, repack=REPACK_RESIDENT)
             if drop:  # the weights are held once, here: the page cache's copy of the file would be a second
                 os.posix_fadvise(self._fd, u.start, u.nbytes, os.POSIX_FADV_DONTNEED)
             self._account(u.nbytes)
@@ -345,7 +357,9 @@ class FlashWeights(WeightStore):
         # are), else numpy, where an ONNX Runtime kernel would first repack them (~1 ms per matrix,
         # more than the matrix's compute)
         streamed_kernels = "ggml" if self.kernels == "ggml" else "numpy"
-        return u.prepare(buf, self.kernels if u.name in self.permanent else streamed_kernels, self.threads)
+        permanent = u.name in self.permanent
+        return u.prepare(buf, self.kernels if permanent else streamed_kernels, self.threads,
+                         repack=permanent and REPACK_RESIDENT)
 
     def _prefetch(self) -> None:
         """Read streamed units in forward order (wrapping to the next token) while the budget has room."""
