@@ -46,6 +46,14 @@ CASES = {
     "ReduceMean(axes input, negative)": ([helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=1),
                                           helper.make_node("Sub", ["x", "m"], ["y"])],
                                          {"axes": np.array([-1], np.int64)}),
+    # a static KV cache's update: rows 3 and 1 of x (moved first) replaced by twice rows 0 and 1
+    "ScatterND": ([helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+                   helper.make_node("Slice", ["xt", "s0", "s2", "ax0"], ["head"]),
+                   helper.make_node("Mul", ["head", "two"], ["upd"]),
+                   helper.make_node("ScatterND", ["xt", "rows", "upd"], ["st"]),
+                   helper.make_node("Transpose", ["st"], ["y"], perm=[1, 0, 2])],
+                  {"s0": np.array([0], np.int64), "s2": np.array([2], np.int64), "ax0": np.array([0], np.int64),
+                   "two": np.float32(2), "rows": np.array([[3], [-3]], np.int64)}),
     "Sin+Ceil": ([helper.make_node("Sin", ["x"], ["s"]), helper.make_node("Ceil", ["x"], ["c"]),
                   helper.make_node("Add", ["s", "c"], ["y"])], {}),
 }

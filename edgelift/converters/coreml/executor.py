@@ -576,6 +576,16 @@ def _gather_nd(x, indices, batch_dims=0, validate_indices=False):
     return x[tuple(np.moveaxis(ind, -1, 0))]
 
 
+@mil_op("scatter_nd")
+def _scatter_nd(data, indices, updates, mode="add", validate_indices=False):
+    if str(mode) != "update":
+        raise ValueError(f"scatter_nd mode {mode}")
+    out = np.array(data, copy=True)
+    ind = np.asarray(indices).astype(np.int64)
+    out[tuple(np.moveaxis(ind, -1, 0))] = updates
+    return out
+
+
 @mil_op("pad")
 def _pad(x, pad, mode="constant", constant_val=0.0):
     p = _ints(pad)

@@ -338,6 +338,18 @@ def gather_nd(ctx: MILContext, node: Node) -> None:
     _gathered(ctx, node, lambda x, **kw: _mb().gather_nd(x=x, indices=idx, batch_dims=b, **kw))
 
 
+@mil_lowering("ScatterND")
+def scatter_nd(ctx: MILContext, node: Node) -> None:
+    """MIL's scatter_nd in "update" mode is ONNX's ScatterND without reduction."""
+    reduction = node.attrs.get("reduction", "none")
+    if reduction != "none":
+        raise Unsupported(f"reduction '{reduction}'")
+    idx = ctx.const(node.inputs[1])
+    indices = ctx.get(node.inputs[1]) if idx is None else np.asarray(idx).astype(np.int32)
+    _out(ctx, node, _mb().scatter_nd, data=ctx.get(node.inputs[0]), indices=indices,
+         updates=ctx.get(node.inputs[2]), mode="update")
+
+
 @mil_lowering("Pad")
 def pad(ctx: MILContext, node: Node) -> None:
     pads = ctx.const(node.inputs[1])

@@ -463,6 +463,36 @@ def gather_nd(ctx: LoweringContext, node: Node) -> None:
     ctx.builder.op("GATHER_ND", [ctx.get(data), i], [y])
 
 
+@lowering("ScatterND")
+def scatter_nd(ctx: LoweringContext, node: Node) -> None:
+    """data with the rows ``indices`` names replaced by ``updates`` (a static KV cache's update). TFLite's
+    SCATTER_ND scatters into zeros (and sums repeats), so: data * keep + SCATTER_ND(indices, updates), with
+    ``keep`` (0 where written) computed here from the constant indices."""
+    if node.attrs.get("reduction", "none") != "none":
+        raise Unsupported(f"reduction '{node.attrs['reduction']}'")
+    if ctx.int8:
+        raise Unsupported("scatter in full-integer int8")
+    data, idx, upd = node.inputs
+    if not ctx.is_const(idx):
+        raise Unsupported("indices computed at run time (constant indices are supported)")
+    shape = ctx.shape(data)
+    indices = ctx.const_value(idx).astype(np.int64)
+    k = indices.shape[-1]
+    rows = indices.reshape(-1, k) % np.array(shape[:k], np.int64)  # negative indices count from the end
+    if len({tuple(r) for r in rows}) != len(rows):
+        raise Unsupported("repeated indices (ONNX leaves their order undefined)")
+    keep = np.ones(shape, np.float32)
+    for r in rows:
+        keep[tuple(r)] = 0.0
+    scattered = ctx.builder.tensor(f"{node.name}_scattered", shape)
+    ctx.builder.op("SCATTER_ND", [ctx.constant(f"{node.name}_idx", rows.reshape(indices.shape).astype(np.int32)),
+                                  ctx.get(upd), ctx.constant(f"{node.name}_shape", np.array(shape, np.int32))],
+                   [scattered], "ScatterNdOptions")
+    kept = ctx.builder.tensor(f"{node.name}_kept", shape)
+    ctx.builder.op("MUL", [ctx.get(data), ctx.constant(f"{node.name}_keep", keep)], [kept], "MulOptions")
+    ctx.builder.op("ADD", [kept, scattered], [ctx.output(node.outputs[0])], "AddOptions")
+
+
 @lowering("Cast")
 def cast(ctx: LoweringContext, node: Node) -> None:
     layout = ctx.layout_of(node.inputs[0])
