@@ -208,7 +208,7 @@ def unfuse(refs: dict[str, TensorRef], hp: HParams) -> dict[str, TensorRef]:
                                        f"{q + 2 * kv}; the file is corrupted")
             out.update(split_rows(qkv, {p + "attn_q.weight": q, p + "attn_k.weight": kv, p + "attn_v.weight": kv}))
         up = out.get(p + "ffn_up.weight")
-        if up is not None:
+        if up is not None and p + "ffn_gate.weight" not in out:  # (a file with gate and up apart is read as is)
             if up.shape[0] % 2:
                 raise ModelFormatError(f"tensor '{up.name}' (gate and up fused) has an odd row count; the file is "
                                        "corrupted")
