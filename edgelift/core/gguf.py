@@ -96,6 +96,36 @@ class _Reader:
             raise ModelFormatError(f"{self.path}: a {n}-byte {what} in the header (limit {limit}); the file is corrupted")
         return self.read(n).decode("utf-8", errors="replace")
 
+    def _string_items(self, count: int) -> list[bytes]:
+        """``count`` length-prefixed strings, parsed from chunks of the file (a vocabulary is ~100k of them:
+        two checked reads each would cost more than the rest of the header), each length checked against
+        the limit and what is left of the file before it is used."""
+        start, left = self.f.tell(), self.left()
+        buf, pos, consumed, items = b"", 0, 0, []  # consumed: bytes of the array before buf[0]
+
+        def need(k: int) -> None:
+            nonlocal buf, pos, consumed
+            have = len(buf) - pos
+            if have >= k:
+                return
+            read_so_far = consumed + len(buf)
+            if read_so_far + (k - have) > left:
+                raise ModelFormatError(f"{self.path} is truncated or corrupted: a string array runs past the end of "
+                                       "the file; download or convert it again")
+            chunk = self.f.read(max(k - have, min(1 << 20, left - read_so_far)))
+            buf, consumed, pos = buf[pos:] + chunk, consumed + pos, 0
+
+        for _ in range(count):
+            need(8)
+            (n,) = struct.unpack_from("<Q", buf, pos)
+            if n > MAX_STRING_BYTES:
+                raise ModelFormatError(f"{self.path}: a {n}-byte string in an array; the file is corrupted")
+            need(8 + n)
+            items.append(buf[pos + 8:pos + 8 + n])
+            pos += 8 + n
+        self.f.seek(start + consumed + pos)
+        return items
+
     def value(self, vtype: int, keep: bool = False, collect: bool = False):
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
@@ -112,22 +142,11 @@ class _Reader:
                     return {"array": etype, "length": count,
                             "values": list(struct.unpack(f"<{count}{_SCALARS[etype][1]}", raw))}
                 return {"array": etype, "length": count}
-            values: list[str] = []
-            seen: set[bytes] = set()
-            duplicates = 0
-            for _ in range(count):
-                n = self.unpack("<Q")
-                if n > MAX_STRING_BYTES:
-                    raise ModelFormatError(f"{self.path}: a {n}-byte string in an array; the file is corrupted")
-                item = self.read(n)
-                if keep:
-                    duplicates += item in seen
-                    seen.add(item)
-                if collect:
-                    values.append(item.decode("utf-8", errors="replace"))
-            out = {"array": etype, "length": count, "duplicates": duplicates}
+            items = self._string_items(count)
+            out = {"array": etype, "length": count,
+                   "duplicates": count - len(set(items)) if keep else 0}
             if collect:
-                out["values"] = values
+                out["values"] = [item.decode("utf-8", errors="replace") for item in items]
             return out
         raise ModelFormatError(f"{self.path}: unknown metadata value type {vtype}; the file is corrupted")
 
