@@ -152,6 +152,22 @@ def tiny_causal_lm(arch: str, out: Path, tokenizer_dir: Path, max_shard_size: st
     return out
 
 
+def edge_agreement(path: Path, text: str, **load) -> tuple[float, float]:
+    """(top-1 agreement, relative error) of the edge engine's logits against llama.cpp's on the same GGUF, over
+    64 positions of ``text`` repeated; ``load``: the edge engine's options (kernels...)."""
+    import numpy as np
+
+    import edgelift
+
+    with edgelift.load(path, backend="llama.cpp") as ref:
+        ids = ref.tokenize(text * 20, add_bos=False)[:64].astype(np.int32)
+        assert len(ids) == 64
+        want = ref.run(ids)["logits"]
+    with edgelift.load(path, backend="edge", **load) as ours:
+        got = ours.run(ids)["logits"]
+    return float(np.mean(got.argmax(1) == want.argmax(1))), float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
                r"\s+(?!\S)|\s+")
 

@@ -18,7 +18,7 @@ import pytest
 import edgelift
 from edgelift.errors import ModelFormatError, SourceError
 
-from tests.conftest import tiny_causal_lm, tiny_family_lm, use_qwen2_pretokenizer
+from tests.conftest import edge_agreement, tiny_causal_lm, tiny_family_lm, use_qwen2_pretokenizer
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("transformers")
@@ -55,16 +55,6 @@ def family_gguf(request, converted):
     return converted(request.param)
 
 
-def _agree(path, **load):
-    """(top-1 agreement, relative error) of the edge engine's logits against llama.cpp's over 64 positions."""
-    with edgelift.load(path, backend="llama.cpp") as ref:
-        ids = ref.tokenize(PROMPT * 20, add_bos=False)[:64].astype(np.int32)
-        want = ref.run(ids)["logits"]
-    with edgelift.load(path, backend="edge", **load) as ours:
-        got = ours.run(ids)["logits"]
-    return float(np.mean(got.argmax(1) == want.argmax(1))), float(np.linalg.norm(got - want) / np.linalg.norm(want))
-
-
 def test_converted_file_runs_in_llama_cpp_like_transformers(family_gguf):
     """The converter's parity: llama.cpp on our file against transformers on the checkpoint."""
     family, d, art = family_gguf
@@ -87,7 +77,7 @@ def test_tokens_equal_llama_cpp(family_gguf):
 @pytest.mark.parametrize("kernels", ["ggml", "numpy"])
 def test_logits_follow_llama_cpp(family_gguf, kernels):
     family, _, art = family_gguf
-    top1, rel = _agree(art.path, kernels=kernels)
+    top1, rel = edge_agreement(art.path, PROMPT, kernels=kernels)
     assert top1 >= 0.97 and rel < 0.01, (family, kernels, top1, rel)
 
 
@@ -117,7 +107,7 @@ def test_phi3_fused_matrices_split_on_quantized_rows(phi3_q4k):
     """Phi-3's attn_qkv / double-height ffn_up are read as row ranges of the K-quant bytes: the engine on
     llama.cpp's kernels follows llama.cpp, resident (rows repacked into ggml's interleaved layout) and
     streamed under a budget (rows as read) alike."""
-    top1, rel = _agree(phi3_q4k, kernels="ggml")
+    top1, rel = edge_agreement(phi3_q4k, PROMPT, kernels="ggml")
     assert top1 >= 0.9 and rel < 0.05, (top1, rel)
     ids = np.arange(5, 69, dtype=np.int32)
     with edgelift.load(phi3_q4k, backend="edge", kernels="ggml") as a, \

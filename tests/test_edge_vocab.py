@@ -14,22 +14,13 @@ import pytest
 import edgelift
 from edgelift.errors import ModelFormatError
 
-from tests.conftest import tiny_causal_lm, tiny_sentencepiece_llama, use_qwen2_pretokenizer
+from tests.conftest import edge_agreement, tiny_causal_lm, tiny_sentencepiece_llama, use_qwen2_pretokenizer
 
 pytest.importorskip("llama_cpp")
 
 TEXTS = ["The capital of France is Paris.", "  two leading spaces,  and   runs of   spaces", "naïve café — déjà vu 😀",
          "Numbers: 12345 and 3.14159, then 2024-11-24!", "line one\nline two\n\n  indented\ttab",
          "def f(x):\n    return x ** 2  # square", "_under_score and CamelCase", "日本語のテキスト"]
-
-
-def _agree(path, ids_text: str):
-    """(top-1 agreement, relative error) of the edge engine's logits against llama.cpp's over 64 positions."""
-    with edgelift.load(path, backend="llama.cpp") as ref, edgelift.load(path, backend="edge") as ours:
-        ids = ref.tokenize(ids_text * 20, add_bos=False)[:64].astype(np.int32)
-        assert len(ids) == 64
-        want, got = ref.run(ids)["logits"], ours.run(ids)["logits"]
-    return float(np.mean(got.argmax(1) == want.argmax(1))), float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +40,7 @@ def test_sentencepiece_tokens_equal_llama_cpp(spm_gguf):
 
 
 def test_sentencepiece_model_logits_follow_llama_cpp(spm_gguf):
-    top1, rel = _agree(spm_gguf, "The json module encodes and decodes objects. ")
+    top1, rel = edge_agreement(spm_gguf, "The json module encodes and decodes objects. ")
     assert top1 >= 0.97 and rel < 0.01, (top1, rel)
 
 
@@ -71,7 +62,7 @@ def test_qwen2_pre_tokenizer_equals_llama_cpp(qwen2_gguf):
 
 
 def test_qwen2_logits_follow_llama_cpp(qwen2_gguf):
-    top1, rel = _agree(qwen2_gguf, "Numbers: 12345 and 3.14159, then the lighthouse. ")
+    top1, rel = edge_agreement(qwen2_gguf, "Numbers: 12345 and 3.14159, then the lighthouse. ")
     assert top1 >= 0.97 and rel < 0.01, (top1, rel)
 
 

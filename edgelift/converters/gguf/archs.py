@@ -264,26 +264,20 @@ class Gemma3(_Gemma):
     wide_scale_layers = 62  # Gemma 3 27B
 
     def write_hparams(self, w, cfg, ckpt) -> None:
-        import gguf
-
         params = cfg.get("rope_parameters") or {}
         global_rope = params.get("full_attention") or params
         local_rope = params.get("sliding_attention") or {}
+        # the global layers' rope (base and scaling) as the base class reads a single-rope config
+        scaling = global_rope if "full_attention" in params else (cfg.get("rope_scaling") or {})
         flat = {k: v for k, v in cfg.items() if k not in ("rope_parameters", "rope_scaling", "rope_theta")}
+        flat["rope_theta"] = float(global_rope.get("rope_theta") or cfg.get("rope_theta") or 1_000_000.0)
+        flat["rope_scaling"] = scaling
         super().write_hparams(w, flat, ckpt)
         if cfg.get("attn_logit_softcapping"):
             raise SourceError("attn_logit_softcapping is set, but llama.cpp's gemma3 has none")
-        w.add_rope_freq_base(float(global_rope.get("rope_theta") or cfg.get("rope_theta") or 1_000_000.0))
         local_base = float(local_rope.get("rope_theta") or cfg.get("rope_local_base_freq") or 10_000.0)
         if local_base != 10_000.0:
             w.add_rope_freq_base_swa(local_base)
-        scaling = global_rope if "full_attention" in params else (cfg.get("rope_scaling") or {})
-        kind = scaling.get("rope_type", scaling.get("type"))
-        if kind == "linear":
-            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            w.add_rope_scaling_factor(float(scaling["factor"]))
-        elif kind not in (None, "default"):
-            raise SourceError(f"rope scaling '{kind}' is not supported for gemma3 (linear and none are)")
         if cfg.get("final_logit_softcapping"):
             w.add_final_logit_softcapping(float(cfg["final_logit_softcapping"]))
         self.write_sliding_window(w, cfg, 6)

@@ -15,11 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import ModelFormatError, SourceError
+from ...errors import ModelFormatError, SourceError, shown
 
 MAX_HEADER_BYTES = 100 << 20
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def read_bytes(path: Path, offset: int, nbytes: int, what: str) -> np.ndarray:
+    """``nbytes`` of ``path`` at ``offset`` in a fresh buffer (not a memory map: its pages would stay resident
+    until it closes, so converting tensor by tensor would end holding the whole file); a file that ends
+    first is a ModelFormatError naming ``what``."""
+    raw = np.fromfile(path, np.uint8, count=nbytes, offset=offset)
+    if raw.size != nbytes:
+        raise ModelFormatError(f"{path} ends inside tensor '{shown(what)}'; the file is truncated")
+    return raw
 
 
 @dataclass
@@ -34,11 +44,7 @@ class TensorRef:
     end: int
 
     def load(self) -> np.ndarray:
-        # read, not memory-mapped: a map keeps every page it touched resident until it closes, so converting
-        # tensor by tensor would end holding the whole checkpoint; a read buffer is freed with the tensor
-        raw = np.fromfile(self.file.path, np.uint8, count=self.end - self.start, offset=self.file.data_start + self.start)
-        if raw.size != self.end - self.start:
-            raise ModelFormatError(f"{self.file.path} ends inside tensor '{self.name}'; the file is truncated")
+        raw = read_bytes(self.file.path, self.file.data_start + self.start, self.end - self.start, self.name)
         a = raw.view(_DTYPES[self.dtype]).reshape(self.shape)
         if self.dtype == "BF16":
             return (a.astype(np.uint32) << 16).view(np.float32)

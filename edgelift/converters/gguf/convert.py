@@ -16,9 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from ...errors import ConversionError, ModelFormatError, SourceError, require
+from ...errors import ConversionError, SourceError, require
 from . import mixes, qtypes
-from .checkpoint import HFCheckpoint, is_hf_checkpoint, read_checkpoint
+from .checkpoint import HFCheckpoint, is_hf_checkpoint, read_bytes, read_checkpoint
 
 
 @dataclass
@@ -107,11 +107,8 @@ def _from_gguf(path: Path, name: str | None) -> GGUFSource:
         shape = tuple(int(d) for d in reversed(t.shape))
         start = info.data_offset + t.offset
 
-        def load(start=start, nbytes=t.nbytes, shape=shape, tname=t.type_name):
-            raw = np.fromfile(path, np.uint8, count=nbytes, offset=start)
-            if raw.size != nbytes:
-                raise ModelFormatError(f"{path} ends inside its tensor data; the file is truncated")
-            return qtypes.decode(raw, tname, shape)
+        def load(start=start, nbytes=t.nbytes, shape=shape, tname=t.type_name, name=t.name):
+            return qtypes.decode(read_bytes(path, start, nbytes, name), tname, shape)
 
         tensors.append(PlannedTensor(t.name, shape, load, t.type_name))
     skip = {"general.file_type", "general.quantization_version", "general.architecture"}
