@@ -98,7 +98,7 @@ def convert(
     validation: Optional[str] = typer.Option(
         None, "--validation", rich_help_panel="Data and shapes", help="FILE.npz for parity (optional 'labels' key for accuracy)."),
     weights: Optional[Path] = typer.Option(None, "--weights", rich_help_panel="Data and shapes", help="FILE.safetensors for a factory source."),
-    input_shape: list[str] = typer.Option([], "--input-shape", rich_help_panel="Data and shapes", help="NAME=1x3x640x640 (repeatable): sizes for the model's symbolic dims; ? keeps a dim dynamic (ONNX), NAME= for a scalar."),
+    input_shape: list[str] = typer.Option([], "--input-shape", rich_help_panel="Data and shapes", help="NAME=1x3x640x640 (repeatable): sizes for the model's symbolic dims; ? keeps a dim dynamic (ONNX; TFLite where the graph allows it), NAME= for a scalar."),
     batch_axis: list[str] = typer.Option([], "--batch-axis", rich_help_panel="Data and shapes", help="NAME=- : the input has no batch axis (a state or scalar fed whole); NAME=0 : axis 0 is its batch."),
     input_range: list[str] = typer.Option([], "--input-range", rich_help_panel="Data and shapes", help="NAME=LO..HI : values random data draws for an input (e.g. sr=16000..16000, ids=0..30521)."),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", rich_help_panel="Parity gate", help="Parity gate: minimum cosine of the primary output (default per mode: fp32 0.9999, fp16 0.999, int8 0.99, int4 0.98)."),

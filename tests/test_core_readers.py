@@ -46,6 +46,30 @@ def test_tflite_reader_matches_the_tflite_package(seeds, name):
         assert (opcode, ins, outs) == (r.OpcodeIndex(), list(r.InputsAsNumpy()), list(r.OutputsAsNumpy()))
 
 
+def test_tflite_metadata_matches_the_tflite_package(tmp_path):
+    """Model.metadata entries (where edgelift records resizable dims) read as the schema's own reader sees them;
+    a large entry is skipped, and a malformed record means no resizable dims."""
+    tfl = pytest.importorskip("tflite")
+    from edgelift.converters.tflite.builder import TFLiteBuilder
+    from edgelift.core.tflite import DYNAMIC_DIMS_KEY, MAX_METADATA_BYTES, check_tflite, dynamic_dim_steps
+
+    b = TFLiteBuilder()
+    x, y = b.tensor("x", (1, 4)), b.tensor("y", (1, 4))
+    b.inputs, b.outputs = [x], [y]
+    b.op("RELU", [x], [y])
+    b.metadata = {DYNAMIC_DIMS_KEY: b'{"x": {"1": 4}}', "big": b"\0" * (MAX_METADATA_BYTES + 1), "odd": b"{"}
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b.finish())
+    ours = check_tflite(path)
+    ref = tfl.Model.GetRootAsModel(path.read_bytes(), 0)
+    listed = {ref.Metadata(i).Name().decode(): ref.Buffers(ref.Metadata(i).Buffer()).DataAsNumpy().tobytes()
+              for i in range(ref.MetadataLength())}
+    assert ours.metadata == {k: v for k, v in listed.items() if k != "big"} and len(listed) == 3
+    assert dynamic_dim_steps(ours) == {"x": {1: 4}}
+    ours.metadata[DYNAMIC_DIMS_KEY] = b'["x"]'
+    assert dynamic_dim_steps(ours) == {}
+
+
 def test_tflite_reader_refuses_out_of_range_indices(seeds, tmp_path):
     """A subgraph output of -1 makes LiteRT free memory twice (SIGABRT): refused before LiteRT sees it."""
     from edgelift.core.tflite import check_tflite

@@ -173,7 +173,11 @@ def convert(
     if static:
         from .graph import shared_graph
 
-        opts.shared["lowering.shapes"] = sig.static_shapes(next(t.name for t in targets if t.fixed_batch))
+        lowered = [t for t in targets if t.fixed_batch]
+        rigid = next((t for t in lowered if not t.dynamic_dims), None)
+        opts.shared["lowering.shapes"] = sig.static_shapes((rigid or lowered[0]).name, keep_dynamic=rigid is None)
+        if rigid is None and sig.dynamic_axes():
+            opts.shared["lowering.dynamic"] = sig.dynamic_axes()
         for target in targets:  # every node a target cannot express, listed before any reference run
             if target.precheck and not (target.name == "coreml" and isinstance(src, sources.TorchSource)):
                 target.precheck(shared_graph(base, opts.shared))
@@ -336,7 +340,9 @@ def _layer_errors(target, mode, base, built, opts, data, staging):
 
 def _built_shapes(target, sig, opts) -> dict[str, list]:
     if target.fixed_batch and "lowering.shapes" in opts.shared:
-        return {k: list(v) for k, v in opts.shared["lowering.shapes"].items()}
+        dynamic = opts.shared.get("lowering.dynamic", {}) if target.dynamic_dims else {}
+        return {k: ["?" if i in dynamic.get(k, ()) else d for i, d in enumerate(v)]
+                for k, v in opts.shared["lowering.shapes"].items()}
     return sig.describe()
 
 

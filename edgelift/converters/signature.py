@@ -18,6 +18,7 @@ from ..core.tensors import Dim, TensorSpec, batch_axes
 from ..errors import InvalidOptionError, ShapeError, shown
 
 KEEP_DYNAMIC = None  # a '?' in --input-shape
+KEPT = "--input-shape (?)"  # the origin recorded for a dim '?' keeps dynamic
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,15 @@ class Signature:
         """Inputs whose declared shape ``--input-shape`` changed: their new artifact shapes."""
         return {r.name: r.artifact_shape for r in self.inputs if r.artifact_shape != r.declared}
 
-    def static_shapes(self, target: str) -> dict[str, tuple[int, ...]]:
-        """Every input's shape for a format with static shapes; a batch axis left symbolic becomes 1
-        (the runtime pads to it); a dim the user asked to keep dynamic cannot be, and says so."""
+    def dynamic_axes(self) -> dict[str, tuple[int, ...]]:
+        """Per input, the dims ``?`` keeps dynamic (the data gives the size an artifact is built and checked at)."""
+        out = {r.name: tuple(sorted(i for i, o in r.origins.items() if o == KEPT)) for r in self.inputs}
+        return {k: v for k, v in out.items() if v}
+
+    def static_shapes(self, target: str, keep_dynamic: bool = False) -> dict[str, tuple[int, ...]]:
+        """Every input's shape for a lowering target; a batch axis left symbolic becomes 1 (the runtime pads
+        to it). A dim the user asked to keep dynamic takes its data's size when the target can resize it
+        later (``keep_dynamic``: TFLite's shape_signature), and is refused, saying so, when it cannot."""
         out = {}
         for r in self.inputs:
             dims = []
@@ -65,7 +72,7 @@ class Signature:
                     dims.append(a)
                 elif i == r.batch_axis:
                     dims.append(1)
-                elif isinstance(d, int) and "--input-shape" not in r.origins.get(i, ""):
+                elif isinstance(d, int) and (keep_dynamic or "--input-shape" not in r.origins.get(i, "")):
                     dims.append(d)
                 else:
                     raise ShapeError(f"--to {target} builds static shapes: input '{shown(r.name)}' dim {i} cannot "
@@ -158,7 +165,7 @@ def resolve_signature(
                                          f"fixes it to {d}")
                     kept.add((s.name, i))
                     dims[i] = d if isinstance(d, str) and d else f"{s.name}_dim{i}"
-                    origins[s.name][i] = "--input-shape (?)"
+                    origins[s.name][i] = KEPT
                     continue
                 if isinstance(d, int) and d != g:
                     raise ShapeError(f"--input-shape gives '{shown(s.name)}' dim {i} size {g}, but the model fixes it "

@@ -20,17 +20,19 @@ class Target:
     precheck: Callable | None = None
     # modes whose artifacts can keep named nodes in float (ConvertOptions.float_nodes): mixed-precision repair
     repairable: tuple[str, ...] = ()
+    # a lowering target that can leave input dims resizable ('?' in --input-shape; TFLite's shape_signature)
+    dynamic_dims: bool = False
 
 
 TARGETS: dict[str, Target] = {}
 
 
 def register_target(name: str, *, suffix: str, fixed_batch: bool = False, precheck: Callable | None = None,
-                    repairable: tuple[str, ...] = ()):
+                    repairable: tuple[str, ...] = (), dynamic_dims: bool = False):
     def deco(fn):
         if name in TARGETS:
             raise ValueError(f"target '{name}' is already registered")
-        TARGETS[name] = Target(name, suffix, fn, fixed_batch, precheck, repairable)
+        TARGETS[name] = Target(name, suffix, fn, fixed_batch, precheck, repairable, dynamic_dims)
         return fn
 
     return deco

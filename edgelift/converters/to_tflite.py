@@ -26,14 +26,14 @@ def _check_supported(graph) -> None:
 
 
 @register_target("tflite", suffix=".tflite", fixed_batch=True, precheck=_check_supported,
-                 repairable=("int8",))
+                 repairable=("int8",), dynamic_dims=True)
 def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: StagingDir, name: str) -> BuiltArtifact:
     if mode.name not in TFLITE_MODES:
         raise QuantizationError(
             f"--to tflite supports --quantize {', '.join(TFLITE_MODES)} so far, not '{mode.name}'")
     require("ai_edge_litert", "tflite", "Checking .tflite artifacts in LiteRT")
     from ..runtimes.tflite import open_litert
-    from .tflite.lower import lower
+    from .tflite.lower import lower_builder
 
     graph = shared_graph(base_model, opts.shared)  # every mode lowers the same prepared graph
     ranges = None
@@ -47,8 +47,25 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
         ranges = calibrate_ranges(graph, opts.calibration)
     float_ops: list[str] = []
     int8_io = opts.int8_io and mode.name == "int8"
-    data = lower(graph, weights=_WEIGHTS[mode.name], nhwc_io=opts.nhwc_io, ranges=ranges, float_ops=float_ops,
-                 int8_io=int8_io, description=f"edgelift: {name} ({mode.tag})", keep_float=opts.float_nodes)
+    lowering = dict(weights=_WEIGHTS[mode.name], nhwc_io=opts.nhwc_io, ranges=ranges, int8_io=int8_io,
+                    description=f"edgelift: {name} ({mode.tag})", keep_float=opts.float_nodes)
+    dynamic = opts.shared.get("lowering.dynamic")
+    lowering["resizable"] = bool(dynamic)
+    builder = lower_builder(graph, float_ops=float_ops, **lowering)
+    step = None
+    if dynamic:  # '?' in --input-shape: find the size step at which the lowered model is resizable
+        from .graph import prepare_graph
+        from .tflite.dynamic import keep_dims_dynamic
+
+        def lower_at(shapes):
+            graphs = opts.shared.setdefault("lowering.graph.at", {})
+            key = tuple(sorted(shapes.items()))
+            if key not in graphs:
+                graphs[key] = prepare_graph(base_model, shapes=shapes)
+            return lower_builder(graphs[key], **lowering)
+
+        step = keep_dims_dynamic(builder, lower_at, opts.shared["lowering.shapes"], dynamic)
+    data = builder.finish()
     file_name = f"{name}.{mode.tag}.tflite"
     staging.file(file_name).write_bytes(data)
     _smoke_load(staging.file(file_name))
@@ -69,6 +86,11 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
                               "pad_ops": count_ops(session.interpreter, "PAD") + count_ops(session.interpreter, "PADV2")})
     if opts.float_nodes:
         info.details["fp32_nodes"] = sorted(opts.float_nodes)
+    if step is not None:
+        info.details["dynamic_dims"] = {n: {str(a): step for a in axes} for n, axes in dynamic.items()}
+        if step > 1:
+            info.warnings.append(f"the dims kept dynamic resize in steps of {step} (sizes that are multiples of "
+                                 f"{step}); the runtime refuses other sizes")
     if float_ops:
         from collections import Counter
 

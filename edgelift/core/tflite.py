@@ -13,6 +13,7 @@ strings) are uint32 offsets from where they are stored; a vector is a uint32 len
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,12 @@ TENSOR_TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 5: 0, 6: 1, 7: 2, 8: 8, 9: 1,
                      15: 4, 16: 2, 17: 0, 18: 2}
 # table slots (field ids) of schema.fbs
 MODEL_VERSION, MODEL_OPERATOR_CODES, MODEL_SUBGRAPHS, MODEL_DESCRIPTION, MODEL_BUFFERS = 0, 1, 2, 3, 4
+MODEL_METADATA = 6
+METADATA_NAME, METADATA_BUFFER = 0, 1
+MAX_METADATA_BYTES = 1 << 16  # entries read into memory; larger ones (a vendor's blob) are skipped
+# metadata entry edgelift writes for resizable input dims: {"input": {"axis": step}}; the artifact holds at sizes
+# that are multiples of step (converters/tflite/dynamic.py)
+DYNAMIC_DIMS_KEY = "edgelift.dynamic_dims"
 OPCODE_DEPRECATED_BUILTIN, OPCODE_BUILTIN = 0, 3
 SUBGRAPH_TENSORS, SUBGRAPH_INPUTS, SUBGRAPH_OUTPUTS, SUBGRAPH_OPERATORS = 0, 1, 2, 3
 TENSOR_SHAPE, TENSOR_TYPE, TENSOR_BUFFER, TENSOR_NAME, TENSOR_QUANTIZATION, TENSOR_SHAPE_SIGNATURE = 0, 1, 2, 3, 4, 7
@@ -127,6 +134,7 @@ class TFLiteModel:
     opcodes: list[int] = field(default_factory=list)  # BuiltinOperator of each operator code
     version: int = 0
     description: str = ""
+    metadata: dict[str, bytes] = field(default_factory=dict)  # small named entries (Model.metadata), inline data
 
 
 def _tensor(t: _Table) -> TFLiteTensor:
@@ -149,8 +157,15 @@ def read_tflite(path: str | Path) -> TFLiteModel:
         codes = root.tables(MODEL_OPERATOR_CODES, "operator code")
         model = TFLiteModel(len(codes), version=root.scalar(MODEL_VERSION, "<I"), description=root.string(MODEL_DESCRIPTION))
         model.opcodes = [max(c.scalar(OPCODE_DEPRECATED_BUILTIN, "<b"), c.scalar(OPCODE_BUILTIN, "<i")) for c in codes]
+        data_at = []
         for b in root.tables(MODEL_BUFFERS, "buffer"):
-            model.buffers.append((b.vector(BUFFER_DATA, 1)[1], b.scalar(BUFFER_OFFSET, "<Q"), b.scalar(BUFFER_SIZE, "<Q")))
+            start, n = b.vector(BUFFER_DATA, 1)
+            data_at.append(start)
+            model.buffers.append((n, b.scalar(BUFFER_OFFSET, "<Q"), b.scalar(BUFFER_SIZE, "<Q")))
+        for m in root.tables(MODEL_METADATA, "metadata"):
+            index = m.scalar(METADATA_BUFFER, "<I")
+            if index < len(model.buffers) and 0 < model.buffers[index][0] <= MAX_METADATA_BYTES:
+                model.metadata[m.string(METADATA_NAME)] = buf[data_at[index]:data_at[index] + model.buffers[index][0]]
         for g in root.tables(MODEL_SUBGRAPHS, "subgraph"):
             tensors = [_tensor(t) for t in g.tables(SUBGRAPH_TENSORS, "tensor")]
             ops = [(o.scalar(OPERATOR_OPCODE, "<I"), o.ints(OPERATOR_INPUTS), o.ints(OPERATOR_OUTPUTS))
@@ -209,3 +224,16 @@ def check_tflite(path: str | Path) -> TFLiteModel:
                 raise ModelFormatError(f"{p}: tensor {ti} of shape {t.shape} would need more than {limit:,} bytes "
                                        "(half this machine's memory); the file is corrupted")
     return model
+
+
+def dynamic_dim_steps(model: TFLiteModel) -> dict[str, dict[int, int]]:
+    """The resizable input dims an edgelift artifact records: input name -> {axis: size step}; empty when none
+    (or when the entry does not parse: the file is then treated as any other .tflite)."""
+    raw = model.metadata.get(DYNAMIC_DIMS_KEY)
+    if not raw:
+        return {}
+    try:
+        listed = json.loads(raw)
+        return {str(n): {int(a): int(s) for a, s in axes.items() if int(s) > 0} for n, axes in listed.items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}

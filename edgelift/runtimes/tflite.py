@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.formats import ModelFormat
-from ..core.tflite import check_tflite
+from ..core.tflite import check_tflite, dynamic_dim_steps
 from ..core.tensors import QuantParams, TensorSpec
-from ..errors import InvalidOptionError, IncompatibleBackendError, ModelFormatError
+from ..errors import InvalidOptionError, IncompatibleBackendError, ModelFormatError, ShapeError, shown
 from .base import Session, register_backend
 
 # Ops whose inputs after the first are weights: these may be int8 while activations stay float
@@ -59,7 +59,8 @@ class TFLiteSession(Session):
 
     def __init__(self, interpreter_cls, path: Path, threads: int | None, xnnpack: bool, resolver=None,
                  delegate: str | None = None, load_delegate=None) -> None:
-        check_tflite(path)  # what LiteRT would abort or fail obscurely on, refused first
+        # what LiteRT would abort or fail obscurely on, refused first; the size steps of resizable dims kept
+        self.size_steps = dynamic_dim_steps(check_tflite(path))
         delegate = delegate or ("xnnpack" if xnnpack else "none")
         kwargs = {"model_path": str(path), "num_threads": threads}
         if resolver is not None and delegate != "xnnpack":  # XNNPACK is LiteRT's default delegate
@@ -75,12 +76,14 @@ class TFLiteSession(Session):
             raise ModelFormatError(f"the TFLite interpreter cannot load {path}: {msg}") from e
         self._in = self.interpreter.get_input_details()
         self._out = self.interpreter.get_output_details()
+        self._built = self._in  # the shapes the file was built at (resizing replaces _in)
         self.inputs = [_spec(d) for d in self._in]
         self.outputs = [_spec(d) for d in self._out]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         it = self.interpreter
         if any(tuple(feeds[d["name"]].shape) != tuple(d["shape"]) for d in self._in):
+            self._check_steps(feeds)
             try:
                 for d in self._in:
                     it.resize_tensor_input(d["index"], feeds[d["name"]].shape, strict=True)
@@ -92,6 +95,18 @@ class TFLiteSession(Session):
             it.set_tensor(d["index"], feeds[d["name"]])
         it.invoke()
         return {d["name"]: it.get_tensor(d["index"]) for d in self._out}
+
+    def _check_steps(self, feeds: dict[str, np.ndarray]) -> None:
+        """A resizable dim holds only at multiples of the step it was verified at: another size would run with
+        the built size's padding (wrong output, no error from LiteRT), so it is refused."""
+        built = {d["name"]: d["shape"] for d in self._built}
+        for name, steps in self.size_steps.items():
+            shape = feeds[name].shape if name in feeds else ()
+            for axis, step in steps.items():
+                if axis < len(shape) and shape[axis] % step:
+                    at = f"; it was built at {int(built[name][axis])}" if name in built and axis < len(built[name]) else ""
+                    raise ShapeError(f"input '{shown(name)}' dim {axis} is {shape[axis]}: this model resizes it in "
+                                     f"steps of {step} only (sizes that are multiples of {step}{at})")
 
     def close(self) -> None:
         self.interpreter = None

@@ -30,6 +30,7 @@ class _Tensor:
     scales: tuple[float, ...] | None = None
     zero_points: tuple[int, ...] | None = None
     quantized_dimension: int = 0
+    signature: tuple[int, ...] | None = None  # shape_signature (-1 where a dim is resizable) beside a built shape
 
 
 # Builtins whose kernels are registered from a version above 1 (LiteRT refuses version 1).
@@ -55,6 +56,7 @@ class TFLiteBuilder:
         self.ops: list[_Op] = []
         self.inputs: list[int] = []
         self.outputs: list[int] = []
+        self.metadata: dict[str, bytes] = {}  # Model.metadata entries (name -> bytes in a buffer of their own)
 
     def tensor(self, name: str, shape, dtype: str = "float32", *, scales=None, zero_points=None,
                quantized_dimension: int = 0) -> int:
@@ -106,7 +108,15 @@ class TFLiteBuilder:
         codes = sorted({(op.code, op.version) for op in self.ops})
         code_index = {c: i for i, c in enumerate(codes)}
 
-        buffers = [self._buffer(b, data) for data in self.buffers]
+        meta_buffers = {name: len(self.buffers) + i for i, name in enumerate(self.metadata)}
+        buffers = [self._buffer(b, data) for data in [*self.buffers, *self.metadata.values()]]
+        metadata = []
+        for name, index in meta_buffers.items():
+            meta_name = b.CreateString(name)
+            tfl.MetadataStart(b)
+            tfl.MetadataAddName(b, meta_name)
+            tfl.MetadataAddBuffer(b, index)
+            metadata.append(tfl.MetadataEnd(b))
         tensors = [self._tensor(b, t) for t in self.tensors]
         operators = [self._operator(b, op, code_index[(op.code, op.version)]) for op in self.ops]
         opcodes = []
@@ -133,6 +143,7 @@ class TFLiteBuilder:
         subgraphs_v = self._offsets(b, tfl.ModelStartSubgraphsVector, [subgraph])
         opcodes_v = self._offsets(b, tfl.ModelStartOperatorCodesVector, opcodes)
         buffers_v = self._offsets(b, tfl.ModelStartBuffersVector, buffers)
+        metadata_v = self._offsets(b, tfl.ModelStartMetadataVector, metadata) if metadata else None
         desc = b.CreateString(self.description)
         tfl.ModelStart(b)
         tfl.ModelAddVersion(b, 3)
@@ -140,6 +151,8 @@ class TFLiteBuilder:
         tfl.ModelAddSubgraphs(b, subgraphs_v)
         tfl.ModelAddDescription(b, desc)
         tfl.ModelAddBuffers(b, buffers_v)
+        if metadata_v is not None:
+            tfl.ModelAddMetadata(b, metadata_v)
         b.Finish(tfl.ModelEnd(b), file_identifier=b"TFL3")
         return bytes(b.Output())
 
@@ -173,7 +186,8 @@ class TFLiteBuilder:
         tfl = self.tfl
         fixed = [max(d, 1) for d in t.shape]
         shape_v = self._ints(b, tfl.TensorStartShapeVector, fixed)
-        sig_v = self._ints(b, tfl.TensorStartShapeSignatureVector, t.shape) if -1 in t.shape else None
+        signature = t.signature if t.signature is not None else (t.shape if -1 in t.shape else None)
+        sig_v = self._ints(b, tfl.TensorStartShapeSignatureVector, signature) if signature is not None else None
         quant = None
         if t.scales is not None:
             tfl.QuantizationParametersStartScaleVector(b, len(t.scales))

@@ -59,6 +59,7 @@ class LoweringContext:
     ranges: dict[str, tuple[float, float]] | None = None  # calibrated ranges: full-integer int8 mode
     float_island: bool = False  # in an int8 model, the node being lowered runs in float
     float_nodes: list[str] = field(default_factory=list)  # op types that ran as float islands
+    resizable: bool = False  # input dims stay resizable: sizes derived from them are computed, not constants
 
     @property
     def int8(self) -> bool:
@@ -258,10 +259,16 @@ def check_supported(graph: Graph) -> None:
         raise UnsupportedOperatorError(describe_nodes(missing, "has no TFLite lowering"), nodes=missing)
 
 
-def lower(graph: Graph, *, weights: str = "fp32", nhwc_io: bool = False, description: str = "edgelift",
-          ranges: dict[str, tuple[float, float]] | None = None, int8_io: bool = False,
-          float_ops: list[str] | None = None, keep_float: frozenset[str] = frozenset()) -> bytes:
-    """Lower ``graph`` to a TFLite flatbuffer; every unsupported node is listed in one error.
+def lower(graph: Graph, **options) -> bytes:
+    """Lower ``graph`` to TFLite flatbuffer bytes (see :func:`lower_builder` for the options)."""
+    return lower_builder(graph, **options).finish()
+
+
+def lower_builder(graph: Graph, *, weights: str = "fp32", nhwc_io: bool = False, description: str = "edgelift",
+                  ranges: dict[str, tuple[float, float]] | None = None, int8_io: bool = False,
+                  float_ops: list[str] | None = None, keep_float: frozenset[str] = frozenset(),
+                  resizable: bool = False) -> TFLiteBuilder:
+    """Lower ``graph`` to a TFLite model, not yet serialized; every unsupported node is listed in one error.
 
     With ``ranges`` (calibrated min/max per tensor) the model is full-integer int8: int8 activations,
     per-channel int8 weights, int32 biases; float inputs/outputs get QUANTIZE/DEQUANTIZE at the
@@ -272,7 +279,7 @@ def lower(graph: Graph, *, weights: str = "fp32", nhwc_io: bool = False, descrip
     from . import ops  # noqa: F401  (registers the lowerings)
 
     check_supported(graph)
-    ctx = LoweringContext(graph, TFLiteBuilder(description), weights, ranges=ranges)
+    ctx = LoweringContext(graph, TFLiteBuilder(description), weights, ranges=ranges, resizable=resizable)
     for name in graph.inputs:
         dtype = graph.dtypes[name].name
         layout = "nhwc" if nhwc_io and len(graph.shape(name)) == 4 else "nchw"
@@ -325,7 +332,7 @@ def lower(graph: Graph, *, weights: str = "fp32", nhwc_io: bool = False, descrip
     ctx.float_island = False
     if float_ops is not None:
         float_ops.extend(ctx.float_nodes)
-    return ctx.builder.finish()
+    return ctx.builder
 
 
 def _named_output(ctx: LoweringContext, name: str, layout: str) -> int:

@@ -745,7 +745,11 @@ def resize(ctx: LoweringContext, node: Node) -> None:
     mode = node.attrs.get("mode", "nearest")
     ct = node.attrs.get("coordinate_transformation_mode", "half_pixel")
     x = ctx.get(node.inputs[0], "nhwc")
-    size = ctx.constant(f"{node.name}_size", np.array(out_shape[2:], np.int32))
+    factors = [o // i if i and o % i == 0 else 0 for i, o in zip(in_shape[2:], out_shape[2:])]
+    if ctx.resizable and all(factors):
+        size = _scaled_hw(ctx, node.name, x, factors)  # follows the input's size when the model is resized
+    else:
+        size = ctx.constant(f"{node.name}_size", np.array(out_shape[2:], np.int32))
     y = ctx.output(node.outputs[0], "nhwc")
     if mode == "nearest":
         if ct != "asymmetric" or node.attrs.get("nearest_mode", "round_prefer_floor") != "floor":
@@ -760,6 +764,20 @@ def resize(ctx: LoweringContext, node: Node) -> None:
                        HalfPixelCenters=flags[1])
     else:
         raise Unsupported(f"mode={mode}")
+
+
+def _scaled_hw(ctx: LoweringContext, name: str, x: int, factors: list[int]) -> int:
+    """An int32 [H*fh, W*fw] tensor computed from NHWC ``x``'s shape at run time (SHAPE, STRIDED_SLICE, MUL)."""
+    b = ctx.builder
+    shape = b.tensor(f"{name}_in_shape", (4,), "int32")
+    b.op("SHAPE", [x], [shape], "ShapeOptions", OutType=b.tfl.TensorType.INT32)
+    hw = b.tensor(f"{name}_in_hw", (2,), "int32")
+    b.op("STRIDED_SLICE", [shape, *(ctx.constant(f"{name}_hw_{k}", np.array(v, np.int32))
+                                    for k, v in (("begin", [1]), ("end", [3]), ("strides", [1])))],
+         [hw], "StridedSliceOptions")
+    size = b.tensor(f"{name}_size", (2,), "int32")
+    b.op("MUL", [hw, ctx.constant(f"{name}_factors", np.array(factors, np.int32))], [size], "MulOptions")
+    return size
 
 
 @lowering("ConvTranspose")
