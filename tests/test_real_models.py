@@ -160,6 +160,34 @@ def test_symbolic_dims_without_data_are_refused_listing_them(corpus_files, tmp_p
     assert list(it.get_input_details()[0]["shape"]) == [1, 3, 96, 128]
 
 
+def test_detector_keeps_height_and_width_dynamic_in_tflite(corpus_files, tmp_path):
+    """PP-OCRv4's detector (paddle2onnx) converted with ``x=1x3x?x?`` from 96x128 data: the .tflite resizes, in
+    steps of its 32x down-sampling, and matches ONNX Runtime on the original at sizes it was not built at."""
+    import onnxruntime as ort
+    from typer.testing import CliRunner
+
+    import edgelift
+    from edgelift import errors
+    from edgelift.cli import app
+
+    src, calib, _ = corpus_files("ppocr_det")
+    images = np.load(calib)["x"][:4]
+    np.savez(tmp_path / "small.npz", x=images[:, :, :96, :128])
+    r = CliRunner().invoke(app, ["convert", str(src), "--to", "tflite", "--input-shape", "x=1x3x?x?",
+                                 "--calibration", str(tmp_path / "small.npz"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output[-1500:]
+    assert "steps of 32" in r.output
+    report = json.loads((tmp_path / "o" / "conversion.json").read_text())
+    assert report["artifacts"][0]["built_shapes"] == {"x": [1, 3, "?", "?"]}
+    model, ref = edgelift.load(report["artifacts"][0]["path"]), ort.InferenceSession(str(src))
+    for x in (images[:1], images[:1, :, :160, :64]):  # 320x320 and 160x64
+        want = ref.run(None, {"x": x})[0]
+        got = next(iter(model.run({"x": x}).values()))
+        assert got.shape == want.shape and _cosine(got, want) >= MIN_COSINE["none"]
+    with pytest.raises(errors.ShapeError, match="steps of 32"):
+        model.run({"x": images[:1, :, :100, :64]})
+
+
 def test_edge_run_feeds_state_and_scalar_inputs_whole(corpus_files, tmp_path):
     """`edge run` on recurrent models: Silero's state [2, 1, 128] and scalar sample rate from an .npz as they are
     fed; faster-whisper's VAD (h, c [1, 1, 128]) on the random data the SDK makes from its signature."""

@@ -119,3 +119,18 @@ def test_top1_agreement_counts_for_classifiers_only():
     p = parity.compare({"p": probs[::-1].copy()}, {"p": probs}, labels=None, reference="r", runtime="t",
                        inputs="v.npz", synthetic_inputs=False)
     assert p.primary.probabilities and parity.gate(p, "int8").min_top1 == 0.95
+
+
+def test_a_silent_sample_does_not_decide_the_cosine():
+    """A detector's map on a blank crop is ~1e-8 everywhere on both sides: its per-sample cosine is rounding noise
+    and counts as agreement; the same sample made loud by the artifact, or every sample silenced, still fails."""
+    rng = np.random.default_rng(0)
+    ref = np.stack([rng.uniform(0, 1, (1, 8, 8)), rng.uniform(0, 3e-8, (1, 8, 8))]).astype(np.float32)
+    got = ref + np.stack([rng.normal(0, 1e-4, (1, 8, 8)), rng.uniform(0, 3e-8, (1, 8, 8))]).astype(np.float32)
+    dots = np.sum(got[1] * ref[1]) / np.linalg.norm(got[1]) / np.linalg.norm(ref[1])
+    assert dots < 0.9999  # the noise alone would fail the fp32 gate
+    assert parity.compare_output("map", got, ref).cosine_similarity > 0.9999
+    loud = got.copy()
+    loud[1] = 0.5
+    assert parity.compare_output("map", loud, ref).cosine_similarity < 0.99
+    assert parity.compare_output("map", np.zeros_like(ref), ref).cosine_similarity < 0.6

@@ -747,7 +747,7 @@ def resize(ctx: LoweringContext, node: Node) -> None:
     x = ctx.get(node.inputs[0], "nhwc")
     factors = [o // i if i and o % i == 0 else 0 for i, o in zip(in_shape[2:], out_shape[2:])]
     if ctx.resizable and all(factors):
-        size = _scaled_hw(ctx, node.name, x, factors)  # follows the input's size when the model is resized
+        size = _runtime_shape(ctx, node.name, x, [1, *factors, 1], dims=(1, 3))
     else:
         size = ctx.constant(f"{node.name}_size", np.array(out_shape[2:], np.int32))
     y = ctx.output(node.outputs[0], "nhwc")
@@ -766,18 +766,26 @@ def resize(ctx: LoweringContext, node: Node) -> None:
         raise Unsupported(f"mode={mode}")
 
 
-def _scaled_hw(ctx: LoweringContext, name: str, x: int, factors: list[int]) -> int:
-    """An int32 [H*fh, W*fw] tensor computed from NHWC ``x``'s shape at run time (SHAPE, STRIDED_SLICE, MUL)."""
+def _runtime_shape(ctx: LoweringContext, name: str, x: int, scale: list[int], offset: list[int] | None = None,
+                   dims: tuple[int, int] | None = None) -> int:
+    """An int32 tensor ``shape(x) * scale + offset`` (NHWC ``x``), sliced to ``dims`` [begin, end), computed at
+    run time (SHAPE, MUL, ADD, STRIDED_SLICE): a size derived from the input follows it when it is resized."""
     b = ctx.builder
     shape = b.tensor(f"{name}_in_shape", (4,), "int32")
     b.op("SHAPE", [x], [shape], "ShapeOptions", OutType=b.tfl.TensorType.INT32)
-    hw = b.tensor(f"{name}_in_hw", (2,), "int32")
-    b.op("STRIDED_SLICE", [shape, *(ctx.constant(f"{name}_hw_{k}", np.array(v, np.int32))
-                                    for k, v in (("begin", [1]), ("end", [3]), ("strides", [1])))],
-         [hw], "StridedSliceOptions")
-    size = b.tensor(f"{name}_size", (2,), "int32")
-    b.op("MUL", [hw, ctx.constant(f"{name}_factors", np.array(factors, np.int32))], [size], "MulOptions")
-    return size
+    scaled = b.tensor(f"{name}_scaled_shape", (4,), "int32")
+    b.op("MUL", [shape, ctx.constant(f"{name}_scale", np.array(scale, np.int32))], [scaled], "MulOptions")
+    if offset is not None:
+        shifted = b.tensor(f"{name}_shifted_shape", (4,), "int32")
+        b.op("ADD", [scaled, ctx.constant(f"{name}_offset", np.array(offset, np.int32))], [shifted], "AddOptions")
+        scaled = shifted
+    if dims is None:
+        return scaled
+    out = b.tensor(f"{name}_size", (dims[1] - dims[0],), "int32")
+    b.op("STRIDED_SLICE", [scaled, *(ctx.constant(f"{name}_slice_{k}", np.array([v], np.int32))
+                                     for k, v in (("begin", dims[0]), ("end", dims[1]), ("strides", 1)))],
+         [out], "StridedSliceOptions")
+    return out
 
 
 @lowering("ConvTranspose")
@@ -798,7 +806,11 @@ def conv_transpose(ctx: LoweringContext, node: Node) -> None:
     n, c, h, wd = out_shape
     x = ctx.get(node.inputs[0], "nhwc")
     filt = ctx.constant(f"{node.name}_filter", w.transpose(1, 2, 3, 0), weight=True)  # -> (Cout, kH, kW, Cin)
-    shape = ctx.constant(f"{node.name}_output_shape", np.array([n, h, wd, c], np.int32))
+    if ctx.resizable:  # out = s * in + (k - s - pads): computed from the input when the model is resized
+        offsets = [k[i] - s[i] - pads[i] - pads[i + 2] for i in (0, 1)]
+        shape = _runtime_shape(ctx, f"{node.name}_output", x, [1, s[0], s[1], 0], [0, *offsets, c])
+    else:
+        shape = ctx.constant(f"{node.name}_output_shape", np.array([n, h, wd, c], np.int32))
     has_bias = len(node.inputs) > 2 and node.inputs[2]
     y = ctx.builder.tensor(f"{node.name}_nobias", (n, h, wd, c)) if has_bias else ctx.output(node.outputs[0], "nhwc")
     ctx.builder.op("TRANSPOSE_CONV", [shape, filt, x], [y], "TransposeConvOptions", Padding=padding,
