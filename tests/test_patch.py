@@ -248,6 +248,16 @@ def test_load_with_memory_budget(digits_result):
         edgelift.load(path, memory_budget="10B")
 
 
+def test_plan_cache_is_keyed_by_onnxruntime_version(digits_result, monkeypatch):
+    """The cache holds ONNX Runtime's optimized graph and measured peaks: another ORT version plans afresh."""
+    from edgelift.runtimes import budget
+
+    path = digits_result.artifact("none").path
+    here = cached_plan_path(path, 1000)
+    monkeypatch.setattr(budget, "_ort_version", lambda: "0.0.1")
+    assert cached_plan_path(path, 1000) != here and cached_plan_path(path, 1000).parent == here.parent
+
+
 ORT_ONE_TIME_BYTES = 16 * 2**20  # ONNX Runtime's first-run kernel buffers and allocator slack: 4-11 MB measured here
 
 

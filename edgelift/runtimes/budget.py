@@ -108,13 +108,26 @@ def cache_dir() -> Path:
 
 def cached_plan_path(model: str | Path, budget: int) -> Path:
     """Where the plan for ``model`` (by content: a rewritten model never meets a stale plan) under
-    ``budget`` bytes is cached."""
+    ``budget`` bytes is cached. The ONNX Runtime version is part of the key: the cache holds that version's
+    optimized graph and its measured peaks, which another version would neither load nor reproduce."""
     model = Path(model)
     h = hashlib.blake2b(digest_size=16)
     with open(model, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    h.update(f"onnxruntime {_ort_version()}".encode())
     return cache_dir() / f"{model.stem}-{h.hexdigest()}-{budget}-v{PLAN_FORMAT}.onnx"
+
+
+def _ort_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def is_planned(model: str | Path, budget: int) -> bool:
