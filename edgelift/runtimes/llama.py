@@ -209,7 +209,12 @@ def check_llama_preconditions(info) -> None:
 
 @register_backend("llama.cpp", formats=(ModelFormat.GGUF,), package="llama_cpp", extra="llama")
 def open_llama(path: Path, threads: int | None, *, n_ctx: int = 512, embedding: bool = False,
-               logits_all: bool = True, n_gpu_layers: int = 0, devices=None) -> LlamaSession:
+               logits_all: bool = True, n_gpu_layers: int = 0, devices=None) -> Session:
     """``devices``: RPC servers (``["host:port=512MB", ...]`` or a fleet .toml) that hold the model's layers,
-    split by their memory (``runtimes/rpc.py``)."""
+    split by their memory (``runtimes/rpc.py``); such a model runs in a worker process (``llama_worker.py``:
+    llama.cpp aborts the process that loses a server)."""
+    if devices is not None:
+        from .llama_worker import WorkerLlamaSession
+
+        return WorkerLlamaSession(path, threads, n_ctx, embedding, logits_all, n_gpu_layers, devices)
     return LlamaSession(path, threads, n_ctx, embedding, logits_all, n_gpu_layers, devices)
