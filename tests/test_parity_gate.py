@@ -120,6 +120,54 @@ def test_fp16_keeps_overflowing_nodes_fp32(tmp_path):
     np.testing.assert_allclose(got, ref, rtol=2e-3)
 
 
+def test_coreml_fp16_keeps_overflowing_nodes_fp32(tmp_path):
+    """The same overflow in a Core ML fp16 package (ONNX -> MIL lowering): the overflowing nodes' MIL ops compute
+    in fp32 (coremltools' FP16ComputePrecision op selector), and the saved package matches ONNX Runtime."""
+    pytest.importorskip("coremltools")
+    import onnxruntime as ort
+
+    from edgelift.converters.coreml.executor import MILReferenceSession
+
+    nodes = [helper.make_node("Mul", ["x", "k"], ["a"], name="scale"), helper.make_node("Mul", ["a", "a"], ["b"], name="square"),
+             helper.make_node("Log", ["b"], ["c"], name="log"), helper.make_node("Mul", ["c", "half"], ["y"], name="half")]
+    src = _save(tmp_path, nodes, {"k": np.float32(1000), "half": np.float32(0.5)}, [1, 8], [1, 8])
+    x = (np.random.default_rng(1).uniform(0.5, 2.0, (16, 8))).astype(np.float32)
+    np.savez(tmp_path / "val.npz", x=x)
+    r = convert(str(src), to="coreml", quantize="fp16", validation=str(tmp_path / "val.npz"), out=tmp_path / "o")
+    a = r.artifacts[0]
+    assert {"square", "log"} <= set(a.float_nodes) and "half" not in a.float_nodes
+    ref = ort.InferenceSession(str(src)).run(None, {"x": x[:1]})[0]
+    package = MILReferenceSession(a.path)  # Core ML runs only on Apple systems: the saved program, in numpy
+    got = package.run({"x": x[:1]})[package.outputs[0].name]
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, ref, rtol=2e-3)
+
+
+def test_coreml_fp16_names_where_it_breaks_and_keeps_those_nodes_fp32(tmp_path):
+    """x + 8000 - 8000 in fp16 keeps ~3 bits of x (no overflow, plain cancellation): the Core ML package's
+    layer-wise comparison names the subtraction, and the repair keeps it and its producer in fp32 until the gate
+    holds; the saved package then matches ONNX Runtime."""
+    pytest.importorskip("coremltools")
+    import onnxruntime as ort
+
+    from edgelift.converters.coreml.executor import MILReferenceSession
+
+    nodes = [helper.make_node("Add", ["x", "big"], ["a"], name="shift"),
+             helper.make_node("Sub", ["a", "big"], ["b"], name="unshift"),
+             helper.make_node("Mul", ["b", "two"], ["y"], name="double")]
+    src = _save(tmp_path, nodes, {"big": np.float32(8000), "two": np.float32(2)}, [1, 64], [1, 64])
+    x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    np.savez(tmp_path / "val.npz", x=x)
+    r = convert(str(src), to="coreml", quantize="fp16", validation=str(tmp_path / "val.npz"), out=tmp_path / "o")
+    a = r.artifacts[0]
+    assert a.status == "passed" and set(a.float_nodes) == {"shift", "unshift"}
+    assert a.layer_errors and a.layer_errors[0]["node"] == "unshift"
+    assert a.quantization.details["repair"]["cosine_before"] < 0.9
+    package = MILReferenceSession(a.path)
+    ref = ort.InferenceSession(str(src)).run(None, {"x": x[:1]})[0]
+    np.testing.assert_allclose(package.run({"x": x[:1]})[package.outputs[0].name], ref, rtol=1e-3, atol=1e-3)
+
+
 def test_int4_on_a_conv_net_is_refused_not_copied(tmp_path):
     w = np.random.default_rng(2).standard_normal((4, 3, 3, 3)).astype(np.float32)
     src = _save(tmp_path, [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], {"w": w},

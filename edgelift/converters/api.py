@@ -335,6 +335,17 @@ def _layer_errors(target, mode, base, built, opts, data, staging):
         eligible = {n.name for n in graph.nodes if n.op_type in INT8_OPS}
         tensors = rp.tflite_artifact_tensors(staging.file(built.files[-1]), data)
         return graph.model, rp.layer_errors(graph.model, tensors, data), eligible
+    if target.name == "coreml" and built.info.details.get("frontend", "").startswith("edgelift"):
+        from .coreml.lower import mil_name
+        from .graph import shared_graph
+
+        graph = shared_graph(base, opts.shared)
+        # each node's last MIL op carries its ONNX output's name (made an identifier; coremltools' fp16 pass
+        # appends "_cast_fp16" to the ops it converts)
+        names = {mil_name(o) + suffix: o for n in graph.model.graph.node for o in n.output if o
+                 for suffix in ("", "_cast_fp16")}
+        tensors = rp.coreml_artifact_tensors(staging.file(built.files[-1]), data, names)
+        return graph.model, rp.layer_errors(graph.model, tensors, data), {n.name for n in graph.nodes}
     return base, [], set()
 
 

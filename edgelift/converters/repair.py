@@ -160,6 +160,26 @@ def onnx_artifact_tensors(artifact_model, data: InputSet) -> dict[str, np.ndarra
     return values
 
 
+def coreml_artifact_tensors(path, data: InputSet, names: dict[str, str]) -> dict[str, np.ndarray]:
+    """Every value the saved ML Program computes for the first samples (the numpy MIL executor: Core ML itself runs
+    only on Apple systems), as float32, keyed by ONNX tensor name through ``names`` (MIL name -> ONNX name)."""
+    from .coreml.executor import MILReferenceSession
+    from .coreml.lower import mil_name
+
+    session = MILReferenceSession(path)
+    chunks: dict[str, list] = {}
+    head = data.head(LAYER_SAMPLES)
+    for feeds, _ in iter_batches(head, 1):
+        feeds = {**{mil_name(k): v for k, v in feeds.items()}, **feeds}  # inputs renamed to identifiers in the package
+        cast = {s.name: np.asarray(feeds[s.name]).astype(s.dtype) for s in session.inputs if s.name in feeds}
+        if len(cast) != len(session.inputs):
+            return {}
+        for mil, v in session.executor.run(cast, every_value=True).items():
+            if mil in names and isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating):
+                chunks.setdefault(names[mil], []).append(v.astype(np.float32))
+    return {k: _stack(v) for k, v in chunks.items() if len(v) == head.num_samples}
+
+
 def tflite_artifact_tensors(path, data: InputSet) -> dict[str, np.ndarray]:
     """Every tensor LiteRT computes for the first samples, dequantized, keyed by tensor name."""
     from ai_edge_litert.interpreter import Interpreter

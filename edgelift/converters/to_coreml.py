@@ -38,7 +38,7 @@ def _check_supported(graph) -> None:
     check_supported(graph)
 
 
-@register_target("coreml", suffix=".mlpackage", fixed_batch=True, precheck=_check_supported)
+@register_target("coreml", suffix=".mlpackage", fixed_batch=True, precheck=_check_supported, repairable=("fp16",))
 def build_coreml(base_model, mode: QuantMode, opts: ConvertOptions, staging: StagingDir, name: str) -> BuiltArtifact:
     from .torch_export import quiet_exporter
 
@@ -75,6 +75,13 @@ def build_coreml(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
          "palettize6": "6-bit k-means lookup tables"}[mode.name],
         f"{precision} compute", details={"frontend": frontend, "deployment_target": opts.coreml_target,
                                          **({"renamed_features": renamed} if renamed else {}), **details})
+    overflow, source, kept = opts.shared.get("coreml.fp16.overflow", ([], "", [])) if precision == "fp16" else ([], "", [])
+    if kept:
+        info.details["fp32_nodes"] = kept
+    if overflow:
+        info.details["fp16_overflow_nodes"] = overflow
+        info.warnings.append(f"{len(overflow)} node(s) see activations beyond half fp16's range (65504) on {source} "
+                             f"data and compute in fp32: {', '.join(overflow[:6])}" + (" ..." if len(overflow) > 6 else ""))
     if details.get("skipped"):
         info.warnings.append(f"{len(details['skipped'])} weight tensor(s) left uncompressed: "
                              + "; ".join(f"{s['name']} ({s['reason']})" for s in details["skipped"][:5])
@@ -94,7 +101,7 @@ def build_coreml(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
 
 def _float_model(base_model, opts: ConvertOptions, precision: str, ct):
     """The uncompressed MLModel at ``precision`` (built once per precision per conversion)."""
-    key = f"coreml.{precision}"
+    key = f"coreml.{precision}." + ",".join(sorted(opts.float_nodes))  # a repair rebuilds with nodes kept fp32
     if key in opts.shared:
         return opts.shared[key]
     kw = dict(convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, opts.coreml_target),
@@ -110,7 +117,10 @@ def _float_model(base_model, opts: ConvertOptions, precision: str, ct):
         from .coreml.lower import lower_to_mil
 
         graph = shared_graph(base_model, opts.shared)
-        prog = lower_to_mil(graph, opts.coreml_target)
+        node_ops: dict[str, list[str]] = {}
+        prog = lower_to_mil(graph, opts.coreml_target, node_ops)
+        if precision == "fp16":
+            kw["compute_precision"] = _fp16_except(graph, node_ops, opts, ct)
         try:
             with quiet_exporter():
                 model = ct.convert(prog, **kw)
@@ -121,6 +131,26 @@ def _float_model(base_model, opts: ConvertOptions, precision: str, ct):
     model = _rename_features(model, base_model, ct)
     opts.shared[key] = (model, frontend)
     return model, frontend
+
+
+def _fp16_except(graph, node_ops: dict[str, list[str]], opts: ConvertOptions, ct):
+    """fp16 compute, except the MIL ops of nodes whose activations, measured on the data, leave half fp16's range
+    (they would compute inf, as the ONNX fp16 mode measures too), and of nodes a repair chose."""
+    from .quantize import FP16_MAX
+    from .repair import activation_absmax
+
+    data = opts.calibration if opts.calibration is not None else opts.shared.get("parity.inputs")
+    overflow = []
+    if data is not None:
+        absmax = activation_absmax(graph.model, data, opts.shared)
+        overflow = sorted(n.name for n in graph.nodes
+                          if any(absmax.get(t, 0.0) > FP16_MAX / 2 for t in [*n.inputs, *n.outputs] if t))
+    keep = sorted(set(overflow) | set(opts.float_nodes))
+    opts.shared["coreml.fp16.overflow"] = (overflow, data.source if data is not None else "", keep)
+    if not keep:
+        return ct.precision.FLOAT16
+    fp32_ops = {op for n in keep for op in node_ops.get(n, ())}
+    return ct.transform.FP16ComputePrecision(op_selector=lambda op: op.name not in fp32_ops)
 
 
 def _from_torch(src, base_model, kw, ct, errors: list[str]):

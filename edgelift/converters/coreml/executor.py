@@ -134,7 +134,8 @@ class MILProgramExecutor:
                 out[key] = self.value(attr)
         return out
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], every_value: bool = False) -> dict[str, np.ndarray]:
+        """The program's outputs, or with ``every_value`` every value it computes (layer-wise comparison)."""
         env: dict[str, np.ndarray] = dict(feeds)
         for op in self.block.operations:
             cached = op.outputs[0].name in self._consts
@@ -151,6 +152,8 @@ class MILProgramExecutor:
                 env[o.name] = r
                 if op.type == "const" or op.type.startswith("constexpr"):
                     self._consts[o.name] = r
+        if every_value:
+            return env
         return {name: env[name] for name in self.block.outputs}
 
 

@@ -105,8 +105,10 @@ def check_supported(graph: Graph) -> None:
 
 
 
-def lower_to_mil(graph: Graph, target: str = "iOS16"):
-    """A MIL ``Program`` computing ``graph``; every node without a lowering is listed in one error."""
+def lower_to_mil(graph: Graph, target: str = "iOS16", node_ops: dict[str, list[str]] | None = None):
+    """A MIL ``Program`` computing ``graph``; every node without a lowering is listed in one error.
+    ``node_ops`` (when given) is filled with the MIL op names each ONNX node became, so a precision pass can
+    keep chosen nodes in fp32."""
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import Function, Program, types
 
@@ -133,8 +135,11 @@ def lower_to_mil(graph: Graph, target: str = "iOS16"):
             if poisoned.intersection(node.inputs):
                 poisoned.update(node.outputs)
                 continue
+            mark = len(fn.operations)
             try:
                 MIL_LOWERINGS[node.op_type](ctx, node)
+                if node_ops is not None:
+                    node_ops[node.name] = [op.name for op in list(fn.operations)[mark:]]
                 continue
             except Unsupported as e:
                 failed.append((node.name, f"{node.op_type} ({e})"))
