@@ -348,7 +348,8 @@ def run(
                                              f"(input '{batched[0].name}' is {list(batched[0].shape)}); drop --batch "
                                              "or re-export the model with a dynamic batch axis")
                 n = first if isinstance(first, int) else (batch or 1)
-                arrays = random_input_set(m.inputs, n, seed=seed, unbatched=unbatched).arrays
+                arrays = random_input_set(m.inputs, n, seed=seed, unbatched=unbatched,
+                                          example_shapes=getattr(m.session, "built_shapes", None)).arrays
             feeds = {k: (v[0] if k in unbatched else v) for k, v in arrays.items()}
             outputs = m.run(feeds)
         if save is not None:

@@ -144,3 +144,12 @@ def test_a_size_baked_into_the_graph_is_refused_in_one_line(tmp_path):
     errors_ = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert len(errors_) == 1 and "cannot keep 'x' dim 2, 'x' dim 3 dynamic" in errors_[0]
     assert not out.exists()
+
+
+def test_random_data_for_a_resizable_input_is_made_at_the_built_size(detector, tmp_path):
+    """`edge run --random` on the artifact: the dims left dynamic take the size the file was built at (64x64),
+    which is on the step; size 1 would be refused."""
+    _, out = detector
+    r = runner.invoke(app, ["run", str(out / "det.fp32.tflite"), "--random", "--save", str(tmp_path / "y.npz")])
+    assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "y.npz")["y"].shape == (1, 2, 32, 32)

@@ -325,8 +325,10 @@ def checked_sizes(specs: list[TensorSpec], limit: int | None = None) -> list[Ten
 
 def random_input_set(specs: list[TensorSpec], num_samples: int, seed: int = 0,
                      int_high: dict[str, int] | None = None, unbatched: frozenset[str] = frozenset(),
-                     ranges: dict[str, tuple[float, float]] | None = None) -> InputSet:
-    """Seeded synthetic samples for every input (symbolic dims other than a batch axis become 1).
+                     ranges: dict[str, tuple[float, float]] | None = None,
+                     example_shapes: dict[str, tuple[int, ...]] | None = None) -> InputSet:
+    """Seeded synthetic samples for every input (symbolic dims other than a batch axis take the size in
+    ``example_shapes`` — a model's built size, e.g. a resizable .tflite input's — else 1).
 
     Integer inputs (token ids, masks) are drawn from [0, ``int_high[name]``), default [0, 2), so
     they stay valid indices into any embedding table; ``ranges`` (``--input-range name=lo..hi``, inclusive)
@@ -335,8 +337,16 @@ def random_input_set(specs: list[TensorSpec], num_samples: int, seed: int = 0,
     rng = np.random.default_rng(seed)
     arrays = {}
     ranges = ranges or {}
-    shapes = [(num_samples,) + tuple(d if isinstance(d, int) else 1
-                                     for d in (s.shape if s.name in unbatched else s.sample_shape())) for s in specs]
+    def example(s: TensorSpec) -> tuple:
+        shown = (example_shapes or {}).get(s.name)
+        if shown is None or len(shown) != len(s.shape):
+            return (1,) * len(s.shape)
+        return tuple(int(d) for d in shown)
+
+    shapes = []
+    for s in specs:
+        dims, sizes = (s.shape, example(s)) if s.name in unbatched else (s.sample_shape(), example(s)[1:])
+        shapes.append((num_samples,) + tuple(d if isinstance(d, int) else sz for d, sz in zip(dims, sizes)))
     checked_sizes([TensorSpec(s.name, shape, s.dtype) for s, shape in zip(specs, shapes)])
     for s, shape in zip(specs, shapes):
         dt = _spec_dtype(s)

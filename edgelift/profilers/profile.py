@@ -161,7 +161,8 @@ def _feeds(model, opts: ProfileOptions, batch: int) -> dict[str, np.ndarray]:
         n = next(iter(arrays.values())).shape[0]
         idx = np.arange(batch) % n
         return {k: (v[0] if k in unbatched else v[idx]) for k, v in arrays.items()}
-    arrays = random_input_set(model.inputs, batch, seed=opts.seed, unbatched=unbatched).arrays
+    arrays = random_input_set(model.inputs, batch, seed=opts.seed, unbatched=unbatched,
+                              example_shapes=getattr(model.session, "built_shapes", None)).arrays
     return {k: (v[0] if k in unbatched else v) for k, v in arrays.items()}
 
 

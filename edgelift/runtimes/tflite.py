@@ -77,6 +77,8 @@ class TFLiteSession(Session):
         self._in = self.interpreter.get_input_details()
         self._out = self.interpreter.get_output_details()
         self._built = self._in  # the shapes the file was built at (resizing replaces _in)
+        # random data for a resizable dim is made at the size the file was built (and checked) at
+        self.built_shapes = {d["name"]: tuple(int(x) for x in d["shape"]) for d in self._in}
         self.inputs = [_spec(d) for d in self._in]
         self.outputs = [_spec(d) for d in self._out]
 
