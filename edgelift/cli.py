@@ -785,6 +785,11 @@ def print_profile(doc: dict) -> None:
                 console.print(f"{escape(r['label'])}: layers over {len(rpc['devices'])} RPC server(s) ({escape(shares)}); "
                               f"{rpc['network_bytes_per_token'] / 1e3:.1f} kB/token on the network while decoding",
                               highlight=False)
+                held = ", ".join(f"{d['endpoint']} {_human_bytes(d['allocated_bytes'])}" for d in rpc["devices"]
+                                 if d.get("allocated_bytes") is not None)
+                if held:
+                    console.print(f"{escape(r['label'])}: allocated on each server (weights, KV, compute): {escape(held)}",
+                                  highlight=False)
         metrics = (r["power"] or {}).get("metrics") or {}
         if metrics:
             console.print(f"{escape(r['label'])}: during the runs: " + escape(", ".join(

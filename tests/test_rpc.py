@@ -154,6 +154,14 @@ def test_model_larger_than_each_server_generates_the_single_process_text(smollm2
         rpc = json.loads(prof.stdout)["runs"][0]["llm"]["rpc"]
         assert [d["endpoint"] for d in rpc["devices"]] == [d.split("=")[0] for d in devices]
         assert sum(rpc["tensor_split"]) == pytest.approx(1.0) and rpc["network_bytes_per_token"] > 0
+        # what each server holds: its share of the repeating blocks (by the GGUF's own tensor sizes), within
+        # 2 MiB of llama.cpp's aligned buffers; the servers' cgroup peaks are checked against it below
+        from edgelift.core.gguf import read_gguf_info
+
+        blocks = sum(t.nbytes for t in read_gguf_info(smollm2_gguf).tensors if t.name.startswith("blk."))
+        weights = [d["buffers"]["model"] for d in rpc["devices"]]
+        assert all(w > 0 for w in weights) and sum(weights) >= blocks - 2**21
+        assert all(d["allocated_bytes"] == sum(d["buffers"].values()) for d in rpc["devices"])
         host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, str(smollm2_gguf), json.dumps(devices), PROMPT],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = host.stdout.readline()
@@ -164,6 +172,7 @@ def test_model_larger_than_each_server_generates_the_single_process_text(smollm2
         split = json.loads(line)
         peaks = [s.peak_bytes() for s in servers]
         assert not any(s.oom_killed() for s in servers)
+        assert all(p is None or d["buffers"]["model"] <= p for d, p in zip(rpc["devices"], peaks)), (rpc, peaks)
     finally:
         for s in servers:
             s.stop()

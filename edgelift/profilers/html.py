@@ -473,7 +473,16 @@ def _llm(run: Mapping[str, Any]) -> list[str]:
     rows = [("prompt tokens", fmt_text(llm.get("n_prompt"))), ("generated tokens", fmt_text(llm.get("n_gen"))),
             ("time to first token", ms("ttft_ms")), ("prompt processing", pm("pp_avg_ts", "pp_stddev_ts")),
             ("generation", pm("tg_avg_ts", "tg_stddev_ts")), ("time per output token", ms("tpot_ms"))]
-    return [kv_table(rows, caption="Language model")]
+    tables = [kv_table(rows, caption="Language model")]
+    rpc = llm.get("rpc")
+    if isinstance(rpc, Mapping) and isinstance(rpc.get("devices"), Sequence):
+        devices = [d for d in rpc["devices"] if isinstance(d, Mapping)]
+        tables.append(kv_table(
+            [(fmt_text(d.get("endpoint")), f"{fmt_bytes(d.get('allocated_bytes'))} allocated of "
+                                           f"{fmt_bytes(d.get('memory_bytes'))} given") for d in devices]
+            + [("network while decoding", f"{fmt_bytes(_num(rpc.get('network_bytes_per_token')))} per token")],
+            caption="RPC devices (llama.cpp's buffers on each: weights, KV cache, compute)", numeric=False))
+    return tables
 
 
 def _run_section(i: int, run: Mapping[str, Any], doc: Doc) -> str:

@@ -326,7 +326,13 @@ def _llm_run(model, opts: ProfileOptions, progress: Progress | None) -> tuple[di
            "tg_avg_ts": tg_avg, "tg_stddev_ts": tg_std, "tpot_ms": float(np.mean(tg_ns)) / opts.n_gen / 1e6,
            "pp_samples_ns": [int(x) for x in pp_ns], "tg_samples_ns": [int(x) for x in tg_ns]}
     if split:
-        llm["rpc"] = {"devices": [{"endpoint": d.endpoint, "memory_bytes": d.memory_bytes} for d in split],
+        held = getattr(model.session, "device_buffers", {}) or {}
+        llm["rpc"] = {"devices": [{"endpoint": d.endpoint, "memory_bytes": d.memory_bytes,
+                                   "allocated_bytes": sum(held[d.endpoint].values()) if d.endpoint in held else None,
+                                   "buffers": held.get(d.endpoint, {})} for d in split],
+                      "allocated_note": "bytes llama.cpp allocated on each server while loading (weights, KV cache, "
+                                        "compute buffers), from its allocator's log; the server process adds its own "
+                                        "runtime on top",
                       "tensor_split": list(model.session.tensor_split or []),
                       "network_bytes_per_token": net_bytes / (opts.repetitions * opts.n_gen),
                       "network_note": "bytes sent and received on this host's interfaces during decoding, per token "

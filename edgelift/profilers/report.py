@@ -147,6 +147,15 @@ def profile_markdown(doc: dict) -> str:
                       + (f"{llm[0]['llm']['repetitions']} repetitions" if llm[0]['llm']['repetitions'] is not None
                        else "repetitions not reported (llama-bench's table)")]
         for r in llm:
+            rpc = r["llm"].get("rpc")
+            if rpc:
+                lines += ["", f"RPC devices ({r['label']}): {rpc['network_bytes_per_token'] / 1e3:.1f} kB/token on the "
+                              "network while decoding", ""]
+                lines += _table(["server", "layers", "memory given", "allocated", "weights", "KV cache", "compute"], [
+                    [d["endpoint"], f"{100 * x:.0f}%", _size(d.get("memory_bytes")), _size(d.get("allocated_bytes")),
+                     *(_size((d.get("buffers") or {}).get(k)) for k in ("model", "kv", "compute"))]
+                    for d, x in zip(rpc["devices"], rpc["tensor_split"][-len(rpc["devices"]):])])
+        for r in llm:
             w = r["llm"].get("weights")
             if w:
                 budget = "no budget" if w["budget_bytes"] is None else f"budget {format_bytes(w['budget_bytes'])}"

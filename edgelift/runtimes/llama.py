@@ -8,6 +8,7 @@ The header is validated by our bounded reader first, so llama.cpp never parses a
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from .base import Session, register_backend
 
 @contextlib.contextmanager
 def _captured_llama_log():
-    """Collect llama.cpp's warning/error log lines (its own callback drops them when quiet), so a
-    failed load can say why; llama-cpp-python's callback is restored afterwards."""
+    """Collect llama.cpp's info/warning/error log lines (its own callback drops them when quiet), so a
+    failed load can say why and a split load what each device holds; llama-cpp-python's callback is restored
+    afterwards."""
     import ctypes
 
     import llama_cpp
@@ -33,7 +35,7 @@ def _captured_llama_log():
 
     @llama_cpp.llama_log_callback
     def collect(level, text, user_data):
-        if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+        if level in (2, 3, 4):  # GGML_LOG_LEVEL_INFO (buffer sizes), _WARN, _ERROR
             lines.append(text.decode("utf-8", errors="replace").strip())
 
     llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
@@ -98,6 +100,8 @@ class LlamaSession(Session):
                 why = next((ln for ln in reversed(log) if ln), str(e))
                 raise ModelFormatError(
                     f"llama.cpp cannot load {path} (architecture '{self.architecture}'): {why}") from e
+        # what each RPC device holds, as llama.cpp's allocator reports it while loading
+        self.device_buffers = device_buffer_bytes(log) if self.devices else {}
         self.n_vocab = self.llm.n_vocab()
         self.n_ctx = self.llm.n_ctx()
         self.inputs = [TensorSpec("tokens", (None,), "int32")]
@@ -163,6 +167,20 @@ class LlamaSession(Session):
         if getattr(self, "llm", None) is not None:
             self.llm.close()
             self.llm = None
+
+
+_BUFFER_LINE = re.compile(r"RPC\d*\[([^\]]+)\]\s+(model|KV|compute) buffer size\s*=\s*([\d.]+) MiB")
+
+
+def device_buffer_bytes(log: list[str]) -> dict[str, dict[str, int]]:
+    """Per RPC endpoint, the bytes llama.cpp allocated there while loading — weights (``model``), ``kv`` cache and
+    ``compute`` buffers — from its load log ("RPC0[10.0.0.2:50052] model buffer size = 33.82 MiB")."""
+    out: dict[str, dict[str, int]] = {}
+    for line in log:
+        for endpoint, kind, mib in _BUFFER_LINE.findall(line):
+            kinds = out.setdefault(endpoint, {})
+            kinds[kind.lower()] = kinds.get(kind.lower(), 0) + int(float(mib) * 2**20)
+    return out
 
 
 # Hyperparameters llama.cpp reads for most architectures, with the ranges outside which it aborts (GGML_ASSERT)

@@ -55,6 +55,7 @@ class WorkerLlamaSession(Session):
                                      for d in self.devices])
         self.architecture, self.n_vocab, self.n_ctx = opened["architecture"], opened["n_vocab"], opened["n_ctx"]
         self.tensor_split, self.logits_all, self.n_gpu_layers = opened["tensor_split"], logits_all, n_gpu_layers
+        self.device_buffers: dict[str, dict[str, int]] = opened["device_buffers"]
         self.worker_pid = self._proc.pid
         self.inputs = [TensorSpec("tokens", (None,), "int32")]
         self.outputs = [TensorSpec("logits", (None, self.n_vocab), "float32")]
@@ -215,7 +216,8 @@ def _serve(reply_fd: int) -> None:
                 session = LlamaSession(Path(req["path"]), req["threads"], req["n_ctx"], req["embedding"],
                                        req["logits_all"], req["n_gpu_layers"], req["devices"])
                 send(value={"architecture": session.architecture, "n_vocab": session.n_vocab,
-                            "n_ctx": session.n_ctx, "tensor_split": session.tensor_split})
+                            "n_ctx": session.n_ctx, "tensor_split": session.tensor_split,
+                            "device_buffers": session.device_buffers})
             elif op == "run":
                 send(value=session.run({"tokens": np.asarray(req["tokens"], np.int32)})["logits"])
             elif op == "eval_tokens":
