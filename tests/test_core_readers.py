@@ -18,7 +18,7 @@ def seeds(fuzz_seeds) -> Path:
     return fuzz_seeds
 
 
-@pytest.mark.parametrize("name", ["digits.tflite", "digits.int8.tflite"])
+@pytest.mark.parametrize("name", ["digits.tflite", "digits.int8.tflite", "resizable.tflite"])
 def test_tflite_reader_matches_the_tflite_package(seeds, name):
     tfl = pytest.importorskip("tflite")
     from edgelift.core.tflite import check_tflite
@@ -41,6 +41,8 @@ def test_tflite_reader_matches_the_tflite_package(seeds, name):
     assert ours.opcodes == [max(ref.OperatorCodes(i).BuiltinCode(), ref.OperatorCodes(i).DeprecatedBuiltinCode())
                             for i in range(ref.OperatorCodesLength())]
     assert ours.version == ref.Version() and ours.description == (ref.Description() or b"").decode()
+    assert ours.metadata == {ref.Metadata(i).Name().decode(): ref.Buffers(ref.Metadata(i).Buffer()).DataAsNumpy().tobytes()
+                             for i in range(ref.MetadataLength())}
     for k, (opcode, ins, outs) in enumerate(g.operators):
         r = sg.Operators(k)
         assert (opcode, ins, outs) == (r.OpcodeIndex(), list(r.InputsAsNumpy()), list(r.OutputsAsNumpy()))

@@ -98,7 +98,8 @@ def _random_run(path: Path, **options) -> None:
 
     with edgelift.load(path, **options) as m:
         first = m.inputs[0].shape[0] if m.inputs and m.inputs[0].shape else None
-        feeds = random_input_set(m.inputs, first if isinstance(first, int) else 1).arrays
+        feeds = random_input_set(m.inputs, first if isinstance(first, int) else 1,
+                                 example_shapes=getattr(m.session, "built_shapes", None)).arrays  # as edge run does
         m.run(feeds)
 
 

@@ -519,7 +519,7 @@ def all_formats(root: Path) -> list[FuzzFormat]:
     onnx_seeds = [root / "digits.onnx", root / "digits.int8.onnx", root / "digits.int4.onnx"]
     formats = [
         FuzzFormat("onnx", ".onnx", onnx_seeds, GENERIC + [onnx_semantic, onnx_semantic, _bytes(m.protobuf_length_set), onnx_external, _bytes(m.protobuf_text_corrupt)]),
-        FuzzFormat("tflite", ".tflite", [root / "digits.tflite", root / "digits.int8.tflite"],
+        FuzzFormat("tflite", ".tflite", [root / "digits.tflite", root / "digits.int8.tflite", root / "resizable.tflite"],
                    GENERIC + [_bytes(m.word_set), tflite_semantic, tflite_semantic, tflite_semantic]),
         FuzzFormat("gguf", ".gguf", [root / "tiny.gguf", root / "tiny.q8.gguf"],
                    GENERIC + [gguf_field, gguf_field, gguf_semantic, gguf_semantic], weight=2.5),

@@ -49,6 +49,7 @@ def build_seeds(root: Path, digits_dir: Path | None = None) -> Path:
     res = edgelift.convert(root / "digits.onnx", to="tflite", quantize=["int8"], calibration=root / "val.npz",
                            validation=root / "val.npz", out=root / "tflite", name="digits")
     shutil.copyfile(res.artifact("int8", "tflite").path, root / "digits.int8.tflite")
+    _resizable_tflite(root)
     try:
         res = edgelift.convert(digits_dir / "digits.pt2", to="coreml", quantize=["none", "int8"],
                                validation=root / "val.npz", out=root / "coreml", name="digits")
@@ -61,6 +62,32 @@ def build_seeds(root: Path, digits_dir: Path | None = None) -> Path:
     _stream_and_report(root)
     done.write_text("ok\n")
     return root
+
+
+def _resizable_tflite(root: Path) -> None:
+    """A .tflite whose H and W stay resizable (shape_signature -1 and the size-step metadata entry): a conv, a
+    ReLU and a 2x nearest upsampling, converted with --input-shape x=1x3x?x?."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import edgelift
+
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Resize", ["r", "", "scales"], ["y"], mode="nearest",
+                              coordinate_transformation_mode="asymmetric", nearest_mode="floor")]
+    graph = helper.make_graph(nodes, "resizable", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "h2", "w2"])],
+                              [numpy_helper.from_array(w, "w"),
+                               numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
+    work = root / "resizable"
+    work.mkdir(exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), work / "resizable.onnx")
+    np.savez(work / "val.npz", x=np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32))
+    res = edgelift.convert(work / "resizable.onnx", to="tflite", quantize=["none"], validation=work / "val.npz",
+                           input_shapes={"x": (1, 3, None, None)}, out=work / "tflite", name="resizable")
+    shutil.copyfile(res.artifact("none", "tflite").path, root / "resizable.tflite")
 
 
 def _external_data_copy(src: Path, folder: Path) -> None:
