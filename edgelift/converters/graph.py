@@ -63,6 +63,16 @@ def shared_graph(base_model, shared: dict) -> Graph:
     return shared["lowering.graph"]
 
 
+def graph_at(base_model, shared: dict, shapes: dict[str, tuple[int, ...]]) -> Graph:
+    """The prepared graph at other input ``shapes`` (a resizable artifact is lowered again at a grown size),
+    built once per shapes per conversion."""
+    graphs = shared.setdefault("lowering.graph.at", {})
+    key = tuple(sorted(shapes.items()))
+    if key not in graphs:
+        graphs[key] = prepare_graph(base_model, shapes=shapes)
+    return graphs[key]
+
+
 def prepare_graph(model, batch: int = 1, shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
     """Static-shape, constant-folded view of ``model``: inputs get ``shapes`` (settled by
     ``converters.signature``: never a silent guess); without them symbolic dims must be batch axes, set

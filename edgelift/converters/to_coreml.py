@@ -18,7 +18,8 @@ import numpy as np
 from ..core.atomic import StagingDir
 from ..core.tensors import TensorSpec
 from ..runtimes.base import Session
-from ..errors import ConversionError, InvalidOptionError, MissingDependencyError, QuantizationError, require
+from ..errors import (ConversionError, InvalidOptionError, MissingDependencyError, QuantizationError, ShapeError,
+                      UnsupportedOperatorError, require)
 from .coreml.lower import MIN_TARGETS, mil_name
 from .graph import shared_graph
 from .quantize import ConvertOptions, QuantInfo, QuantMode
@@ -38,7 +39,8 @@ def _check_supported(graph) -> None:
     check_supported(graph)
 
 
-@register_target("coreml", suffix=".mlpackage", fixed_batch=True, precheck=_check_supported, repairable=("fp16",))
+@register_target("coreml", suffix=".mlpackage", fixed_batch=True, precheck=_check_supported, repairable=("fp16",),
+                 dynamic_dims=True)
 def build_coreml(base_model, mode: QuantMode, opts: ConvertOptions, staging: StagingDir, name: str) -> BuiltArtifact:
     from .torch_export import quiet_exporter
 
@@ -69,6 +71,9 @@ def build_coreml(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
                if mil_name(s.name) != s.name}
     if renamed:
         session = _OnnxNames(session, renamed)
+    step = opts.shared.get("coreml.step") if frontend.startswith("edgelift") else None
+    if step is not None:
+        _check_resized(session, base_model, opts, step, mode.name)
     info = QuantInfo(
         {"none": "fp32", "fp16": "fp16", "int8": "int8 per-channel symmetric",
          "int4": f"int4 per-block symmetric (block {INT4_BLOCK})", "palettize4": "4-bit k-means lookup tables",
@@ -82,6 +87,12 @@ def build_coreml(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
         info.details["fp16_overflow_nodes"] = overflow
         info.warnings.append(f"{len(overflow)} node(s) see activations beyond half fp16's range (65504) on {source} "
                              f"data and compute in fp32: {', '.join(overflow[:6])}" + (" ..." if len(overflow) > 6 else ""))
+    if step is not None:
+        dynamic = opts.shared["lowering.dynamic"]
+        info.details["dynamic_dims"] = {n: {str(a): step for a in axes} for n, axes in dynamic.items()}
+        if step > 1:
+            info.warnings.append(f"the dims kept dynamic resize in steps of {step}: the package lists the multiples of "
+                                 f"{step} from half to twice the built size as its enumerated shapes")
     if details.get("skipped"):
         info.warnings.append(f"{len(details['skipped'])} weight tensor(s) left uncompressed: "
                              + "; ".join(f"{s['name']} ({s['reason']})" for s in details["skipped"][:5])
@@ -118,7 +129,11 @@ def _float_model(base_model, opts: ConvertOptions, precision: str, ct):
 
         graph = shared_graph(base_model, opts.shared)
         node_ops: dict[str, list[str]] = {}
-        prog = lower_to_mil(graph, opts.coreml_target, node_ops)
+        dynamic = opts.shared.get("lowering.dynamic")
+        if dynamic:  # '?' in --input-shape: a flexible package where the lowering does not depend on the size
+            prog, kw["inputs"] = _flexible_program(base_model, graph, node_ops, dynamic, opts, ct)
+        else:
+            prog = lower_to_mil(graph, opts.coreml_target, node_ops)
         if precision == "fp16":
             kw["compute_precision"] = _fp16_except(graph, node_ops, opts, ct)
         try:
@@ -131,6 +146,51 @@ def _float_model(base_model, opts: ConvertOptions, precision: str, ct):
     model = _rename_features(model, base_model, ct)
     opts.shared[key] = (model, frontend)
     return model, frontend
+
+
+def _check_resized(session, base_model, opts: ConvertOptions, step: int, mode: str) -> None:
+    """The saved package at a size it was not built at, against ONNX Runtime on the original: a flexible package
+    that answered differently there is refused, not written."""
+    import onnxruntime as ort
+
+    from . import parity
+    from .resizable import grown
+
+    at = grown(opts.shared["lowering.shapes"], opts.shared["lowering.dynamic"], step)
+    data = opts.shared["parity.inputs"].arrays  # the parity data's first sample, wrapped around to the new size
+    feeds = {}
+    for s in session.inputs:
+        first = np.asarray(data[s.name][:1]).astype(s.dtype)
+        feeds[s.name] = np.pad(first, [(0, max(0, w - d)) for d, w in zip(first.shape, at[s.name])], mode="wrap")
+    ref = ort.InferenceSession(base_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = ref.run(None, {i.name: feeds[i.name].astype(np.int64) if "int64" in i.type else feeds[i.name]
+                          for i in ref.get_inputs()})[0]
+    got = np.asarray(session.run(feeds)[session.outputs[0].name])
+    cos = parity.compare_output("y", got.reshape(want.shape), want).cosine_similarity if got.size == want.size else 0.0
+    floor = parity.MIN_COSINE.get(mode, 0.99)
+    if not cos >= floor:
+        shape = "x".join(str(d) for d in next(iter(at.values())))
+        raise ShapeError(f"--to coreml: the flexible package does not hold at {shape} (cosine {cos:.4f} against ONNX "
+                         f"Runtime, below {floor}); give the dims a size in --input-shape")
+
+
+def _flexible_program(base_model, graph, node_ops: dict[str, list[str]], dynamic, opts: ConvertOptions, ct):
+    """(MIL program with the kept dims as symbols, ct.convert's input types); the step is found once per conversion."""
+    from .coreml.dynamic import flexible_step, input_types
+    from .coreml.lower import lower_to_mil
+    from .graph import graph_at
+
+    shapes = opts.shared["lowering.shapes"]
+    if "coreml.step" not in opts.shared:
+        opts.shared["coreml.step"] = flexible_step(
+            lambda at: lower_to_mil(graph_at(base_model, opts.shared, at), opts.coreml_target), shapes, dynamic)
+    step = opts.shared["coreml.step"]
+    try:
+        prog = lower_to_mil(graph, opts.coreml_target, node_ops, symbolic=dynamic)
+    except UnsupportedOperatorError as e:
+        raise ShapeError(f"--to coreml cannot keep the dims dynamic: with flexible sizes {e}; give them a size in "
+                         "--input-shape") from e
+    return prog, input_types(graph, shapes, dynamic, step, ct)
 
 
 def _fp16_except(graph, node_ops: dict[str, list[str]], opts: ConvertOptions, ct):

@@ -54,15 +54,11 @@ def build_tflite(base_model, mode: QuantMode, opts: ConvertOptions, staging: Sta
     builder = lower_builder(graph, float_ops=float_ops, **lowering)
     step = None
     if dynamic:  # '?' in --input-shape: find the size step at which the lowered model is resizable
-        from .graph import prepare_graph
+        from .graph import graph_at
         from .tflite.dynamic import keep_dims_dynamic
 
         def lower_at(shapes):
-            graphs = opts.shared.setdefault("lowering.graph.at", {})
-            key = tuple(sorted(shapes.items()))
-            if key not in graphs:
-                graphs[key] = prepare_graph(base_model, shapes=shapes)
-            return lower_builder(graphs[key], **lowering)
+            return lower_builder(graph_at(base_model, opts.shared, shapes), **lowering)
 
         step = keep_dims_dynamic(builder, lower_at, opts.shared["lowering.shapes"], dynamic)
     data = builder.finish()

@@ -622,6 +622,9 @@ class MILReferenceSession(Session):
         if arr.WhichOneof("ShapeFlexibility") == "shapeRange":
             shape = tuple(None if r.upperBound != r.lowerBound else int(r.lowerBound)
                           for r in arr.shapeRange.sizeRanges)
+        elif arr.WhichOneof("ShapeFlexibility") == "enumeratedShapes" and arr.enumeratedShapes.shapes:
+            listed = [tuple(int(d) for d in e.shape) for e in arr.enumeratedShapes.shapes]
+            shape = tuple(None if len({e[i] for e in listed}) > 1 else listed[0][i] for i in range(len(listed[0])))
         else:
             shape = tuple(int(d) for d in arr.shape)
         return TensorSpec(feature.name, shape, dtype)

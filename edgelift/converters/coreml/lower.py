@@ -105,12 +105,14 @@ def check_supported(graph: Graph) -> None:
 
 
 
-def lower_to_mil(graph: Graph, target: str = "iOS16", node_ops: dict[str, list[str]] | None = None):
+def lower_to_mil(graph: Graph, target: str = "iOS16", node_ops: dict[str, list[str]] | None = None,
+                 symbolic: dict[str, tuple[int, ...]] | None = None):
     """A MIL ``Program`` computing ``graph``; every node without a lowering is listed in one error.
     ``node_ops`` (when given) is filled with the MIL op names each ONNX node became, so a precision pass can
-    keep chosen nodes in fp32."""
+    keep chosen nodes in fp32. ``symbolic`` names input dims that become MIL symbols (flexible shapes; the
+    lowerings still read the graph's static sizes, which ``coreml/dynamic.py`` has shown not to matter)."""
     from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.mil import Function, Program, types
+    from coremltools.converters.mil.mil import Function, Program, get_new_symbol, types
 
     import coremltools as ct
 
@@ -122,8 +124,8 @@ def lower_to_mil(graph: Graph, target: str = "iOS16", node_ops: dict[str, list[s
     input_types = {np.dtype("float32"): types.fp32, np.dtype("float16"): types.fp16, np.dtype("bool"): types.bool}
     specs = {}
     for name in graph.inputs:
-        specs[mil_name(name)] = mb.placeholder(shape=graph.shape(name),
-                                               dtype=input_types.get(graph.dtypes[name], types.int32))
+        shape = [get_new_symbol() if i in (symbolic or {}).get(name, ()) else d for i, d in enumerate(graph.shape(name))]
+        specs[mil_name(name)] = mb.placeholder(shape=shape, dtype=input_types.get(graph.dtypes[name], types.int32))
         ctx.used_names.add(mil_name(name))
     prog = Program()
     failed = []

@@ -57,8 +57,9 @@ def conv_transpose(ctx: MILContext, node: Node) -> None:
     kw = dict(x=ctx.get(node.inputs[0]), weight=w.astype(np.float32),
               strides=list(node.attrs.get("strides", [1] * spatial)),
               dilations=list(node.attrs.get("dilations", [1] * spatial)),
-              pad_type="custom", pad=_pads(node, spatial), groups=int(node.attrs.get("group", 1)),
-              output_shape=list(ctx.shape(node.outputs[0])))
+              pad_type="custom", pad=_pads(node, spatial), groups=int(node.attrs.get("group", 1)))
+    # no output_shape: without output_padding MIL infers ONNX's size from strides, kernel and pads, and a
+    # package with flexible input sizes must not carry the built size as a constant
     if len(node.inputs) > 2 and node.inputs[2]:
         kw["bias"] = ctx.const(node.inputs[2]).astype(np.float32)
     _out(ctx, node, _mb().conv_transpose, **kw)

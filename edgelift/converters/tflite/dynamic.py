@@ -1,15 +1,10 @@
-"""Input dims a .tflite artifact leaves resizable (``--input-shape x=1x3x?x?``).
+"""Input dims a .tflite artifact leaves resizable (``--input-shape x=1x3x?x?``; the search: ``converters/resizable.py``).
 
-The lowering works on static shapes, so a dynamic dim is found, not assumed: the graph is lowered again with
-every kept dim grown by a step, and the two models are compared. Where they hold the same operators, options
-and constants, only tensor shapes differ, and those dims become -1 in each tensor's ``shape_signature``: LiteRT
-then recomputes every shape from the inputs (``resize_tensor_input``). Where a constant changes with the size
-(explicit padding that depends on the size's parity, a reshape target, a resize's output size) the lowering has
-baked the size in, and the next step is tried: 1, 2, 4, ... up to the largest power of two dividing the built
-size. The smallest step that holds is recorded in the model's metadata, and the runtime refuses sizes that are
-not a multiple of it (they would run with the built size's padding: wrong output, no error). Each candidate is
-also run in LiteRT, resized, against the model lowered at that size, so a shape LiteRT computes differently is
-found here and not by the user.
+Two lowerings that hold the same operators, options and constants differ only in tensor shapes: those dims become
+-1 in each tensor's ``shape_signature``, and LiteRT recomputes every shape from the inputs
+(``resize_tensor_input``). Each candidate is also run in LiteRT, resized, against the model lowered at that size,
+so a shape LiteRT computes differently is found here and not by the user. The step is recorded in the model's
+metadata, and the runtime refuses sizes off it.
 """
 
 from __future__ import annotations
@@ -20,10 +15,9 @@ from typing import Callable
 import numpy as np
 
 from ...core.tflite import DYNAMIC_DIMS_KEY
-from ...errors import ConversionError, ShapeError, UnsupportedOperatorError, shown
+from ...errors import ConversionError, UnsupportedOperatorError, shown
+from ..resizable import find_step, lowering_failure
 from .builder import TFLiteBuilder
-
-MAX_STEP = 256
 
 
 def keep_dims_dynamic(builder: TFLiteBuilder, lower_at: Callable[[dict[str, tuple[int, ...]]], TFLiteBuilder],
@@ -31,37 +25,28 @@ def keep_dims_dynamic(builder: TFLiteBuilder, lower_at: Callable[[dict[str, tupl
     """Mark ``builder``'s tensors resizable along the ``dynamic`` input dims and return the size step they hold
     at; ShapeError naming what bakes the size in when no step does. ``shapes`` are the ONNX inputs' built
     shapes; ``lower_at`` lowers the graph prepared at other ones."""
-    sizes = [shapes[name][axis] for name, axes in dynamic.items() for axis in axes]
-    limit = min([MAX_STEP] + [s & -s for s in sizes])  # the largest power of two dividing every built size
-    reason = ""
-    step = 1
-    while step <= limit:
-        grown = {n: tuple(d + step if i in dynamic.get(n, ()) else d for i, d in enumerate(s)) for n, s in shapes.items()}
+
+    def differs_at(other_shapes, step: int) -> str:
         try:
-            other = lower_at(grown)
-        except UnsupportedOperatorError as e:
-            named = ", ".join(f"'{shown(n, 40)}' ({shown(op.split(' ')[0], 20)})" for n, op in e.nodes[:3]) or "a node"
-            reason = f"node {named} lowers only at the built size"
-        except ConversionError as e:
-            reason = f"the graph does not prepare at another size ({shown(' '.join(str(e).split()), 100)})"
-        else:
-            reason = _difference(builder, other)
+            other = lower_at(other_shapes)
+        except (ConversionError, UnsupportedOperatorError) as e:
+            return lowering_failure(e)
+        reason = _difference(builder, other)
+        if not reason:
+            signatures = _signatures(builder, other)
+            reason = _resized_run_differs(builder, other, signatures)
             if not reason:
-                signatures = _signatures(builder, other)
-                reason = _resized_run_differs(builder, other, signatures)
-                if not reason:
-                    for t, sig in zip(builder.tensors, signatures):
-                        t.signature = sig
-                    stored = {}  # axes in the model's own input layout (NHWC I/O moves them)
-                    for i in builder.inputs:
-                        t = builder.tensors[i]
-                        stored[t.name] = {str(a): step for a, d in enumerate(t.signature or ()) if d == -1}
-                    builder.metadata[DYNAMIC_DIMS_KEY] = json.dumps({n: a for n, a in stored.items() if a}).encode()
-                    return step
-        step *= 2
-    dims = ", ".join(f"'{shown(n)}' dim {a}" for n, axes in dynamic.items() for a in axes)
-    raise ShapeError(f"--to tflite cannot keep {dims} dynamic: {reason}; give {'it' if len(sizes) == 1 else 'them'} "
-                     "a size in --input-shape")
+                for t, sig in zip(builder.tensors, signatures):
+                    t.signature = sig
+        return reason
+
+    step = find_step("tflite", shapes, dynamic, differs_at)
+    stored = {}  # axes in the model's own input layout (NHWC I/O moves them)
+    for i in builder.inputs:
+        t = builder.tensors[i]
+        stored[t.name] = {str(a): step for a, d in enumerate(t.signature or ()) if d == -1}
+    builder.metadata[DYNAMIC_DIMS_KEY] = json.dumps({n: a for n, a in stored.items() if a}).encode()
+    return step
 
 
 def _difference(a: TFLiteBuilder, b: TFLiteBuilder) -> str:

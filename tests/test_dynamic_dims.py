@@ -1,6 +1,7 @@
-"""Dims kept dynamic in .tflite artifacts (``--input-shape x=1x3x?x?``; converters/tflite/dynamic.py).
+"""Dims kept dynamic in .tflite and Core ML artifacts (``--input-shape x=1x3x?x?``; converters/resizable.py).
 
-The artifact is checked at sizes it was not built at, in LiteRT, against ONNX Runtime on the original model;
+The artifact is checked at sizes it was not built at, in LiteRT (or, for Core ML off Apple systems, the numpy MIL
+executor on the saved package), against ONNX Runtime on the original model;
 the size step the converter finds is checked to matter (LiteRT's raw output at a size off the step is wrong,
 and the SDK refuses that size); a model whose lowering bakes its size in is refused in one line.
 """
@@ -153,3 +154,28 @@ def test_random_data_for_a_resizable_input_is_made_at_the_built_size(detector, t
     r = runner.invoke(app, ["run", str(out / "det.fp32.tflite"), "--random", "--save", str(tmp_path / "y.npz")])
     assert r.exit_code == 0, r.output
     assert np.load(tmp_path / "y.npz")["y"].shape == (1, 2, 32, 32)
+
+
+def test_coreml_package_takes_the_sizes_of_its_step_and_matches_onnxruntime(tmp_path):
+    """The detector to Core ML fp16 with x=1x3x?x?: the package's input lists enumerated shapes, all multiples of
+    the step (4) and including the built 64x64; the saved program, run at another listed size, matches ONNX
+    Runtime on the original."""
+    pytest.importorskip("coremltools")
+    from edgelift.converters.coreml.executor import MILReferenceSession
+
+    model = _export(_Detector(), tmp_path / "det.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32))
+    r = runner.invoke(app, ["convert", str(model), "--to", "coreml", "-q", "fp16", "--input-shape", "x=1x3x?x?",
+                            "--calibration", str(calib), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    package = MILReferenceSession(tmp_path / "o" / "det.fp16.mlpackage")
+    assert package.inputs[0].shape == (1, 3, None, None)
+    listed = [tuple(e.shape) for e in
+              package.package.spec.description.input[0].type.multiArrayType.enumeratedShapes.shapes]
+    assert (1, 3, 64, 64) in listed and all(h % 4 == 0 and w % 4 == 0 for _, _, h, w in listed)
+    assert len(listed) > 1 and (1, 3, 128, 128) in listed
+    x = np.random.default_rng(5).standard_normal((1, 3, 128, 128)).astype(np.float32)
+    want = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+    got = package.run({"x": x})[package.outputs[0].name]
+    assert got.shape == want.shape and _cosine(got, want) >= 0.999
