@@ -49,10 +49,14 @@ class WorkerLlamaSession(Session):
             env={**os.environ, "GGML_NO_BACKTRACE": "1"})  # ggml's abort would attach gdb: seconds, and a trace
         os.close(write_fd)
         self._replies, self._pending = read_fd, bytearray()
-        opened = self._call("open", path=str(path), threads=threads, n_ctx=n_ctx, embedding=embedding,
-                            logits_all=logits_all, n_gpu_layers=n_gpu_layers,
-                            devices=[f"{d.endpoint}={d.memory_bytes}" if d.memory_bytes else d.endpoint
-                                     for d in self.devices])
+        try:
+            opened = self._call("open", path=str(path), threads=threads, n_ctx=n_ctx, embedding=embedding,
+                                logits_all=logits_all, n_gpu_layers=n_gpu_layers,
+                                devices=[f"{d.endpoint}={d.memory_bytes}" if d.memory_bytes else d.endpoint
+                                         for d in self.devices])
+        except BaseException:
+            self.close()  # a refused load (a server not reachable, a bad option): the worker ends with it
+            raise
         self.architecture, self.n_vocab, self.n_ctx = opened["architecture"], opened["n_vocab"], opened["n_ctx"]
         self.tensor_split, self.logits_all, self.n_gpu_layers = opened["tensor_split"], logits_all, n_gpu_layers
         self.device_buffers: dict[str, dict[str, int]] = opened["device_buffers"]
