@@ -194,8 +194,8 @@ def _time_runs(fn: Callable[[], object], opts: ProfileOptions, progress: Progres
     samples, starts = [], []
     budget = opts.duration_s if opts.duration_s is not None else max(min_s, opts.min_time_s)
     total = -(-opts.runs // loops) if opts.duration_s is None and not budget else 0
-    deadline = time.perf_counter() + budget
     t_first = time.perf_counter_ns()
+    deadline_ns = t_first + int(budget * 1e9)  # on the samples' own clock: the samples cover the budget
     try:
         while True:
             t0 = time.perf_counter_ns()
@@ -207,7 +207,7 @@ def _time_runs(fn: Callable[[], object], opts: ProfileOptions, progress: Progres
             if progress is not None:
                 progress(stage, len(samples), total)
             enough = opts.duration_s is not None or len(samples) * loops >= opts.runs
-            if enough and time.perf_counter() >= deadline:
+            if enough and t1 >= deadline_ns:
                 return samples, starts
     except KeyboardInterrupt:
         if interrupted is None or not samples:
