@@ -76,8 +76,8 @@ class TFLiteSession(Session):
             raise ModelFormatError(f"the TFLite interpreter cannot load {path}: {msg}") from e
         self._in = self.interpreter.get_input_details()
         self._out = self.interpreter.get_output_details()
-        self._built = self._in  # the shapes the file was built at (resizing replaces _in)
-        # random data for a resizable dim is made at the size the file was built (and checked) at
+        # the shapes the file was built (and checked) at: random data for a resizable dim is made at them, and
+        # resizing replaces _in
         self.built_shapes = {d["name"]: tuple(int(x) for x in d["shape"]) for d in self._in}
         self.inputs = [_spec(d) for d in self._in]
         self.outputs = [_spec(d) for d in self._out]
@@ -101,7 +101,7 @@ class TFLiteSession(Session):
     def _check_steps(self, feeds: dict[str, np.ndarray]) -> None:
         """A resizable dim holds only at multiples of the step it was verified at: another size would run with
         the built size's padding (wrong output, no error from LiteRT), so it is refused."""
-        built = {d["name"]: d["shape"] for d in self._built}
+        built = self.built_shapes
         for name, steps in self.size_steps.items():
             shape = feeds[name].shape if name in feeds else ()
             for axis, step in steps.items():
