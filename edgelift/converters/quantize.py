@@ -129,22 +129,14 @@ def _fp32(model, opts: ConvertOptions):
     return copy.deepcopy(model), QuantInfo("fp32", "fp32")
 
 
-FP16_MAX = 65504.0
-
-
 @register_quant_mode("fp16", tag="fp16", summary="fp16 weights and compute, fp32 inputs/outputs")
 def _fp16(model, opts: ConvertOptions):
     """fp16 everywhere except nodes whose activations, measured on the data, leave fp16's range (they would
     compute inf) and nodes the mixed-precision repair chose: those stay fp32 between casts."""
-    from .repair import activation_absmax
+    from .repair import fp16_overflow_nodes
 
     data = opts.calibration if opts.calibration is not None else opts.shared.get("parity.inputs")
-    overflow: list[str] = []
-    if data is not None:
-        absmax = activation_absmax(model, data, opts.shared)
-        for node in model.graph.node:
-            if any(absmax.get(t, 0.0) > FP16_MAX / 2 for t in [*node.input, *node.output] if t):
-                overflow.append(node.name)
+    overflow = fp16_overflow_nodes(model, [(n.name, n.input, n.output) for n in model.graph.node], data, opts.shared)
     block = sorted(set(overflow) | set(opts.float_nodes) | _shape_arithmetic(model))
     with preserved_logging():
         from onnxruntime.transformers.float16 import convert_float_to_float16

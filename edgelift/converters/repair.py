@@ -101,6 +101,20 @@ def activation_absmax(model, data: InputSet, shared: dict | None = None) -> dict
     return out
 
 
+FP16_MAX = 65504.0  # the largest finite half-precision value
+
+
+def fp16_overflow_nodes(model, nodes, data: InputSet | None, shared: dict | None = None) -> list[str]:
+    """Names of ``nodes`` (``(name, input names, output names)``) whose inputs or outputs, measured on ``data``
+    by ``model``, leave half of fp16's range: computed in fp16 they would reach inf (an intermediate sum or a
+    square can double what the tensors show). One rule for the ONNX fp16 mode and Core ML's fp16 compute."""
+    if data is None:
+        return []
+    absmax = activation_absmax(model, data, shared)
+    return sorted(name for name, inputs, outputs in nodes
+                  if any(absmax.get(t, 0.0) > FP16_MAX / 2 for t in [*inputs, *outputs] if t))
+
+
 def _compare(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
     r, g = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
     if r.shape != g.shape:

@@ -159,7 +159,10 @@ def _check_resized(session, base_model, opts: ConvertOptions, step: int, mode: s
     built = opts.shared["lowering.shapes"]
     at = grown(built, opts.shared["lowering.dynamic"], step)
     data = opts.shared["parity.inputs"].arrays  # the parity data's first sample, wrapped around to the new size
-    ref = ort.InferenceSession(base_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    if "coreml.resize_reference" not in opts.shared:  # one reference session per conversion, for every mode
+        opts.shared["coreml.resize_reference"] = ort.InferenceSession(base_model.SerializeToString(),
+                                                                      providers=["CPUExecutionProvider"])
+    ref = opts.shared["coreml.resize_reference"]
 
     def cosine_at(shapes) -> float:
         feeds = {}
@@ -203,15 +206,10 @@ def _flexible_program(base_model, graph, node_ops: dict[str, list[str]], dynamic
 def _fp16_except(graph, node_ops: dict[str, list[str]], opts: ConvertOptions, ct):
     """fp16 compute, except the MIL ops of nodes whose activations, measured on the data, leave half fp16's range
     (they would compute inf, as the ONNX fp16 mode measures too), and of nodes a repair chose."""
-    from .quantize import FP16_MAX
-    from .repair import activation_absmax
+    from .repair import fp16_overflow_nodes
 
     data = opts.calibration if opts.calibration is not None else opts.shared.get("parity.inputs")
-    overflow = []
-    if data is not None:
-        absmax = activation_absmax(graph.model, data, opts.shared)
-        overflow = sorted(n.name for n in graph.nodes
-                          if any(absmax.get(t, 0.0) > FP16_MAX / 2 for t in [*n.inputs, *n.outputs] if t))
+    overflow = fp16_overflow_nodes(graph.model, [(n.name, n.inputs, n.outputs) for n in graph.nodes], data, opts.shared)
     keep = sorted(set(overflow) | set(opts.float_nodes))
     opts.shared["coreml.fp16.overflow"] = (overflow, data.source if data is not None else "", keep)
     if not keep:
