@@ -626,6 +626,11 @@ def profile(
                               power_rate_hz=power_rate, idle_s=idle, n_prompt=prompt_list[0], n_gen=gen_list[0],
                               repetitions=repetitions or 5, input=input, accuracy=accuracy,
                               benchmark_model=benchmark_model, load_options=load_options)
+        if rpc is not None:  # the servers' own memory is read over ssh:// urls a fleet file gives
+            from .profilers.targets.base import RemoteOptions
+
+            opts.remote = RemoteOptions(ssh_config=ssh_config, accept_new_host_key=accept_new_host_key,
+                                        remote_python=remote_python)
         if stream_results:  # the device side of a remote run: machine-readable lines on stdout
             import json as _json
 
@@ -790,6 +795,11 @@ def print_profile(doc: dict) -> None:
                 if held:
                     console.print(f"{escape(r['label'])}: allocated on each server (weights, KV, compute): {escape(held)}",
                                   highlight=False)
+                resident = ", ".join(f"{d['endpoint']} " + (
+                    f"{_human_bytes(d['server_rss_bytes'])} (peak {_human_bytes(d['server_peak_rss_bytes'])})"
+                    if d.get("server_rss_bytes") is not None else d.get("server_note", "not measured"))
+                    for d in rpc["devices"])
+                console.print(f"{escape(r['label'])}: each server process resident: {escape(resident)}", highlight=False)
         metrics = (r["power"] or {}).get("metrics") or {}
         if metrics:
             console.print(f"{escape(r['label'])}: during the runs: " + escape(", ".join(

@@ -338,6 +338,12 @@ def test_rpc_servers_started_over_ssh_serve_a_split_model_and_stop_with_edge(ssh
         host = subprocess.run([sys.executable, "-c", script, str(smollm2_gguf), ",".join(s.device for s in servers)],
                               capture_output=True, text=True, timeout=300)
         assert host.returncode == 0, host.stderr[-1500:]
+        # what each server process holds, read on the device over SSH: the very process started there
+        from edgelift.profilers.targets.rpc_launch import measure_over_ssh
+
+        read = [measure_over_ssh("ssh://edge-test", p, sshd.options()) for p in ports]
+        assert sorted(found["pid"] for found, _ in read) == sorted(pids), read
+        assert all(0 < found["rss_bytes"] <= found["peak_rss_bytes"] for found, _ in read)
     finally:
         stop_servers(servers)
     import edgelift

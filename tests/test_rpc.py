@@ -65,10 +65,58 @@ def test_devices_parse_from_lists_and_fleet_files(tmp_path):
     fleet = tmp_path / "fleet.toml"
     fleet.write_text('[[device]]\nurl = "ssh://pi@a"\nrpc = "10.0.0.2:50052"\nmemory = "1GiB"\n'
                      '[[device]]\nrpc = "10.0.0.3:50053"\n')
-    assert parse_devices(fleet) == [RpcDevice("10.0.0.2:50052", 2**30), RpcDevice("10.0.0.3:50053", None)]
+    assert parse_devices(fleet) == [RpcDevice("10.0.0.2:50052", 2**30, "ssh://pi@a"), RpcDevice("10.0.0.3:50053", None)]
     for bad in ("10.0.0.2", "10.0.0.2:0", "a:1,a:1"):
         with pytest.raises(InvalidOptionError):
             parse_devices(bad)
+
+
+# a listening server holding a known amount of touched memory, as an RPC server holds its share of the weights
+HOLDER = """
+import socket, sys
+held = bytearray(int(sys.argv[2]) * 2**20)
+for i in range(0, len(held), 4096):
+    held[i] = 1
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family)
+s.bind((sys.argv[1], 0))
+s.listen()
+print(s.getsockname()[1], flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+def test_server_memory_is_the_listening_process_own(address):
+    """The profile's per-server memory: the process found by its listening socket (IPv4 and IPv6 tables), its
+    resident memory holding what it touched; checked against ps(1)'s own reading of that process."""
+    from edgelift.profilers.targets.base import RemoteOptions
+    from edgelift.profilers.targets.rpc_launch import measure_server
+
+    held_mib = 96
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER, address, str(held_mib)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+    except OSError as e:
+        pytest.skip(f"cannot start a listener: {e}")
+    try:
+        line = proc.stdout.readline()
+        if not line.strip():
+            pytest.skip(f"no {address} on this machine")
+        endpoint = f"[{address}]:{int(line)}" if ":" in address else f"{address}:{int(line)}"
+        found, why = measure_server(endpoint, None, RemoteOptions())
+        assert why is None and found["pid"] == proc.pid
+        ps_rss = int(subprocess.run(["ps", "-o", "rss=", "-p", str(proc.pid)], capture_output=True,
+                                    text=True).stdout) * 1024
+        assert held_mib * 2**20 <= found["rss_bytes"] <= found["peak_rss_bytes"]
+        assert abs(found["rss_bytes"] - ps_rss) < 4 * 2**20  # the same process, read a moment apart
+    finally:
+        proc.communicate("\n", timeout=10)
+    gone, why = measure_server(endpoint, None, RemoteOptions())
+    assert gone is None and "listens on port" in why
+    # another machine's server is read over the fleet's ssh:// url; without one the report says so
+    far, why = measure_server("192.0.2.7:50052", None, RemoteOptions())
+    assert far is None and 'url = "ssh://' in why
 
 
 def test_layers_split_by_memory_and_refused_when_they_cannot_fit():
@@ -162,6 +210,9 @@ def test_model_larger_than_each_server_generates_the_single_process_text(smollm2
         weights = [d["buffers"]["model"] for d in rpc["devices"]]
         assert all(w > 0 for w in weights) and sum(weights) >= blocks - 2**21
         assert all(d["allocated_bytes"] == sum(d["buffers"].values()) for d in rpc["devices"])
+        # each server process holds its weights in its own heap, read from /proc while the model was loaded
+        assert all(d["buffers"]["model"] <= d["server_rss_bytes"] <= d["server_peak_rss_bytes"]
+                   for d in rpc["devices"]), rpc["devices"]
         host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, str(smollm2_gguf), json.dumps(devices), PROMPT],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = host.stdout.readline()

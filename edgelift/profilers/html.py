@@ -479,9 +479,11 @@ def _llm(run: Mapping[str, Any]) -> list[str]:
         devices = [d for d in rpc["devices"] if isinstance(d, Mapping)]
         tables.append(kv_table(
             [(fmt_text(d.get("endpoint")), f"{fmt_bytes(d.get('allocated_bytes'))} allocated of "
-                                           f"{fmt_bytes(d.get('memory_bytes'))} given") for d in devices]
+                                           f"{fmt_bytes(d.get('memory_bytes'))} given; server resident "
+                                           f"{fmt_bytes(d.get('server_rss_bytes'))}, peak "
+                                           f"{fmt_bytes(d.get('server_peak_rss_bytes'))}") for d in devices]
             + [("network while decoding", f"{fmt_bytes(_num(rpc.get('network_bytes_per_token')))} per token")],
-            caption="RPC devices (llama.cpp's buffers on each: weights, KV cache, compute)", numeric=False))
+            caption="RPC devices (llama.cpp's buffers on each: weights, KV cache, compute; the server process's own memory)", numeric=False))
     return tables
 
 

@@ -63,6 +63,7 @@ class ProfileOptions:
     accuracy: float | None = None  # carried into the report for Pareto plots (e.g. from a parity report)
     benchmark_model: str | None = None  # .tflite per-op time: LiteRT's benchmark_model (default: on PATH)
     load_options: dict[str, Any] = field(default_factory=dict)
+    remote: Any = None  # RemoteOptions (ssh config, device Python) to read RPC servers' memory over ssh:// urls
 
     def check(self) -> None:
         if self.runs < 1 or self.warmup < 0 or self.batch < 1 or self.repetitions < 1:
@@ -326,18 +327,36 @@ def _llm_run(model, opts: ProfileOptions, progress: Progress | None) -> tuple[di
            "tg_avg_ts": tg_avg, "tg_stddev_ts": tg_std, "tpot_ms": float(np.mean(tg_ns)) / opts.n_gen / 1e6,
            "pp_samples_ns": [int(x) for x in pp_ns], "tg_samples_ns": [int(x) for x in tg_ns]}
     if split:
-        held = getattr(model.session, "device_buffers", {}) or {}
-        llm["rpc"] = {"devices": [{"endpoint": d.endpoint, "memory_bytes": d.memory_bytes,
-                                   "allocated_bytes": sum(held[d.endpoint].values()) if d.endpoint in held else None,
-                                   "buffers": held.get(d.endpoint, {})} for d in split],
+        llm["rpc"] = {"devices": _rpc_devices(split, getattr(model.session, "device_buffers", {}) or {}, opts.remote),
                       "allocated_note": "bytes llama.cpp allocated on each server while loading (weights, KV cache, "
                                         "compute buffers), from its allocator's log; the server process adds its own "
                                         "runtime on top",
+                      "server_note": "each server process's resident memory with the model loaded (VmRSS) and its "
+                                     "peak since it started (VmHWM), read from /proc on the device: here for this "
+                                     "machine's addresses, over the fleet's ssh:// url otherwise",
                       "tensor_split": list(model.session.tensor_split or []),
                       "network_bytes_per_token": net_bytes / (opts.repetitions * opts.n_gen),
                       "network_note": "bytes sent and received on this host's interfaces during decoding, per token "
                                       "(other traffic on the host counts too)"}
     return llm, tok_ns, tok_t, opts.repetitions * opts.n_gen
+
+
+def _rpc_devices(split, held: dict[str, dict[str, int]], remote) -> list[dict]:
+    """Each RPC device: what it was given, what llama.cpp allocated there, and what its server process holds
+    (measured while the model is still loaded)."""
+    from .targets.base import RemoteOptions
+    from .targets.rpc_launch import measure_server
+
+    out = []
+    for d in split:
+        server, why = measure_server(d.endpoint, getattr(d, "url", None), remote or RemoteOptions())
+        out.append({"endpoint": d.endpoint, "memory_bytes": d.memory_bytes,
+                    "allocated_bytes": sum(held[d.endpoint].values()) if d.endpoint in held else None,
+                    "buffers": held.get(d.endpoint, {}),
+                    "server_rss_bytes": server["rss_bytes"] if server else None,
+                    "server_peak_rss_bytes": server["peak_rss_bytes"] if server else None,
+                    **({"server_note": why} if why else {})})
+    return out
 
 
 def network_bytes() -> int:

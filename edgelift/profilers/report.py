@@ -151,9 +151,11 @@ def profile_markdown(doc: dict) -> str:
             if rpc:
                 lines += ["", f"RPC devices ({r['label']}): {rpc['network_bytes_per_token'] / 1e3:.1f} kB/token on the "
                               "network while decoding", ""]
-                lines += _table(["server", "layers", "memory given", "allocated", "weights", "KV cache", "compute"], [
+                lines += _table(["server", "layers", "memory given", "allocated", "weights", "KV cache", "compute",
+                                 "server resident", "server peak"], [
                     [d["endpoint"], f"{100 * x:.0f}%", _size(d.get("memory_bytes")), _size(d.get("allocated_bytes")),
-                     *(_size((d.get("buffers") or {}).get(k)) for k in ("model", "kv", "compute"))]
+                     *(_size((d.get("buffers") or {}).get(k)) for k in ("model", "kv", "compute")),
+                     _size(d.get("server_rss_bytes")), _size(d.get("server_peak_rss_bytes"))]
                     for d, x in zip(rpc["devices"], rpc["tensor_split"][-len(rpc["devices"]):])])
         for r in llm:
             w = r["llm"].get("weights")

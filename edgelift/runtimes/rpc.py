@@ -19,7 +19,7 @@ import ctypes
 import importlib.util
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import InvalidOptionError, MissingDependencyError, install_hint
@@ -34,6 +34,7 @@ OVERHEAD_SHARE = 0.10
 class RpcDevice:
     endpoint: str  # host:port
     memory_bytes: int | None  # what the device may give the model; None: split evenly
+    url: str | None = None  # the fleet file's ssh://user@host for it: how a profile reads the server's memory
 
     def describe(self) -> str:
         return self.endpoint + ("" if self.memory_bytes is None else f" ({self.memory_bytes / 2**20:.0f} MiB)")
@@ -75,14 +76,15 @@ def read_fleet_toml(path: Path) -> dict:
 def _fleet_devices(path: Path) -> list[RpcDevice]:
     doc = read_fleet_toml(path)
     entries = doc.get("device") or []
-    specs = []
+    specs, urls = [], []
     for i, d in enumerate(entries if isinstance(entries, list) else []):
         if not isinstance(d, dict) or not isinstance(d.get("rpc"), str):
             raise InvalidOptionError(f"{path}: [[device]] entry {i + 1} has no rpc = \"host:port\"")
         specs.append(d["rpc"] + (f"={d['memory']}" if d.get("memory") else ""))
+        urls.append(d["url"] if isinstance(d.get("url"), str) else None)
     if not specs:
         raise InvalidOptionError(f"{path} lists no [[device]] with an rpc endpoint")
-    return parse_devices(specs)
+    return [replace(device, url=url) for device, url in zip(parse_devices(specs), urls)]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""``edge serve-rpc --fleet fleet.toml``: llama.cpp RPC servers started on each device over SSH.
+"""``edge serve-rpc --fleet fleet.toml``: llama.cpp RPC servers started on each device over SSH, and what
+each server process holds (read on the device, for ``edge profile --rpc``).
 
 Each ``[[device]]`` with ``url = "ssh://user@host"`` and ``rpc = "ADDRESS:PORT"`` gets ``python -m
 edgelift.runtimes.rpc`` bound to that address, capped at its ``memory`` (a memory cgroup on the device) with
@@ -9,6 +10,7 @@ it closes, so it ends when edge exits or the SSH connection drops; nothing is le
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import time
@@ -111,3 +113,59 @@ def stop_servers(servers: list[FleetServer]) -> None:
             p.kill()
             p.wait()
         s.process = None
+
+
+def is_local_address(host: str) -> bool:
+    """Whether ``host`` names this machine (an address one of its interfaces has: a socket can bind to it)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), 0, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                s.bind((address[0], 0))
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def measure_server(endpoint: str, url: str | None, options: RemoteOptions) -> tuple[dict | None, str | None]:
+    """What the server at ``endpoint`` holds — ``({"pid", "rss_bytes", "peak_rss_bytes"}, None)`` — read from
+    ``/proc`` here when its address is this machine's, else on the device over ``url`` (ssh://...) by sending
+    it ``server_memory.py``; ``(None, why)`` when it cannot be read."""
+    from dataclasses import asdict
+
+    from .. import server_memory
+
+    host, port = endpoint.rsplit(":", 1)
+    if is_local_address(host):
+        found = server_memory.server_memory(int(port))
+        if found is None:
+            return None, f"no process of this user listens on port {port} here"
+        return asdict(found), None
+    if not url or not url.startswith("ssh://"):
+        return None, "not measured: give the device's url = \"ssh://user@host\" in the fleet file"
+    return measure_over_ssh(url, int(port), options)
+
+
+SERVER_FIELDS = ("pid", "rss_bytes", "peak_rss_bytes")
+
+
+def measure_over_ssh(url: str, port: int, options: RemoteOptions) -> tuple[dict | None, str | None]:
+    """:func:`measure_server` on the device at ``url``: its Python runs ``server_memory.py`` sent on stdin."""
+    from .. import server_memory
+
+    try:
+        target = SshTarget.from_url(url).configure(options)
+        with open(server_memory.__file__, "rb") as script:
+            out = target._call(f"{_remote_path(target.python)} - {port}", stdin=script, timeout=30)
+        found = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
+    except (DeviceUnreachableError, RemoteRunError, InvalidOptionError, ValueError, OSError) as e:
+        return None, f"not measured: {e}"
+    if not isinstance(found, dict) or not all(isinstance(found.get(k), int) for k in SERVER_FIELDS):
+        return None, f"not measured: no process of the SSH user listens on port {port} on {url}"
+    return {k: found[k] for k in SERVER_FIELDS}, None
