@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..core.cpu import int8_kernels_saturate
 from ..core.tensors import InputSet
 from ..errors import CalibrationError, QuantizationError, require
 from . import onnx_graph
@@ -269,6 +270,11 @@ class _Reader:
         return next(self._it, None)
 
 
+SATURATION_NOTE = ("int8 weights use 7 bits (ONNX Runtime's reduce_range): this x86 CPU has AVX2 but no VNNI, where "
+                   "ONNX Runtime's uint8 x int8 kernels saturate full-range weights; such an artifact computes the same "
+                   "on every CPU (convert on a VNNI or ARM machine for 8-bit weights, when the device has VNNI or is ARM)")
+
+
 @register_quant_mode(
     "int8", tag="int8", needs_calibration=True,
     summary="static QDQ: per-channel symmetric int8 weights, calibrated 8-bit activations",
@@ -298,10 +304,13 @@ def _int8_static(model, opts: ConvertOptions):
         src, pre, dst = (Path(tmp) / n for n in ("src.onnx", "pre.onnx", "int8.onnx"))
         onnx.save_model(model, str(src))
         _pre_process(quant_pre_process, src, pre, notes)
+        reduce_range = int8_kernels_saturate()
+        if reduce_range:
+            notes.append(SATURATION_NOTE)
         try:
             q.quantize_static(
                 str(pre), str(dst), _Reader(opts.calibration, model),
-                quant_format=q.QuantFormat.QDQ, per_channel=True,
+                quant_format=q.QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
                 activation_type=act, weight_type=q.QuantType.QInt8,
                 calibrate_method=methods[opts.calibration_method],
                 nodes_to_exclude=sorted(opts.float_nodes),
@@ -319,7 +328,7 @@ def _int8_static(model, opts: ConvertOptions):
     info = QuantInfo(
         "int8 per-channel symmetric",
         f"{opts.activation_type} per-tensor asymmetric, {opts.calibration_method} calibration",
-        details={"calibration_samples": opts.calibration.num_samples,
+        details={"weight_bits": 7 if reduce_range else 8, "calibration_samples": opts.calibration.num_samples,
                  "calibration_source": opts.calibration.source,
                  "synthetic_ranges": opts.calibration.synthetic},
     )
@@ -354,12 +363,15 @@ def _int8_dynamic(model, opts: ConvertOptions):
     with tempfile.TemporaryDirectory(prefix="edge-dyn-") as tmp, preserved_logging():
         src, dst = Path(tmp) / "src.onnx", Path(tmp) / "dyn.onnx"
         onnx.save_model(m, str(src))
-        q.quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"],
+        reduce_range = int8_kernels_saturate()
+        q.quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], reduce_range=reduce_range,
                            weight_type=q.QuantType.QInt8, per_channel=False)
         out = onnx.load(str(dst))
     onnx_graph.prune_opset_imports(out)
     quantized = sum(1 for n in out.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul"))
-    info.details = {"matmuls": n_matmul, "quantized_matmuls": quantized}
+    info.details = {"matmuls": n_matmul, "quantized_matmuls": quantized, "weight_bits": 7 if reduce_range else 8}
+    if reduce_range:
+        info.details["notes"] = [SATURATION_NOTE]
     if quantized == 0:
         raise QuantizationError("int8-dynamic reaches no weight in this model: it has no MatMul with constant weights; "
                                 "use -q int8 (static) for convolution nets")
