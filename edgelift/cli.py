@@ -109,7 +109,7 @@ def convert(
     block_size: int = typer.Option(32, "--block-size", rich_help_panel="Quantization", help="int4 block size: 32, 64 or 128."),
     asymmetric: bool = typer.Option(False, "--asymmetric", rich_help_panel="Quantization", help="int4 with zero points (default symmetric)."),
     attention: str = typer.Option("auto", "--attention", rich_help_panel="Export and formats", help="Language models to ONNX: contrib (ONNX Runtime's GroupQueryAttention, fastest), standard (standard ONNX operators only, for other runtimes and execution providers), auto."),
-    accuracy_level: int = typer.Option(4, "--accuracy-level", rich_help_panel="Quantization", help="Language models to ONNX: MatMulNBits' compute type, 0 (fp32) to 4 (int8 activations, fastest on CPUs)."),
+    accuracy_level: Optional[int] = typer.Option(None, "--accuracy-level", metavar="0-4", rich_help_panel="Quantization", help="Language models to ONNX: MatMulNBits' compute type, 0 (fp32) to 4 (int8 activations, fastest on CPUs). Default: 4, and 0 where int8 compute misses the parity gate on this CPU."),
     activation_type: str = typer.Option("uint8", "--activation-type", rich_help_panel="Quantization", help="int8 activations: uint8 or int8."),
     calibration_method: str = typer.Option("minmax", "--calibration-method", rich_help_panel="Quantization", help="minmax, entropy, percentile."),
     static_batch: bool = typer.Option(False, "--static-batch", rich_help_panel="Export and formats", help="Keep the example's batch size fixed."),

@@ -122,6 +122,16 @@ def test_smollm2_quantized_modes_report_what_they_measure(smollm2_onnx, smollm2_
     int8, int4 = smollm2_onnx.artifact("int8-dynamic"), smollm2_onnx.artifact("int4")
     assert int8.status == "passed" and int8.parity.primary.top1_agreement >= 0.95
     assert int4.status == "failed" and "top-1" in " ".join(int4.gate["failures"])
+    # int8 compute where it holds the gate on this CPU, else fp32 compute and a warning; int4 fails either way
+    # and keeps the faster graph: the level each file runs at is what its report says
+    import onnx
+
+    for a in (int8, int4):
+        levels = {at.i for n in onnx.load(a.path, load_external_data=False).graph.node if n.op_type == "MatMulNBits"
+                  for at in n.attribute if at.name == "accuracy_level"}
+        assert levels == {a.quantization.details["accuracy_level"]}
+        assert any("accuracy level 0" in w for w in a.warnings) == (levels == {0})
+    assert int4.quantization.details["accuracy_level"] == 4
     fp16 = smollm2_onnx.artifact("fp16")
     assert int4.size_bytes < int8.size_bytes < 0.65 * fp16.size_bytes
     assert int4.quantization.details["weights_by_bits"]["4"] > int4.quantization.details["weights_by_bits"]["8"]

@@ -64,7 +64,7 @@ def convert(
     name: str | None = None,
     block_size: int = 32,
     symmetric: bool = True,
-    accuracy_level: int = 4,
+    accuracy_level: int | None = None,
     attention: str = "auto",
     activation_type: str = "uint8",
     calibration_method: str = "minmax",

@@ -45,14 +45,17 @@ def is_decoder_checkpoint(path) -> bool:
 
 
 def convert_llm_onnx(source: str | Path, *, quantize: Iterable[str], out: str | Path, name: str | None = None,
-                     block_size: int = 32, symmetric: bool = True, accuracy_level: int = 4, keep_failed: bool = False,
+                     block_size: int = 32, symmetric: bool = True, accuracy_level: int | None = None, keep_failed: bool = False,
                      attention: str = "auto", threads: int | None = None, progress: Callable[[str, int, int], None] | None = None,
                      ) -> ConversionResult:
     """Convert a Llama/Qwen2 checkpoint to one ONNX decoder graph per mode (none, fp16, int8-dynamic, int4).
 
     ``attention``: "contrib" (ONNX Runtime's GroupQueryAttention and SkipSimplifiedLayerNormalization),
     "standard" (standard ONNX operators only, for runtimes and execution providers without them), or "auto"
-    (contrib where this ONNX Runtime has their CPU kernels)."""
+    (contrib where this ONNX Runtime has their CPU kernels). ``accuracy_level``: MatMulNBits' compute type, 0
+    (fp32) to 4 (int8 activations); None: 4, and an artifact that misses its gate with int8 compute is checked
+    again computing in fp32 (level 0) and kept so when that passes — int8 compute's accuracy depends on the
+    CPU's kernels (SmolLM2's int8-dynamic: top-1 0.98 on an AVX512-VNNI CPU, 0.94 on an AVX2 one)."""
     ops = resolve_attention(attention)
     ckpt = read_checkpoint(source)
     spec = decoder_spec(ckpt.config)
@@ -61,6 +64,8 @@ def convert_llm_onnx(source: str | Path, *, quantize: Iterable[str], out: str | 
         if m.name not in ENCODINGS:
             raise QuantizationError(f"-q {m.name} does not apply to language-model graphs; use "
                                     f"{', '.join(ENCODINGS)}")
+    auto_level = accuracy_level is None
+    accuracy_level = INT8_COMPUTE if auto_level else accuracy_level
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise QuantizationError(f"--accuracy-level {accuracy_level}: use 0 (fp32 compute) to 4 (int8 compute)")
     name = name or ckpt.path.resolve().name
@@ -94,11 +99,20 @@ def convert_llm_onnx(source: str | Path, *, quantize: Iterable[str], out: str | 
             staging.file(sidecar).write_text(json.dumps(genai_config(spec, file, eos), indent=2) + "\n", encoding="utf-8")
             build_s = time.perf_counter() - t0
             step(f"{mode.name} parity (ONNX Runtime vs transformers)")
-            session = _open(staging.file(file), threads)
-            try:
-                par, verdict, details = parity.check(session, ref, mode.name, _runtime())
-            finally:
-                session.close()
+            par, verdict, details = _parity(staging.file(file), threads, ref, mode.name)
+            level = accuracy_level if enc.quantized_matmuls else None
+            fell_back = None
+            if not verdict.passed and auto_level and level == INT8_COMPUTE:
+                set_accuracy_level(staging.file(file), FP32_COMPUTE)
+                again = _parity(staging.file(file), threads, ref, mode.name)
+                if again[1].passed:
+                    fell_back = par
+                    (par, verdict, details), level = again, FP32_COMPUTE
+                    enc.accuracy_level, enc.activations = FP32_COMPUTE, "fp32 (int8 compute missed the gate)"
+                else:  # no better in fp32: the faster graph stays (it is refused or kept all the same)
+                    set_accuracy_level(staging.file(file), INT8_COMPUTE)
+            if level is not None:
+                details["accuracy_level"] = level
             details.update({"family": spec.family, "layers": spec.n_layer, "attention": ops, "quantized_matmuls": enc.quantized_matmuls,
                             "weights_by_bits": {str(k): v for k, v in sorted(enc.bits_used.items())},
                             "block_size": block_size if mode.name in ("int4", "int8-dynamic") else None,
@@ -110,6 +124,11 @@ def convert_llm_onnx(source: str | Path, *, quantize: Iterable[str], out: str | 
                 size_bytes=sum(path_size(staging.file(f)) for f in files), parameters=ckpt.parameter_count(),
                 conversion_time_s=round(build_s, 4), parity=par, status="passed" if verdict.passed else "failed",
                 gate=verdict.to_dict(), built_shapes={"input_ids": ["batch_size", "sequence_length"]})
+            if fell_back is not None:
+                artifact.warnings.append(
+                    f"int8 compute (accuracy level {INT8_COMPUTE}) missed the gate on this CPU (top-1 "
+                    f"{fell_back.primary.top1_agreement:.3f}): the artifact computes in fp32 (accuracy level "
+                    f"{FP32_COMPUTE}), slower; pass --accuracy-level {INT8_COMPUTE} to keep int8 compute")
             if verdict.passed or keep_failed:
                 staging.commit(*files)
             else:
@@ -193,6 +212,30 @@ def _check_graph(path: Path) -> None:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:  # a bug in the builder, never the user's input
         raise RuntimeError(f"the graph written for {path.name} fails the ONNX checker: {str(e).splitlines()[0]}") from e
+
+
+INT8_COMPUTE, FP32_COMPUTE = 4, 0  # MatMulNBits accuracy levels
+
+
+def _parity(path: Path, threads: int | None, ref, mode: str):
+    session = _open(path, threads)
+    try:
+        return parity.check(session, ref, mode, _runtime())
+    finally:
+        session.close()
+
+
+def set_accuracy_level(path: Path, level: int) -> None:
+    """Rewrite every MatMulNBits' ``accuracy_level`` in the graph file (the weights, in external data, stay)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            for a in node.attribute:
+                if a.name == "accuracy_level":
+                    a.i = level
+    onnx.save(model, str(path))
 
 
 def _open(path: Path, threads: int | None):
