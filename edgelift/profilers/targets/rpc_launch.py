@@ -145,7 +145,7 @@ def measure_server(endpoint: str, url: str | None, options: RemoteOptions) -> tu
     if is_local_address(host):
         found = server_memory.server_memory(int(port))
         if found is None:
-            return None, f"no process of this user listens on port {port} here"
+            return None, f"not measured: no process of this user listens on port {port} here"
         return asdict(found), None
     if not url or not url.startswith("ssh://"):
         return None, "not measured: give the device's url = \"ssh://user@host\" in the fleet file"
