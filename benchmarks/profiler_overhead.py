@@ -1,9 +1,9 @@
 """Does measuring change what is measured, and can the figure be trusted? ``edge profile`` with its default
 options (power sampled at 10 Hz, RSS sampled, the minimum-time rule: at least 100 calls and 2 s, calls under
-2 ms timed in groups) against a bare timing loop over the same ONNX Runtime session, side by side; and the
+20 ms timed in groups) against a bare timing loop over the same ONNX Runtime session, side by side; and the
 coefficient of variation of the default profile against the same profile timed call by call (the rule off:
 ``min_time_s=0, min_sample_ns=0``, 300 runs — what `edge profile` did before, cv 31-60% on the digits CNN),
-and against a bare ONNX Runtime loop timed the same way (2 ms groups for 2 s): the spread the machine itself
+and against a bare ONNX Runtime loop timed the same way (20 ms groups for 2 s): the spread the machine itself
 has, which no measurement method removes.
 
 Models: MobileNetV2-224 (fp32, ~ms per run) and the digits CNN (int8, tens of µs: the worst case for any

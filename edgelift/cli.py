@@ -454,7 +454,7 @@ def profile(
                              help="At least N timed calls (benchmark_model --num_runs)."),
     min_secs: float = typer.Option(2.0, "--min-secs", metavar="S", rich_help_panel=P_MEASURE,
                                    help="...and at least S seconds of them (benchmark_model --min_secs): cv needs data."),
-    min_sample_ms: float = typer.Option(2.0, "--min-sample-ms", metavar="MS", rich_help_panel=P_MEASURE,
+    min_sample_ms: float = typer.Option(20.0, "--min-sample-ms", metavar="MS", rich_help_panel=P_MEASURE,
                                         help="Calls faster than this are timed in groups this long, one sample per "
                                              "group (timeit's rule; 0: every call its own sample)."),
     duration: Optional[float] = typer.Option(None, "--duration", metavar="S", rich_help_panel=P_MEASURE,

@@ -32,9 +32,12 @@ from .rss import RssSampler, current_rss
 from .stats import LatencyStats, rate_stats
 
 SWEEPABLE = ("threads", "batch", "n_prompt", "n_gen")  # n_prompt/n_gen: GGUF only (llama-bench's -p/-n lists)
-# A sample shorter than this is noise-dominated (timer resolution, scheduler ticks): faster models are timed
-# in groups of consecutive calls lasting about this long, the group's mean being one sample (timeit, pyperf).
-MIN_SAMPLE_NS = 2_000_000
+# A sample shorter than this is noise-dominated (timer resolution, scheduler ticks, a shared host's stolen
+# time): faster models are timed in groups of consecutive calls lasting about this long, the group's mean being
+# one sample (timeit, pyperf: 100 ms). On a 2-core VM a bare ONNX Runtime loop over a 40 µs model measured cv
+# 0.22-0.34 in 2 ms groups, 0.05-0.11 in 10 ms and 0.016-0.035 in 20 ms ones: the noise lives at the
+# millisecond scale. 20 ms leaves 100 samples in the default 2 s.
+MIN_SAMPLE_NS = 20_000_000
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
