@@ -7,7 +7,8 @@ is ``load(path)`` (ONNX Runtime's defaults), the budget side ``load(path, memory
 already cached (planning is a one-time step, timed separately). Per model:
 - planned peak reduction: plain planned peak / patched planned peak;
 - measured peak reduction: activation memory = peak RSS during load's first three runs minus RSS after
-  load, plain / budget;
+  load (the high-water mark reset after load through /proc/self/clear_refs, so load's transients do not
+  count), plain / budget;
 - process peak RSS: budget / plain (the whole process, load included);
 - extra compute (MACs) and latency (median of 30 runs after 3 warm-up runs; the least of three processes), budget / plain;
 - load time with a cached plan, budget / plain; and the first (planning) load's time.
