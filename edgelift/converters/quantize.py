@@ -372,6 +372,7 @@ def _int8_dynamic(model, opts: ConvertOptions):
     info.details = {"matmuls": n_matmul, "quantized_matmuls": quantized, "weight_bits": 7 if reduce_range else 8}
     if reduce_range:
         info.details["notes"] = [SATURATION_NOTE]
+        info.warnings.append(SATURATION_NOTE)
     if quantized == 0:
         raise QuantizationError("int8-dynamic reaches no weight in this model: it has no MatMul with constant weights; "
                                 "use -q int8 (static) for convolution nets")
