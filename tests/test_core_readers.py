@@ -155,9 +155,23 @@ def test_schema_validator_agrees_with_jsonschema(seeds):
             jsonschema.validate(doc, schema)
         except jsonschema.ValidationError:
             theirs = False
-        if ours != theirs:
+        if ours != theirs and not (theirs and _integral_float_at(doc, what)):
             disagreements.append(what)
     assert not disagreements, disagreements[:5]
+
+
+def _integral_float_at(doc, what: str) -> bool:
+    """Whether the edit ``what`` ("huge at runs/0/...") put a float with no fractional part (1e308) where it is:
+    jsonschema counts it as an integer, our validator deliberately does not (reports write integers as
+    integers, and the readers use them as Python ints)."""
+    path = what.split(" at ", 1)[1] if " at " in what else ""
+    value = doc
+    for part in filter(None, path.split("/")):
+        try:
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            return False
+    return isinstance(value, float) and value.is_integer()
 
 
 def test_json_depth_is_refused_before_parsing():
